@@ -1,0 +1,302 @@
+"""Typed settings for model, preprocessing, data and training; validated on creation, saved as JSON.
+
+``RunConfig`` is everything a run folder needs to rebuild its model and preprocessing; an edited
+``config.json`` with a wrong type or value is rejected with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from .errors import ConfigError
+
+MaskMode = Literal["auto", "index", "binary", "channels", "palette"]
+ResizeMode = Literal["bilinear", "nearest"]
+
+CONFIG_VERSION = 1
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    """The network: the seed's ``unet_model`` arguments plus options beyond the seed."""
+
+    name: str = "unet"  # "unet" (the seed) or "fcn" (the baseline)
+    input_size: tuple[int, int, int] = (96, 128, 3)  # (height, width, channels), as in Keras
+    n_filters: int = 32
+    n_classes: int = 23
+    depth: int = 5
+    dropout: float = 0.3
+    batch_norm: bool = False
+
+    def __post_init__(self) -> None:
+        self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
+        _choice("model", self.name, ("unet", "fcn"))
+        _check(len(self.input_size) == 3, f"input_size must be (height, width, channels), got {self.input_size}")
+        h, w, c = self.input_size
+        _check(c in (1, 3, 4), f"input channels must be 1, 3 or 4, got {c}")
+        _check(self.depth >= 2, f"depth must be at least 2, got {self.depth}")
+        multiple = 2 ** (self.depth - 1)
+        if h % multiple or w % multiple or h <= 0 or w <= 0:
+            from .model import valid_sizes_near
+
+            raise ConfigError(
+                f"input size {h}x{w} is not divisible by {multiple} (the network halves it {self.depth - 1} "
+                f"times). Nearest valid: height {valid_sizes_near(h, multiple)}, width {valid_sizes_near(w, multiple)}."
+            )
+        _check(self.n_filters >= 1, f"n_filters must be >= 1, got {self.n_filters}")
+        _check(self.n_classes >= 1, f"n_classes must be >= 1, got {self.n_classes}")
+        _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def size_multiple(self) -> int:
+        return 2 ** (self.depth - 1)
+
+
+@dataclass
+class PreprocessConfig:
+    """The one preprocessing path shared by training, evaluation, prediction, export and serving."""
+
+    resize: str = "bilinear"  # images; masks are always resized with nearest neighbour
+    predict_mode: str = "resize"  # "resize" the image to the model size, or "sliding" window at full size
+    overlap: float = 0.25  # sliding-window overlap as a fraction of the window
+
+    def __post_init__(self) -> None:
+        _choice("resize", self.resize, ("bilinear", "nearest"))
+        _choice("predict_mode", self.predict_mode, ("resize", "sliding"))
+        _check(0.0 <= self.overlap < 1.0, f"overlap must be in [0, 1), got {self.overlap}")
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how to read it."""
+
+    images: str | None = None
+    masks: str | None = None
+    val_images: str | None = None
+    val_masks: str | None = None
+    val_fraction: float = 0.0
+    split_seed: int = 0
+    mask_mode: str = "auto"
+    palette_file: str | None = None  # JSON {class name: [r, g, b]} for mask_mode "palette"
+    ignore_index: int | None = None
+    cache: str = "auto"  # "auto", "memory" (decode once into a uint8 tensor) or "stream" (DataLoader workers)
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        _choice("mask_mode", self.mask_mode, ("auto", "index", "binary", "channels", "palette"))
+        _choice("cache", self.cache, ("auto", "memory", "stream"))
+        _check(0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        _check((self.val_images is None) == (self.val_masks is None),
+               "give both val_images and val_masks, or neither")
+        _check(not (self.val_images and self.val_fraction), "use validation folders or val_fraction, not both")
+        _check(self.mask_mode != "palette" or self.palette_file is not None,
+               "mask_mode 'palette' needs a palette file (JSON of class name -> [r, g, b])")
+        _check(self.ignore_index is None or self.ignore_index >= 0,
+               f"ignore_index must be >= 0, got {self.ignore_index}")
+        _check(self.num_workers >= 0, "num_workers must be >= 0")
+
+
+@dataclass
+class AugmentConfig:
+    """Joint image/mask augmentation on the device; everything off is the seed."""
+
+    hflip: bool = False
+    scale: tuple[float, float] = (1.0, 1.0)  # random scale range, then crop/pad to the input size
+    rotate: float = 0.0  # max degrees
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.scale = tuple(float(v) for v in self.scale)  # type: ignore[assignment]
+        _check(len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1],
+               f"scale must be (min, max) with 0 < min <= max, got {self.scale}")
+        for name in ("rotate", "brightness", "contrast", "saturation"):
+            _check(getattr(self, name) >= 0, f"augment.{name} must be >= 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self != AugmentConfig()
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe. Defaults are the seed's: Adam(1e-3, eps 1e-7), sparse CE, batch 32."""
+
+    epochs: int = 40
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-7
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # "constant", "cosine" (with warm-up) or "plateau"
+    warmup_epochs: int = 0
+    loss: str = "ce"  # "ce", "dice" or "ce+dice"
+    class_weights: str = "none"  # "none", "inverse", "median-frequency" or a JSON file of weights
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    early_stopping: int = 0  # patience in epochs on validation mIoU; 0 = off
+    precision: str = "auto"  # "auto" (bf16 where the hardware runs it fast), "fp32" or "bf16"
+    compile: str = "auto"  # "auto", "on" or "off"
+    channels_last: bool = True
+    device: str = "auto"
+    seed: int = 0
+    nan_policy: str = "stop"  # "stop" or "skip" a step whose loss is NaN/Inf
+    recipe: str = "seed"
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        if isinstance(self.augment, dict):
+            self.augment = _from_dict(AugmentConfig, self.augment, "train.augment")
+        _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.eps > 0 and self.weight_decay >= 0 and self.warmup_epochs >= 0 and self.early_stopping >= 0,
+               "eps must be > 0; weight_decay, warmup_epochs and early_stopping must be >= 0")
+        _choice("optimizer", self.optimizer, ("adam", "adamw"))
+        _choice("schedule", self.schedule, ("constant", "cosine", "plateau"))
+        _choice("loss", self.loss, ("ce", "dice", "ce+dice"))
+        _choice("precision", self.precision, ("auto", "fp32", "bf16"))
+        _choice("compile", self.compile, ("auto", "on", "off"))
+        _choice("nan_policy", self.nan_policy, ("stop", "skip"))
+        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+               f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
+
+
+@dataclass
+class RunConfig:
+    """Everything a run folder needs to rebuild its model and preprocessing, saved as config.json."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    class_names: list[str] | None = None
+    palette: list[list[int]] | None = None  # one [r, g, b] per class
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        n = self.model.n_classes
+        if self.class_names is None:
+            self.class_names = [f"class_{i}" for i in range(n)]
+        _check(len(self.class_names) == n, f"{len(self.class_names)} class names for {n} classes")
+        if self.palette is None:
+            from .plots import default_palette
+
+            self.palette = default_palette(n)
+        _check(len(self.palette) >= n and all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in self.palette),
+               "palette must hold one [r, g, b] (0-255) per class")
+        _check(self.data.ignore_index is None or self.data.ignore_index >= n,
+               f"ignore_index {self.data.ignore_index} is a real class id (n_classes is {n}); "
+               "choose a value >= n_classes, e.g. 255")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        return _from_dict(cls, data, "config")
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path} does not exist") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path} is not valid JSON ({e}); restore it or retrain") from None
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    def describe(self) -> str:
+        """A compact listing of all settings, printed at the start of training."""
+        lines = []
+        for section in ("model", "preprocess", "data", "train"):
+            values = asdict(getattr(self, section))
+            lines.append(f"{section}: " + ", ".join(f"{k}={v}" for k, v in values.items() if v is not None))
+        return "\n".join(lines)
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from JSON data, checking every key and type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, where)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where} must not be null")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where} must have {len(args)} items, got {len(value)}")
+            return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        item = args[0] if args else Any
+        out = [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")

@@ -1,0 +1,19 @@
+"""User-facing errors: one clear paragraph naming the file and the fix, never a bare traceback."""
+
+from __future__ import annotations
+
+
+class UnetkitError(Exception):
+    """An error the user caused and can fix; the CLI prints its message and exits non-zero."""
+
+
+class DataError(UnetkitError, ValueError):
+    """A problem with images, masks or folders (unpaired, unreadable, wrong values, ...)."""
+
+
+class ConfigError(UnetkitError, ValueError):
+    """An invalid setting, from the command line, the Python API or an edited config.json."""
+
+
+class RunError(UnetkitError):
+    """A run folder that is missing, incomplete or inconsistent."""
