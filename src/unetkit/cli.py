@@ -1,0 +1,286 @@
+"""The `unetkit` command: a thin shell that maps options to a config and calls the Python API."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from .errors import UnetkitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="The seed's U-Net as a toolkit: train, evaluate, predict, export and serve.")
+datasets_app = typer.Typer(no_args_is_help=True, help="Built-in data sets.")
+app.add_typer(datasets_app, name="datasets")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int = 2) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def guarded(fn: F) -> F:
+    """Turn user errors (and out-of-memory) into one paragraph and a non-zero exit, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UnetkitError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except MemoryError:
+            _fail("out of memory: lower --batch-size or --input-size")
+        except RuntimeError as e:
+            if "out of memory" in str(e).lower():
+                batch = kwargs.get("batch_size")
+                hint = f" (try --batch-size {max(1, batch // 2)})" if isinstance(batch, int) and batch > 1 else ""
+                _fail(f"the device ran out of memory: lower --batch-size{hint} or --input-size")
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+def console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+@app.command()
+@guarded
+def info(
+    input_size: Annotated[tuple[int, int, int], typer.Option(help="H W C")] = (96, 128, 3),
+    n_filters: int = 32,
+    n_classes: int = 23,
+    model: Annotated[str, typer.Option(help="unet or fcn")] = "unet",
+    depth: int = 5,
+    batch_norm: bool = False,
+    run: Annotated[Path | None, typer.Option(help="describe the model of this run folder instead")] = None,
+) -> None:
+    """Print a Keras-style summary of the model (layer, output shape, parameters)."""
+    from .config import ModelConfig, RunConfig
+    from .model import format_summary
+    from .run import build_model
+
+    if run is not None:
+        cfg = RunConfig.load(run / "config.json").model
+    else:
+        cfg = ModelConfig(name=model, input_size=input_size, n_filters=n_filters, n_classes=n_classes, depth=depth,
+                          batch_norm=batch_norm)
+    console().print(f'Model: "{cfg.name}"')
+    console().print(format_summary(build_model(cfg)))
+
+
+@datasets_app.command("synthetic")
+@guarded
+def datasets_synthetic(
+    out: Annotated[Path, typer.Option(help="folder to write image/ and mask/ into")],
+    count: int = 200,
+    height: int = 96,
+    width: int = 128,
+    seed: int = 0,
+) -> None:
+    """Write the built-in procedural driving scenes as image/mask folders (+ classes.json palette)."""
+    from .data.synthetic import write_dataset
+
+    path = write_dataset(out, count, height, width, seed)
+    console().print(f"wrote {count} scenes to {path}/image and {path}/mask (palette: {path}/classes.json)")
+
+
+def _train_config(**opts: Any):
+    """Build a RunConfig: defaults, then the recipe, then every option the user gave explicitly."""
+    from .config import AugmentConfig, DataConfig, ModelConfig, PreprocessConfig, RunConfig, TrainConfig
+    from .recipes import apply_recipe
+
+    names, palette = None, None
+    if opts["palette"] is not None:
+        from .data.masks import load_palette_file
+
+        names, palette = load_palette_file(opts["palette"])
+    if opts["class_names"] is not None:
+        from .data.masks import load_class_names
+
+        names = load_class_names(opts["class_names"])
+    n_classes = opts["n_classes"] if opts["n_classes"] is not None else (len(names) if names else None)
+    if n_classes is None:
+        raise UnetkitError("give --n-classes N (or a --palette / --class-names file that lists the classes)")
+    channels = opts["channels"] or _guess_channels(opts["images"])
+    h, w = opts["input_size"] or (96, 128)
+    model = ModelConfig(name=opts["model"] or "unet", input_size=(h, w, channels),
+                        n_filters=opts["n_filters"] or 32, n_classes=n_classes)
+    data = DataConfig(images=_s(opts["images"]), masks=_s(opts["masks"]), val_images=_s(opts["val_images"]),
+                      val_masks=_s(opts["val_masks"]), val_fraction=opts["val_fraction"] or 0.0,
+                      mask_mode=opts["mask_mode"] or ("palette" if palette else "auto"),
+                      palette_file=_s(opts["palette"]), ignore_index=opts["ignore_index"])
+    config = RunConfig(model=model, preprocess=PreprocessConfig(), data=data, train=TrainConfig(),
+                       class_names=names, palette=palette)
+    config = apply_recipe(config, opts["recipe"])
+    t = {k: opts[k] for k in ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "warmup_epochs",
+                              "loss", "class_weights", "early_stopping", "precision", "device", "seed", "nan_policy")
+         if opts.get(k) is not None}
+    if opts.get("compile") is not None:
+        t["compile"] = "on" if opts["compile"] else "off"
+    if opts.get("augment") is not None and not opts["augment"]:
+        t["augment"] = AugmentConfig()
+    m = {k: opts[k] for k in ("depth", "dropout", "batch_norm") if opts.get(k) is not None}
+    p = {k: opts[k] for k in ("resize",) if opts.get(k) is not None}
+    return replace(config, train=replace(config.train, **t), model=replace(config.model, **m),
+                   preprocess=replace(config.preprocess, **p))
+
+
+def _s(p: Path | None) -> str | None:
+    return str(p) if p is not None else None
+
+
+def _guess_channels(images: Path | None) -> int:
+    """1 when the first images are grayscale, else 3 (the seed)."""
+    if images is None:
+        return 3
+    from .data.folders import list_images
+    from .data.io import read_image
+
+    files = list_images(images)[:4]
+    return 1 if files and all(read_image(f).shape[2] == 1 for f in files) else 3
+
+
+@app.command()
+@guarded
+def train(
+    images: Annotated[Path | None, typer.Option(help="folder of training images")] = None,
+    masks: Annotated[Path | None, typer.Option(help="folder of training masks (paired by file stem)")] = None,
+    out: Annotated[Path | None, typer.Option(help="run folder to write")] = None,
+    n_classes: Annotated[int | None, typer.Option(help="number of classes")] = None,
+    val_images: Path | None = None,
+    val_masks: Path | None = None,
+    val_fraction: Annotated[float | None, typer.Option(help="hold out this fraction (seeded split)")] = None,
+    ignore_index: Annotated[int | None, typer.Option(help="mask value left out of loss and metrics")] = None,
+    input_size: Annotated[tuple[int, int] | None, typer.Option(help="H W (multiples of 16)")] = None,
+    channels: Annotated[int | None, typer.Option(help="input channels (default: 1 for grayscale data, else 3)")] = None,
+    n_filters: int | None = None,
+    model: Annotated[str | None, typer.Option(help="unet (the seed) or fcn (the baseline)")] = None,
+    depth: Annotated[int | None, typer.Option(help="levels (seed: 5)")] = None,
+    dropout: Annotated[float | None, typer.Option(help="dropout in the deepest two blocks (seed: 0.3)")] = None,
+    batch_norm: Annotated[bool | None, typer.Option("--batch-norm/--no-batch-norm")] = None,
+    epochs: Annotated[int | None, typer.Option(help="total epochs (with --resume: the new total)")] = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    optimizer: Annotated[str | None, typer.Option(help="adam or adamw")] = None,
+    weight_decay: float | None = None,
+    schedule: Annotated[str | None, typer.Option(help="constant, cosine or plateau")] = None,
+    warmup_epochs: int | None = None,
+    loss: Annotated[str | None, typer.Option(help="ce, dice or ce+dice")] = None,
+    class_weights: Annotated[str | None, typer.Option(help="none, inverse, median-frequency or a JSON file")] = None,
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="the recipe's augmentation")] = None,
+    early_stopping: Annotated[int | None, typer.Option(help="patience in epochs (0: off)")] = None,
+    mask_mode: Annotated[str | None, typer.Option(help="auto, index, binary, channels or palette")] = None,
+    palette: Annotated[Path | None, typer.Option(help="JSON {class name: [r, g, b]}")] = None,
+    class_names: Annotated[Path | None, typer.Option(help="JSON list of class names")] = None,
+    resize: Annotated[str | None, typer.Option(help="image resize: bilinear or nearest")] = None,
+    recipe: Annotated[str, typer.Option(help="seed (the tutorial exactly) or strong")] = "seed",
+    precision: Annotated[str | None, typer.Option(help="auto, fp32 or bf16")] = None,
+    compile: Annotated[bool | None, typer.Option("--compile/--no-compile")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
+    seed: int | None = None,
+    nan_policy: Annotated[str | None, typer.Option(help="stop or skip on a NaN/Inf loss")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue this run folder")] = None,
+    progress: bool = True,
+) -> None:
+    """Train a model on a folder of images and a folder of masks; writes a run folder."""
+    from .train import fit, resume_config
+
+    if resume is not None:
+        config = resume_config(resume, epochs)
+        console().print(f"resuming {resume} up to {config.train.epochs} epochs")
+        result = fit(config, resume, resume=True, progress=progress, log=console().print)
+    else:
+        if out is None:
+            raise UnetkitError("give --out RUN_FOLDER (where weights, config and metrics are written)")
+        config = _train_config(**locals())
+        console().print(config.describe())
+        result = fit(config, out, progress=progress, log=console().print)
+    _after_training(result)
+
+
+def _after_training(result: Any) -> None:
+    run_dir = result.run_dir
+    best = f" best mIoU {result.best_miou:.4f}" if result.best_miou is not None else ""
+    console().print(f"done:{best}. Run folder: {run_dir}")
+    console().print(f"next: unetkit evaluate {run_dir} --images DIR --masks DIR | unetkit predict {run_dir} "
+                    "IMAGES... --out DIR")
+
+
+@app.command()
+@guarded
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="run folder")],
+    images: Annotated[Path, typer.Option(help="folder of images")],
+    masks: Annotated[Path, typer.Option(help="folder of masks")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics as JSON")] = None,
+    mask_mode: str | None = None,
+    device: str = "auto",
+) -> None:
+    """Pixel accuracy, mean IoU, per-class IoU and Dice over a whole folder pair."""
+    from .evaluate import evaluate as run_evaluate
+
+    report = run_evaluate(run, images, masks, mask_mode=mask_mode, device=device)
+    console().print(report.table())
+    if json_out is not None:
+        report.save_json(json_out)
+        console().print(f"wrote {json_out}")
+
+
+@app.command()
+@guarded
+def predict(
+    run: Annotated[Path, typer.Argument(help="run folder (or .onnx file)")],
+    inputs: Annotated[list[str], typer.Argument(help="image files, folders or glob patterns")],
+    out: Annotated[Path, typer.Option(help="output folder")],
+    masks: Annotated[Path | None, typer.Option(help="truth masks: also write input | truth | prediction")] = None,
+    mode: Annotated[str | None, typer.Option(help="resize or sliding (window at full resolution)")] = None,
+    device: str = "auto",
+) -> None:
+    """Write for each image: index mask PNG (original size), colour mask and overlay."""
+    from .predict_files import predict_files
+
+    written = predict_files(run, inputs, out, masks=masks, mode=mode, device=device)
+    console().print(f"wrote predictions for {written} image(s) to {out}")
+
+
+@app.command()
+@guarded
+def demo(
+    out: Annotated[Path, typer.Option(help="run folder")] = Path("demo-run"),
+    train_count: int = 800,
+    val_count: int = 160,
+    epochs: int = 12,
+    seed: int = 0,
+    progress: bool = True,
+) -> None:
+    """Train the seed's U-Net on built-in driving scenes, evaluate on held-out scenes, show pictures."""
+    from .demo import run_demo
+
+    run_demo(out, train_count=train_count, val_count=val_count, epochs=epochs, seed=seed, progress=progress,
+             log=console().print)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except SystemExit as e:
+        sys.exit(e.code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The run-folder contract: a folder that describes itself and loads without unpickling.
+
+```
+RUN/
+  config.json          RunConfig: everything to rebuild the model and its preprocessing
+  weights.safetensors  the best weights (by validation mIoU; the last epoch without validation)
+  last.safetensors     the last finished epoch: weights, optimizer state, RNG state (for --resume)
+  metrics.csv          one row per finished epoch
+  curves.png           loss, accuracy and mIoU per epoch
+```
+Every file is written to a temporary name, flushed and renamed, so a crash never leaves a
+half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import safe_open
+from safetensors.torch import save as st_save
+from torch import nn
+
+from .config import ModelConfig, RunConfig
+from .errors import RunError
+from .model import MODELS
+
+CONFIG = "config.json"
+WEIGHTS = "weights.safetensors"
+LAST = "last.safetensors"
+METRICS = "metrics.csv"
+CURVES = "curves.png"
+
+METRIC_FIELDS = ["epoch", "train_loss", "train_accuracy", "train_miou", "val_loss", "val_accuracy", "val_miou",
+                 "lr", "seconds", "images_per_s"]
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model under torch.compile and DistributedDataParallel wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> None:
+    """Atomically write a safetensors file; ``metadata`` is stored as one JSON string."""
+    meta = {"unetkit": json.dumps(metadata)} if metadata is not None else None
+    atomic_write_bytes(path, st_save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta))
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """Read a safetensors file (never a pickle) and its unetkit metadata."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        tensors = st_load(data)
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("unetkit")
+    except FileNotFoundError:
+        raise RunError(f"{path} does not exist") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise RunError(f"{path} is not a readable safetensors file ({e}); it may be truncated or "
+                       "corrupt: retrain, or resume from an intact copy") from None
+    return tensors, (json.loads(raw) if raw else None)
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The network a ModelConfig describes, freshly initialised."""
+    return MODELS[config.name](config.input_size, config.n_filters, config.n_classes,
+                               depth=config.depth, dropout=config.dropout, batch_norm=config.batch_norm)
+
+
+def write_metrics(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(row.get(k)) for k in METRIC_FIELDS})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _fmt(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float | int | None]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    with path.open(newline="") as f:
+        for raw in csv.DictReader(f):
+            row: dict[str, float | int | None] = {}
+            for k, v in raw.items():
+                if v in ("", None):
+                    row[k] = None
+                else:
+                    row[k] = int(v) if k == "epoch" else float(v)
+            rows.append(row)
+    return rows
+
+
+def save_run(run_dir: str | Path, model: nn.Module, config: RunConfig, *,
+             metrics: list[dict[str, Any]] | None = None) -> Path:
+    """Write a loadable run folder from a model and its config (used by import and by notebooks)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / CONFIG, config.to_json())
+    save_tensors(run_dir / WEIGHTS, model_state(model), {"kind": "weights"})
+    if metrics:
+        write_metrics(run_dir / METRICS, metrics)
+    return run_dir
+
+
+@dataclass
+class Run:
+    """A loaded run folder: its config, model (eval mode) and per-epoch metrics."""
+
+    path: Path
+    config: RunConfig
+    model: nn.Module
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load_run(path: str | Path, *, weights: str = "best", device: str | torch.device = "cpu") -> Run:
+    """Load a run folder: ``weights`` is "best" (weights.safetensors) or "last" (last.safetensors)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"run folder {path} does not exist (train one with `unetkit train ... --out {path}`)")
+    config = RunConfig.load(path / CONFIG)
+    file = path / (WEIGHTS if weights == "best" else LAST)
+    if weights == "best" and not file.exists() and (path / LAST).exists():
+        file = path / LAST
+    tensors, _ = load_tensors(file)
+    model = build_model(config.model)
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")} or tensors
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise RunError(f"{file} does not match {path / CONFIG} ({first}); the two files come from "
+                       "different runs") from None
+    model.to(device).eval()
+    return Run(path, config, model, read_metrics(path / METRICS))

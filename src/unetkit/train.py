@@ -1,0 +1,483 @@
+"""fit(): the training loop. Seed recipe by default; fast paths, checkpoints and resume built in.
+
+The loop keeps the host out of the way: batches come from a uint8 cache already on the device,
+metrics accumulate in a confusion matrix on the device, and the host reads them only when the
+progress line is refreshed and at the end of an epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import run as runio
+from .config import RunConfig
+from .data.loader import SegmentationData
+from .errors import ConfigError, RunError, UnetkitError
+from .losses import SegmentationLoss, class_weights, load_class_weights
+from .metrics import ConfusionMatrix
+from .preprocess import to_float
+from .run import CONFIG, CURVES, LAST, METRICS, WEIGHTS
+
+
+class TrainingInterrupted(UnetkitError):
+    """Ctrl-C during training: finished epochs are saved and the run can be resumed."""
+
+
+class NonFiniteLoss(UnetkitError):
+    """The loss became NaN or Inf."""
+
+
+@dataclass
+class TrainResult:
+    """What fit() returns: the run folder, the trained model (best weights loaded) and the history."""
+
+    run_dir: Path | None
+    model: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_miou: float | None = None
+    stopped_early: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU runs bf16 matrix work natively (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32."""
+    if name == "fp32":
+        return None
+    if name == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
+def resolve_compile(name: str, device: torch.device) -> bool:
+    """Compile on CUDA by default; on the CPU the compile time outweighs the gain for short runs."""
+    if name == "off":
+        return False
+    if name == "on":
+        return True
+    return device.type == "cuda"
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+    t = config.train
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    kwargs: dict[str, Any] = dict(lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay)
+    if next(model.parameters()).device.type == "cuda":
+        kwargs["fused"] = True
+    else:
+        kwargs["foreach"] = True
+    return cls(model.parameters(), **kwargs)
+
+
+def lr_factor(config: RunConfig, epoch_progress: float) -> float:
+    """Learning-rate multiplier at a fractional epoch for the constant and cosine schedules."""
+    t = config.train
+    if t.schedule != "cosine":
+        return 1.0
+    if t.warmup_epochs and epoch_progress < t.warmup_epochs:
+        return max(epoch_progress / t.warmup_epochs, 1e-3)
+    span = max(t.epochs - t.warmup_epochs, 1e-9)
+    done = min((epoch_progress - t.warmup_epochs) / span, 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * done))
+
+
+class _Plateau:
+    """Halve the learning rate when validation mIoU has not improved for 3 epochs."""
+
+    def __init__(self, state: dict[str, Any] | None = None):
+        self.best, self.bad, self.factor = -1.0, 0, 1.0
+        if state:
+            self.best, self.bad, self.factor = state["best"], state["bad"], state["factor"]
+
+    def step(self, score: float) -> None:
+        if score > self.best + 1e-4:
+            self.best, self.bad = score, 0
+        else:
+            self.bad += 1
+            if self.bad >= 3:
+                self.factor, self.bad = max(self.factor * 0.5, 1e-3), 0
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best, "bad": self.bad, "factor": self.factor}
+
+
+def _loss_fn(config: RunConfig, data: SegmentationData, device: torch.device) -> SegmentationLoss:
+    t, n = config.train, config.model.n_classes
+    weight = None
+    if t.class_weights in ("inverse", "median-frequency"):
+        weight = class_weights(data.class_counts(n), t.class_weights)
+    elif t.class_weights != "none":
+        weight = load_class_weights(t.class_weights, n, class_names=config.class_names)
+    if weight is not None:
+        weight = weight.to(device=device, dtype=torch.float32)
+    return SegmentationLoss(t.loss, n_classes=n, weight=weight, ignore_index=config.data.ignore_index)
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().cpu()
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+class _Checkpointer:
+    """Writes the run folder after every epoch: last (resume), best weights, metrics, curves."""
+
+    def __init__(self, run_dir: Path | None, config: RunConfig):
+        self.run_dir = run_dir
+        self.config = config
+
+    def save(self, model: nn.Module, opt: torch.optim.Optimizer, history: list[dict[str, Any]],
+             state: dict[str, Any], is_best: bool) -> None:
+        if self.run_dir is None:
+            return
+        weights = runio.model_state(model)
+        opt_tensors, opt_meta = _optimizer_tensors(opt)
+        tensors = {f"model.{k}": v for k, v in weights.items()} | opt_tensors
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        try:
+            runio.save_tensors(self.run_dir / LAST, tensors, state | opt_meta)
+            if is_best:
+                runio.save_tensors(self.run_dir / WEIGHTS, weights, {"kind": "weights", "epoch": state["epoch"]})
+            runio.write_metrics(self.run_dir / METRICS, history)
+        except OSError as e:
+            raise RunError(f"could not write the checkpoint in {self.run_dir} ({e.strerror or e}); the previous "
+                           f"checkpoint is intact. Free space or fix permissions, then resume with "
+                           f"`unetkit train --resume {self.run_dir}`") from None
+        try:
+            from .plots import plot_curves
+
+            plot_curves(history, self.run_dir / CURVES)
+        except Exception:  # a plot must never cost a finished epoch
+            pass
+
+
+def _step_counts(pred: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> tuple[torch.Tensor, ...]:
+    valid = target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+    return ((pred == target) & valid).sum(), valid.sum()
+
+
+class _SigintGuard:
+    """Turn the first Ctrl-C into a flag checked between steps; a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self._old: Any = None
+
+    def __enter__(self) -> _SigintGuard:
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not in the main thread
+            self._old = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def evaluate_data(model: nn.Module, data: SegmentationData, config: RunConfig, *, device: torch.device,
+                  dtype: torch.dtype | None, loss_fn: SegmentationLoss | None = None,
+                  batch_size: int | None = None) -> tuple[ConfusionMatrix, float | None]:
+    """Confusion matrix (and mean loss) of ``model`` on cached data, at the model's input size."""
+    cm = ConfusionMatrix(config.model.n_classes, config.data.ignore_index, device=device)
+    loss_sum = torch.zeros((), device=device)
+    count = 0
+    was_training = model.training
+    model.eval()
+    memory = torch.channels_last if config.train.channels_last else torch.contiguous_format
+    with torch.no_grad():
+        for x, y in data.batches(batch_size or config.train.batch_size, device=device):
+            x = to_float(x).contiguous(memory_format=memory)
+            with autocast(device, dtype):
+                logits = model(x)
+            if loss_fn is not None:
+                loss_sum += loss_fn(logits, y).detach() * x.shape[0]
+                count += x.shape[0]
+            cm.update(logits.argmax(1), y)
+    model.train(was_training)
+    return cm, (loss_sum.item() / count if count else None)
+
+
+def fit(config: RunConfig, out: str | Path | None = None, *, train_data: SegmentationData | None = None,
+        val_data: SegmentationData | None = None, resume: bool = False, progress: bool = True,
+        log: Callable[[str], None] | None = print, epoch_callback: Callable[[dict[str, Any]], None] | None = None,
+        ) -> TrainResult:
+    """Train the model described by ``config`` and write the run folder ``out`` (None: nothing written).
+
+    Data comes from ``train_data``/``val_data`` when given, else from the folders in ``config.data``.
+    ``resume=True`` continues the run in ``out`` from its last finished epoch, up to
+    ``config.train.epochs`` epochs in total, with the optimizer and RNG state it stopped with.
+    """
+    log = log or (lambda _msg: None)
+    t = config.train
+    device = resolve_device(t.device)
+    dtype = resolve_precision(t.precision, device)
+    run_dir = Path(out) if out is not None else None
+
+    if train_data is None:
+        train_data, val_data = load_data(config, log=log)
+    elif val_data is None and config.data.val_fraction:
+        train_data, val_data = train_data.split(config.data.val_fraction, config.data.split_seed)
+    if len(train_data) == 0:
+        raise ConfigError("the training set is empty")
+
+    torch.manual_seed(t.seed)
+    model = runio.build_model(config.model).to(device)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, config)
+    plateau = _Plateau()
+    history: list[dict[str, Any]] = []
+    start_epoch, best, since_best = 0, -1.0, 0
+
+    if resume:
+        if run_dir is None or not (run_dir / LAST).exists():
+            raise RunError(f"nothing to resume: {run_dir} has no {LAST}")
+        tensors, meta = runio.load_tensors(run_dir / LAST)
+        if not meta or "epoch" not in meta:
+            raise RunError(f"{run_dir / LAST} holds no training state; it cannot be resumed")
+        runio.unwrap(model).load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        _load_optimizer(opt, tensors, meta)
+        torch.set_rng_state(tensors["rng.cpu"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+        start_epoch, best, since_best = meta["epoch"], meta["best"], meta["since_best"]
+        plateau = _Plateau(meta.get("plateau"))
+        history = runio.read_metrics(run_dir / METRICS)[:start_epoch]
+        if start_epoch >= t.epochs:
+            log(f"{run_dir} already has {start_epoch} epochs; ask for more with --epochs")
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runio.atomic_write_text(run_dir / CONFIG, config.to_json())
+
+    compiled = resolve_compile(t.compile, device)
+    step_model = model
+    if compiled:
+        try:
+            step_model = torch.compile(model)
+        except Exception as e:  # no compiler toolchain, unsupported platform ...
+            log(f"torch.compile unavailable ({type(e).__name__}: {e}); running eagerly")
+            step_model = model
+    loss_fn = _loss_fn(config, train_data, device)
+    if device.type == "cuda" and train_data.nbytes < 0.5 * torch.cuda.mem_get_info(device)[0]:
+        train_data = train_data.to(device)
+        val_data = val_data.to(device) if val_data is not None else None
+
+    memory = torch.channels_last if t.channels_last else torch.contiguous_format
+    ignore = config.data.ignore_index
+    checkpointer = _Checkpointer(run_dir, config)
+    steps_per_epoch = math.ceil(len(train_data) / t.batch_size)
+    log(f"training {config.model.name} on {len(train_data)} images"
+        + (f", validating on {len(val_data)}" if val_data is not None else "")
+        + f" | device {device}, precision {'bf16' if dtype else 'fp32'}, compile {'on' if compiled else 'off'}")
+
+    augment = None
+    if t.augment.enabled:
+        from .data.augment import augment_batch
+
+        augment = augment_batch
+
+    stopped_early = False
+    with _SigintGuard() as sigint, _progress(progress) as bar:
+        for epoch in range(start_epoch, t.epochs):
+            model.train()
+            gen = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
+            aug_gen = torch.Generator(device=device).manual_seed(t.seed * 100_019 + epoch) if augment else None
+            cm = ConfusionMatrix(config.model.n_classes, ignore, device=device)
+            loss_sum = torch.zeros((), device=device)
+            seen = 0
+            task = bar.add_task(f"epoch {epoch + 1}/{t.epochs}", total=steps_per_epoch, info="") if bar else None
+            t0 = last_refresh = time.perf_counter()
+            for step, (x, y) in enumerate(train_data.batches(t.batch_size, device=device, shuffle=True,
+                                                             generator=gen)):
+                if sigint.hit:
+                    raise TrainingInterrupted(_interrupt_message(run_dir, epoch))
+                factor = lr_factor(config, epoch + step / steps_per_epoch) * plateau.factor
+                for group in opt.param_groups:
+                    group["lr"] = t.lr * factor
+                x = to_float(x)
+                if augment is not None:
+                    x, y = augment(x, y, t.augment, ignore_index=ignore if ignore is not None else 255,
+                                   generator=aug_gen)
+                x = x.contiguous(memory_format=memory)
+                with autocast(device, dtype):
+                    logits = step_model(x)
+                loss = loss_fn(logits, y)
+                if t.nan_policy == "skip" and not torch.isfinite(loss):
+                    log(f"skipped step {step + 1} of epoch {epoch + 1}: loss is {loss.item()}")
+                    continue
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += loss.detach() * x.shape[0]
+                seen += x.shape[0]
+                cm.update(logits.detach().argmax(1), y)
+                now = time.perf_counter()
+                if bar and (now - last_refresh > 0.5 or step == steps_per_epoch - 1):
+                    last_refresh = now
+                    mean_loss = loss_sum.item() / max(seen, 1)
+                    _check_finite(mean_loss, epoch, step, run_dir)
+                    m = cm.compute()
+                    bar.update(task, completed=step + 1, info=f"loss {mean_loss:.4f} acc {m.pixel_accuracy:.4f} "
+                               f"mIoU {m.mean_iou:.4f} {seen / (now - t0):.1f} img/s")
+            if seen == 0:
+                raise NonFiniteLoss(f"every step of epoch {epoch + 1} had a non-finite loss; lower the learning "
+                                    "rate or check the data")
+            train_seconds = time.perf_counter() - t0
+            train_loss = loss_sum.item() / seen
+            _check_finite(train_loss, epoch, steps_per_epoch - 1, run_dir)
+            tm = cm.compute()
+            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": tm.pixel_accuracy,
+                                   "train_miou": tm.mean_iou, "lr": opt.param_groups[0]["lr"],
+                                   "images_per_s": seen / train_seconds}
+            score = tm.mean_iou
+            if val_data is not None and len(val_data):
+                vcm, vloss = evaluate_data(step_model, val_data, config, device=device, dtype=dtype, loss_fn=loss_fn)
+                vm = vcm.compute()
+                row |= {"val_loss": vloss, "val_accuracy": vm.pixel_accuracy, "val_miou": vm.mean_iou}
+                score = vm.mean_iou
+            row["seconds"] = time.perf_counter() - t0
+            history.append(row)
+            is_best = score > best
+            if is_best:
+                best, since_best = score, 0
+            else:
+                since_best += 1
+            if t.schedule == "plateau":
+                plateau.step(score)
+            state = {"epoch": epoch + 1, "best": best, "since_best": since_best, "plateau": plateau.state()}
+            checkpointer.save(model, opt, history, state, is_best)
+            if bar:
+                bar.update(task, completed=steps_per_epoch)
+            log(_epoch_line(row, t.epochs))
+            if epoch_callback is not None:
+                epoch_callback(row)
+            if t.early_stopping and since_best >= t.early_stopping:
+                log(f"early stopping: validation mIoU has not improved for {since_best} epochs (best {best:.4f})")
+                stopped_early = True
+                break
+
+    if run_dir is not None and (run_dir / WEIGHTS).exists():
+        best_weights, _ = runio.load_tensors(run_dir / WEIGHTS)
+        runio.unwrap(model).load_state_dict(best_weights)
+    model.eval()
+    return TrainResult(run_dir, model, history, best if best >= 0 else None, stopped_early)
+
+
+def _check_finite(value: float, epoch: int, step: int, run_dir: Path | None) -> None:
+    if not math.isfinite(value):
+        where = f"epoch {epoch + 1}, step {step + 1}"
+        keep = f"; the last good checkpoint in {run_dir} is kept" if run_dir else ""
+        raise NonFiniteLoss(f"the loss became {value} at {where}{keep}. Lower the learning rate (--lr), "
+                            "use --precision fp32, or pass --nan-policy skip to skip such steps")
+
+
+def _interrupt_message(run_dir: Path | None, epoch: int) -> str:
+    done = f"{epoch} finished epoch(s) are saved in {run_dir}" if run_dir else "nothing was saved (no --out)"
+    hint = f"; continue with `unetkit train --resume {run_dir}`" if run_dir and epoch else ""
+    return f"interrupted during epoch {epoch + 1}: {done}{hint}"
+
+
+def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['train_loss']:.4f}", f"acc {row['train_accuracy']:.4f}",
+             f"mIoU {row['train_miou']:.4f}"]
+    if row.get("val_miou") is not None:
+        parts += [f"val_loss {row['val_loss']:.4f}", f"val_acc {row['val_accuracy']:.4f}",
+                  f"val_mIoU {row['val_miou']:.4f}"]
+    parts += [f"{row['images_per_s']:.1f} img/s", f"{row['seconds']:.1f}s"]
+    return " | ".join(parts)
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("{task.fields[info]}"), transient=True)
+
+
+def load_data(config: RunConfig, *, log: Callable[[str], None] = print,
+              ) -> tuple[SegmentationData, SegmentationData | None]:
+    """Read the train (and validation) folders named in ``config.data`` into the uint8 cache."""
+    d, m = config.data, config.model
+    if not d.images or not d.masks:
+        raise ConfigError("no training data: give --images DIR and --masks DIR")
+    palette = config.palette if d.mask_mode == "palette" else None
+    common = dict(n_classes=m.n_classes, mask_mode=d.mask_mode, palette=palette, ignore_index=d.ignore_index,
+                  resize=config.preprocess.resize)
+    t0 = time.perf_counter()
+    train, mode = SegmentationData.from_folders(d.images, d.masks, m.input_size, **common)
+    val = None
+    if d.val_images and d.val_masks:
+        val, _ = SegmentationData.from_folders(d.val_images, d.val_masks, m.input_size, **(common | {"mask_mode": mode}))
+    elif d.val_fraction:
+        train, val = train.split(d.val_fraction, d.split_seed)
+    log(f"read {len(train) + (len(val) if val else 0)} image/mask pairs ({mode} masks) in "
+        f"{time.perf_counter() - t0:.1f}s, {(train.nbytes + (val.nbytes if val else 0)) / 2**20:.1f} MiB cached")
+    return train, val
+
+
+def resume_config(run_dir: str | Path, epochs: int | None = None) -> RunConfig:
+    """The config of a run to resume, with the total epoch count raised to ``epochs``."""
+    config = RunConfig.load(Path(run_dir) / CONFIG)
+    if epochs is not None:
+        config = replace(config, train=replace(config.train, epochs=epochs))
+    return config
+
+
+def describe_history(history: list[dict[str, Any]]) -> str:
+    return json.dumps(history, indent=2)
