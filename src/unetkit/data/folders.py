@@ -1,0 +1,296 @@
+"""Folders of images and masks: listing, pairing, splitting and loading into uint8 tensors.
+
+Pairing is by file name without extension: image ``a.jpg`` pairs with mask ``a.png``, and also with a
+mask named with one of MASK_SUFFIXES (``a_mask.png``, ``a_label.png``, ...). Images and masks may share
+one folder when the masks carry such a suffix. Every problem found while loading a data set is
+collected into one DataError (up to MAX_LISTED files), so that one run shows everything to fix.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+import re
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from ..preprocess import preprocess_image, resize_masks
+from .io import IMAGE_EXTENSIONS, is_image_file, read_image, read_mask
+from .masks import MASK_MODES, decode_mask, detect_mask_mode, mask_dtype
+
+MASK_SUFFIXES: tuple[str, ...] = ("_mask", "_masks", "_label", "_labels", "_seg", "_gt", "-mask", "-label")
+MAX_LISTED = 20  # problem files listed in one error message
+DETECT_SAMPLES = 8  # masks looked at to detect the mask mode
+
+Pair = tuple[Path, Path]
+_EXTS = " ".join(IMAGE_EXTENSIONS)
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key putting "2.png" before "10.png" (numbers compare as numbers, text case-insensitively)."""
+    parts = re.split(r"(\d+)", name)
+    key = tuple((0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in parts if p != "")
+    return key, name  # the exact name breaks ties ("a.png" vs "A.png")
+
+
+def _listing(names: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(str(n) for n in names[:limit])
+    return shown + (f" ... and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """The image files directly in ``folder`` (IMAGE_EXTENSIONS, hidden files skipped), naturally sorted."""
+    folder = Path(folder).expanduser()
+    if not folder.exists():
+        raise DataError(f"folder {folder} does not exist; check the path")
+    if not folder.is_dir():
+        raise DataError(f"{folder} is a file, not a folder; give the folder that holds the images")
+    try:
+        entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    except OSError as e:
+        raise DataError(f"folder {folder} cannot be listed ({e}); check its permissions") from None
+    files = [p for p in entries if p.is_file() and is_image_file(p)]
+    if not files:
+        subdirs = sorted(p.name + "/" for p in entries if p.is_dir())
+        others = sorted({p.suffix.lower() or p.name for p in entries if p.is_file()})
+        found = []
+        if subdirs:
+            found.append(f"subfolders {_listing(subdirs, 5)}")
+        if others:
+            found.append(f"other files ({_listing(others, 5)})")
+        holds = f"; it holds {' and '.join(found)}" if found else "; it is empty"
+        raise DataError(f"folder {folder} has no images (looked for {_EXTS}){holds}. "
+                        "Give the folder that directly holds the image files")
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def _mask_base(stem: str) -> str | None:
+    """The image stem a suffixed mask name refers to ("a_mask" -> "a"), else None."""
+    low = stem.lower()
+    for suffix in MASK_SUFFIXES:
+        if low.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return None
+
+
+def _by_stem(files: Sequence[Path], keys: Sequence[str], what: str, folder: Path) -> dict[str, Path]:
+    out: dict[str, list[Path]] = {}
+    for f, k in zip(files, keys, strict=True):
+        out.setdefault(k, []).append(f)
+    dupes = [group for group in out.values() if len(group) > 1]
+    if dupes:
+        listed = "; ".join(" and ".join(p.name for p in g) for g in dupes[:10])
+        raise DataError(f"{what} folder {folder} has files that differ only in extension or mask suffix "
+                        f"({listed}{' ...' if len(dupes) > 10 else ''}), so pairing is ambiguous; "
+                        "keep one file per name")
+    return {k: g[0] for k, g in out.items()}
+
+
+def pair_files(images_dir: str | Path, masks_dir: str | Path) -> list[Pair]:
+    """Pair images with masks by file name without extension (mask suffixes like ``_mask`` allowed).
+
+    Returns (image, mask) pairs in natural order of the image names; any unpaired file is an error.
+    """
+    images_dir, masks_dir = Path(images_dir).expanduser(), Path(masks_dir).expanduser()
+    images = list_images(images_dir)
+    masks = list_images(masks_dir)
+    if images_dir.resolve() == masks_dir.resolve():  # one folder: masks are the suffixed files
+        masks = [p for p in images if _mask_base(p.stem) is not None]
+        images = [p for p in images if _mask_base(p.stem) is None]
+        if not masks or not images:
+            raise DataError(f"images and masks share the folder {images_dir}, so masks must be named like "
+                            f"the image plus a suffix ({', '.join(MASK_SUFFIXES)}); found "
+                            f"{len(images)} images and {len(masks)} masks. Give separate folders instead")
+    by_image = _by_stem(images, [p.stem for p in images], "image", images_dir)
+    keys = []
+    for m in masks:
+        base = _mask_base(m.stem)
+        keys.append(m.stem if m.stem in by_image or base is None or base not in by_image else base)
+    by_mask = _by_stem(masks, keys, "mask", masks_dir)
+    lonely_images = [p.name for k, p in by_image.items() if k not in by_mask]
+    lonely_masks = [p.name for k, p in by_mask.items() if k not in by_image]
+    if lonely_images or lonely_masks:
+        parts = []
+        if lonely_images:
+            parts.append(f"{len(lonely_images)} image(s) in {images_dir} without a mask: "
+                         f"{_listing(sorted(lonely_images, key=natural_key))}")
+        if lonely_masks:
+            parts.append(f"{len(lonely_masks)} mask(s) in {masks_dir} without an image: "
+                         f"{_listing(sorted(lonely_masks, key=natural_key))}")
+        raise DataError(
+            "unpaired files: " + "; ".join(parts) + ". Masks pair with images by file name without "
+            "extension (a.jpg with a.png or a_mask.png); rename or remove the unpaired files"
+        )
+    return [(by_image[k], by_mask[k]) for k in sorted(by_image, key=lambda k: natural_key(by_image[k].name))]
+
+
+def _pair_key(pair: Pair) -> tuple:
+    return natural_key(Path(pair[0]).name), str(pair[0]), str(pair[1])
+
+
+def split_pairs(pairs: Sequence[Pair], val_fraction: float, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
+    """Split into (train, validation), seeded and independent of the order the pairs come in.
+
+    At least one validation pair when ``val_fraction`` > 0, and at least one training pair.
+    Both lists come back in natural order.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    ordered = sorted(pairs, key=_pair_key)
+    if val_fraction == 0:
+        if not ordered:
+            raise DataError("no image/mask pairs to train on")
+        return ordered, []
+    n = len(ordered)
+    if n < 2:
+        raise DataError(f"cannot split {n} image/mask pair(s) into training and validation; "
+                        "add data, give validation folders, or set val_fraction to 0")
+    n_val = min(max(1, round(n * val_fraction)), n - 1)
+    chosen = set(random.Random(seed).sample(range(n), n_val))
+    train = [p for i, p in enumerate(ordered) if i not in chosen]
+    val = [p for i, p in enumerate(ordered) if i in chosen]
+    return train, val
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files, folders (their images) or glob patterns -> image paths, in order, without duplicates."""
+    if not inputs:
+        raise DataError("no input images given; pass files, folders or glob patterns such as 'data/*.png'")
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for item in inputs:
+        text = os.path.expanduser(str(item))
+        p = Path(text)
+        if p.is_dir():
+            found = list_images(p)
+        elif p.is_file():
+            found = [p]
+        elif any(ch in text for ch in "*?["):
+            matches = [Path(m) for m in glob.glob(text, recursive=True)]
+            found = sorted((m for m in matches if m.is_file() and is_image_file(m)),
+                           key=lambda m: natural_key(str(m)))
+            if not found:
+                extra = f" ({len(matches)} non-image matches)" if matches else ""
+                raise DataError(f"the pattern {item!r} matches no image files{extra} (looked for {_EXTS}); "
+                                "check the pattern (quote it so the shell does not expand it)")
+        else:
+            raise DataError(f"input {item!r} does not exist (not a file, folder or glob pattern); "
+                            "check the path")
+        for f in found:
+            if f not in seen:
+                seen.add(f)
+                out.append(f)
+    return out
+
+
+def _sample_indices(n: int, k: int) -> list[int]:
+    return sorted({int(i) for i in np.linspace(0, n - 1, num=min(n, k))})
+
+
+def load_pairs(
+    pairs: Sequence[Pair],
+    input_size: tuple[int, int, int],
+    *,
+    n_classes: int,
+    mask_mode: str = "auto",
+    palette: Sequence[Sequence[int]] | None = None,
+    ignore_index: int | None = None,
+    resize: str = "bilinear",
+    progress: Callable[[int], object] | None = None,
+    workers: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Read, decode and resize every pair -> (images uint8 (N, C, H, W), masks (N, H, W), mask mode used).
+
+    Masks are uint8 when the class ids fit, else int32; they are resized with nearest neighbour only.
+    ``mask_mode="auto"`` detects the mode from up to DETECT_SAMPLES masks spread over the set.
+    Decoding runs in a small thread pool (PIL releases the GIL); ``progress(1)`` is called per pair.
+    All bad pairs are reported together in one DataError.
+    """
+    if not pairs:
+        raise DataError("no image/mask pairs to load")
+    if mask_mode != "auto" and mask_mode not in MASK_MODES:
+        raise DataError(f"unknown mask mode {mask_mode!r}; choose auto or one of {', '.join(MASK_MODES)}")
+    if mask_mode == "palette" and not palette:
+        raise DataError("mask mode 'palette' needs a palette: pass --palette colours.json "
+                        "(JSON of class name -> [r, g, b])")
+    h, w, c = (int(v) for v in input_size)
+    n = len(pairs)
+    problems: dict[int, list[str]] = {}
+    cache: dict[int, np.ndarray] = {}
+
+    if mask_mode == "auto":
+        samples = _sample_indices(n, DETECT_SAMPLES)
+        for i in samples:
+            try:
+                cache[i] = read_mask(pairs[i][1])
+            except DataError:
+                pass  # reported with the other problems below
+        if not cache:
+            bad = ", ".join(str(pairs[i][1]) for i in samples[:5])
+            raise DataError(f"none of the masks looked at to detect the mask mode could be read ({bad}); "
+                            "fix or remove them, or check that the masks folder is right")
+        used = list(cache)
+        mask_mode = detect_mask_mode([cache[i] for i in used], n_classes, ignore_index=ignore_index,
+                                     paths=[pairs[i][1] for i in used])
+
+    images = torch.empty((n, c, h, w), dtype=torch.uint8)
+    mask_torch_dtype = torch.uint8 if mask_dtype(n_classes, ignore_index) == np.uint8 else torch.int32
+    masks = torch.empty((n, h, w), dtype=mask_torch_dtype)
+
+    def load_one(i: int) -> list[str]:
+        image_path, mask_path = Path(pairs[i][0]), Path(pairs[i][1])
+        errors: list[str] = []
+        image = raw = None
+        try:
+            image = read_image(image_path)
+        except DataError as e:
+            errors.append(str(e))
+        try:
+            raw = cache.pop(i) if i in cache else read_mask(mask_path)
+        except DataError as e:
+            errors.append(str(e))
+        if image is None or raw is None:
+            return errors
+        if image.shape[:2] != raw.shape[:2]:
+            return [f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
+                    f"{raw.shape[1]}x{raw.shape[0]} (width x height); a mask must match its image's size: "
+                    "re-export the mask or remove the pair"]
+        try:
+            ids = decode_mask(raw, mask_mode, n_classes, palette=palette, ignore_index=ignore_index,
+                              path=mask_path)
+        except DataError as e:
+            return [str(e)]
+        images[i] = preprocess_image(image, (h, w, c), resize)[0]
+        masks[i] = resize_masks(torch.from_numpy(ids)[None], (h, w))[0]
+        return []
+
+    workers = max(1, min(workers, os.cpu_count() or 1, n))
+    if workers == 1:
+        for i in range(n):
+            errors = load_one(i)
+            if errors:
+                problems[i] = errors
+            if progress is not None:
+                progress(1)
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unetkit-load") as pool:
+            futures = {pool.submit(load_one, i): i for i in range(n)}
+            for future in as_completed(futures):
+                errors = future.result()
+                if errors:
+                    problems[futures[future]] = errors
+                if progress is not None:
+                    progress(1)
+    if problems:
+        messages = [m for i in sorted(problems) for m in problems[i]]
+        listed = "\n".join(f"  - {m}" for m in messages[:MAX_LISTED])
+        more = f"\n  ... and {len(messages) - MAX_LISTED} more" if len(messages) > MAX_LISTED else ""
+        raise DataError(f"{len(problems)} of {n} image/mask pairs could not be loaded "
+                        f"(mask mode {mask_mode}):\n{listed}{more}\nFix or remove these files and run again.")
+    return images, masks, mask_mode
