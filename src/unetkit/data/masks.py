@@ -301,3 +301,22 @@ def load_palette_file(path: str | Path) -> tuple[list[str], list[list[int]]]:
         names.append(str(name))
         colours.append([int(v) for v in colour])
     return names, colours
+
+
+def load_class_names(path: str | Path) -> list[str]:
+    """Read a JSON list of class names (or a palette file, whose keys are the names)."""
+    path = Path(path)
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"class-names file {path} does not exist; check the path") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"class-names file {path} is not readable JSON ({e}); expected [\"road\", \"car\", ...]") \
+            from None
+    if isinstance(data, dict):
+        return load_palette_file(path)[0]
+    if not isinstance(data, list) or not data or not all(isinstance(n, str) and n for n in data):
+        raise DataError(f"class-names file {path} must be a non-empty JSON list of strings, e.g. [\"road\", \"car\"]")
+    if len(set(data)) != len(data):
+        raise DataError(f"class-names file {path} lists a name twice; give each class once")
+    return list(data)
