@@ -7,7 +7,6 @@ progress line is refreshed and at the end of an epoch.
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
@@ -268,7 +267,8 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
     run_dir = Path(out) if out is not None else None
 
     if train_data is None:
-        train_data, val_data = load_data(config, log=log)
+        train_data, val_data, mask_mode = load_data(config, log=log)
+        config = replace(config, data=replace(config.data, mask_mode=mask_mode))
     elif val_data is None and config.data.val_fraction:
         train_data, val_data = train_data.split(config.data.val_fraction, config.data.split_seed)
     if len(train_data) == 0:
@@ -451,8 +451,12 @@ def _progress(enabled: bool):
 
 
 def load_data(config: RunConfig, *, log: Callable[[str], None] = print,
-              ) -> tuple[SegmentationData, SegmentationData | None]:
-    """Read the train (and validation) folders named in ``config.data`` into the uint8 cache."""
+              ) -> tuple[SegmentationData, SegmentationData | None, str]:
+    """Read the train (and validation) folders named in ``config.data`` into the uint8 cache.
+
+    Returns the training data, the validation data (or None) and the mask mode used (detected
+    when the config says "auto", so that evaluation later reads masks the same way).
+    """
     d, m = config.data, config.model
     if not d.images or not d.masks:
         raise ConfigError("no training data: give --images DIR and --masks DIR")
@@ -468,7 +472,7 @@ def load_data(config: RunConfig, *, log: Callable[[str], None] = print,
         train, val = train.split(d.val_fraction, d.split_seed)
     log(f"read {len(train) + (len(val) if val else 0)} image/mask pairs ({mode} masks) in "
         f"{time.perf_counter() - t0:.1f}s, {(train.nbytes + (val.nbytes if val else 0)) / 2**20:.1f} MiB cached")
-    return train, val
+    return train, val, mode
 
 
 def resume_config(run_dir: str | Path, epochs: int | None = None) -> RunConfig:
@@ -478,6 +482,3 @@ def resume_config(run_dir: str | Path, epochs: int | None = None) -> RunConfig:
         config = replace(config, train=replace(config.train, epochs=epochs))
     return config
 
-
-def describe_history(history: list[dict[str, Any]]) -> str:
-    return json.dumps(history, indent=2)
