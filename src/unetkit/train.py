@@ -467,7 +467,8 @@ def load_data(config: RunConfig, *, log: Callable[[str], None] = print,
     train, mode = SegmentationData.from_folders(d.images, d.masks, m.input_size, **common)
     val = None
     if d.val_images and d.val_masks:
-        val, _ = SegmentationData.from_folders(d.val_images, d.val_masks, m.input_size, **(common | {"mask_mode": mode}))
+        val, _ = SegmentationData.from_folders(d.val_images, d.val_masks, m.input_size,
+                                               **(common | {"mask_mode": mode}))
     elif d.val_fraction:
         train, val = train.split(d.val_fraction, d.split_seed)
     log(f"read {len(train) + (len(val) if val else 0)} image/mask pairs ({mode} masks) in "
