@@ -143,7 +143,14 @@ def _loss_fn(config: RunConfig, data: SegmentationData, device: torch.device) ->
         weight = load_class_weights(t.class_weights, n, class_names=config.class_names)
     if weight is not None:
         weight = weight.to(device=device, dtype=torch.float32)
-    return SegmentationLoss(t.loss, n_classes=n, weight=weight, ignore_index=config.data.ignore_index)
+    return SegmentationLoss(t.loss, n_classes=n, weight=weight, ignore_index=_train_ignore_index(config))
+
+
+def _train_ignore_index(config: RunConfig) -> int | None:
+    """The data's ignore index, or the one augmentation pads masks with when the data has none."""
+    from .data.augment import effective_ignore_index
+
+    return effective_ignore_index(config.data.ignore_index, config.train.augment, config.model.n_classes)
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -317,7 +324,7 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
         val_data = val_data.to(device) if val_data is not None else None
 
     memory = torch.channels_last if t.channels_last else torch.contiguous_format
-    ignore = config.data.ignore_index
+    ignore = _train_ignore_index(config)
     checkpointer = _Checkpointer(run_dir, config)
     steps_per_epoch = math.ceil(len(train_data) / t.batch_size)
     log(f"training {config.model.name} on {len(train_data)} images"
