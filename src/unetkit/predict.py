@@ -59,8 +59,116 @@ def as_image(image: ImageLike | object) -> np.ndarray:
     return image
 
 
-class Predictor:
-    """Class-id masks from images with a trained model and its preprocessing settings."""
+class PredictorBase:
+    """What every backend shares: the one preprocessing path, batching, resizing back, argmax.
+
+    A backend (PyTorch here, onnxruntime in ``unetkit.export``) only supplies ``_forward``: (N, C, h, w)
+    uint8 at the model's input size -> (N, K, h, w) float32 logits. Everything before and after it is
+    this class, so that every backend gives the same masks for the same image.
+    """
+
+    config: RunConfig
+    backend: str = "unknown"
+
+    # Above this many output elements (K x H x W), argmax masks are upsampled in bands of rows so that a
+    # large image never holds its full-size float logits in memory at once (serving large uploads).
+    band_elements: int = 1 << 25
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config.class_names or [])
+
+    @property
+    def palette(self) -> list[list[int]]:
+        return list(self.config.palette or [])
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return tuple(self.config.model.input_size)  # type: ignore[return-value]
+
+    def _sliding(self, image: np.ndarray) -> torch.Tensor:
+        from .tiling import sliding_window_logits
+
+        h, w, c = self.input_size
+        return sliding_window_logits(self._forward, image_to_tensor(image, c), (h, w),
+                                     self.config.preprocess.overlap, self.config.model.size_multiple)
+
+    def _model_size_logits(self, images: list[np.ndarray]) -> torch.Tensor:
+        """One forward pass over images of any sizes, each resized to the model's input size."""
+        h, w, c = self.input_size
+        mode = self.config.preprocess.resize
+        x = torch.cat([resize_images(image_to_tensor(im, c), (h, w), mode) for im in images])
+        return self._forward(x)
+
+    def logits(self, image: ImageLike | object) -> torch.Tensor:
+        """(K, H, W) float32 logits at the image's original size."""
+        return self.logits_batch([as_image(image)])[0]
+
+    def logits_batch(self, images: list[np.ndarray]) -> list[torch.Tensor]:
+        """Logits at original size for several (H, W, C) uint8 images, sharing one forward pass."""
+        if self.config.preprocess.predict_mode == "sliding":
+            return [self._sliding(im) for im in images]
+        logits = self._model_size_logits(images)
+        out = []
+        for im, lg in zip(images, logits):
+            if tuple(im.shape[:2]) != tuple(lg.shape[-2:]):
+                lg = F.interpolate(lg[None], size=im.shape[:2], mode="bilinear", align_corners=False)[0]
+            out.append(lg.cpu())
+        return out
+
+    def predict(self, image: ImageLike | object) -> np.ndarray:
+        """(H, W) class ids (argmax over channels) at the image's original size."""
+        return self.predict_batch([as_image(image)])[0]
+
+    def predict_batch(self, images: list[ImageLike | object], batch_size: int = 16) -> list[np.ndarray]:
+        """(H, W) class-id masks for several images (any mix of sizes), ``batch_size`` per forward pass."""
+        arrays = [as_image(im) for im in images]
+        masks = []
+        for start in range(0, len(arrays), batch_size):
+            chunk = arrays[start:start + batch_size]
+            if self.config.preprocess.predict_mode == "sliding":
+                masks += [self._ids(self._sliding(im).argmax(0)) for im in chunk]
+                continue
+            logits = self._model_size_logits(chunk)
+            masks += [self._upsample_argmax(lg, tuple(im.shape[:2])) for im, lg in zip(chunk, logits)]
+        return masks
+
+    def _ids(self, ids: torch.Tensor) -> np.ndarray:
+        dtype = np.uint8 if self.config.model.n_classes <= 256 else np.int32
+        return ids.cpu().numpy().astype(dtype)
+
+    def _upsample_argmax(self, logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        """Argmax of (K, h, w) logits bilinearly resized to ``size``; banded when that would be large."""
+        k, h, w = logits.shape
+        if (h, w) == size:
+            return self._ids(logits.argmax(0))
+        if k * size[0] * size[1] <= self.band_elements:
+            return self._ids(F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+                             .argmax(0))
+        # Separable bilinear (align_corners=False, as F.interpolate): widths first at the model's height,
+        # then each band of output rows blends its two source rows.
+        rows = F.interpolate(logits[None], size=(h, size[1]), mode="bilinear", align_corners=False)[0]
+        src = ((torch.arange(size[0], dtype=torch.float64) + 0.5) * (h / size[0]) - 0.5).clamp_(min=0)
+        y0 = src.floor().long().clamp_(max=h - 1)
+        y1 = (y0 + 1).clamp_(max=h - 1)
+        lam = (src - y0).float().to(rows.device)[None, :, None]
+        y0, y1 = y0.to(rows.device), y1.to(rows.device)
+        band = max(1, self.band_elements // (k * size[1]))
+        out = torch.empty(size, dtype=torch.long, device=rows.device)
+        for top in range(0, size[0], band):
+            sl = slice(top, top + band)
+            blended = rows[:, y0[sl]] * (1 - lam[:, sl]) + rows[:, y1[sl]] * lam[:, sl]
+            out[sl] = blended.argmax(0)
+        return self._ids(out)
+
+
+class Predictor(PredictorBase):
+    """Class-id masks from images with a trained PyTorch model and its preprocessing settings."""
+
+    backend = "pytorch"
 
     def __init__(self, model: nn.Module, config: RunConfig, *, device: str | torch.device = "auto",
                  precision: str = "auto"):
@@ -75,18 +183,6 @@ class Predictor:
         run = load_run(path, weights=weights)
         return cls(run.model, run.config, device=device, precision=precision)
 
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.config.class_names or [])
-
-    @property
-    def palette(self) -> list[list[int]]:
-        return list(self.config.palette or [])
-
-    @property
-    def input_size(self) -> tuple[int, int, int]:
-        return tuple(self.config.model.input_size)  # type: ignore[return-value]
-
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) uint8 -> (N, K, H, W) float32 logits."""
         x = to_float(x.to(self.device))
@@ -95,43 +191,3 @@ class Predictor:
         with torch.no_grad(), torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
                                              enabled=self.dtype is not None):
             return self.model(x).float()
-
-    def logits(self, image: ImageLike | object) -> torch.Tensor:
-        """(K, H, W) float32 logits at the image's original size."""
-        return self.logits_batch([as_image(image)])[0]
-
-    def logits_batch(self, images: list[np.ndarray]) -> list[torch.Tensor]:
-        """Logits for several (H, W, C) uint8 images; same-size images share one forward pass."""
-        h, w, c = self.input_size
-        out: list[torch.Tensor | None] = [None] * len(images)
-        if self.config.preprocess.predict_mode == "sliding":
-            from .tiling import sliding_window_logits
-
-            for i, im in enumerate(images):
-                out[i] = sliding_window_logits(self._forward, image_to_tensor(im, c), (h, w),
-                                               self.config.preprocess.overlap, self.config.model.size_multiple)
-            return out  # type: ignore[return-value]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, im in enumerate(images):
-            groups.setdefault(im.shape[:2], []).append(i)
-        for size, idx in groups.items():
-            x = torch.cat([image_to_tensor(images[i], c) for i in idx])
-            logits = self._forward(resize_images(x, (h, w), self.config.preprocess.resize))
-            if tuple(size) != (h, w):
-                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-            for j, i in enumerate(idx):
-                out[i] = logits[j].cpu()
-        return out  # type: ignore[return-value]
-
-    def predict(self, image: ImageLike | object) -> np.ndarray:
-        """(H, W) class ids (argmax over channels) at the image's original size."""
-        return self.predict_batch([as_image(image)])[0]
-
-    def predict_batch(self, images: list[ImageLike | object], batch_size: int = 16) -> list[np.ndarray]:
-        arrays = [as_image(im) for im in images]
-        dtype = np.uint8 if self.config.model.n_classes <= 256 else np.int32
-        masks = []
-        for start in range(0, len(arrays), batch_size):
-            for logits in self.logits_batch(arrays[start:start + batch_size]):
-                masks.append(logits.argmax(0).numpy().astype(dtype))
-        return masks
