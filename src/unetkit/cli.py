@@ -131,12 +131,21 @@ def _train_config(**opts: Any):
          if opts.get(k) is not None}
     if opts.get("compile") is not None:
         t["compile"] = "on" if opts["compile"] else "off"
-    if opts.get("augment") is not None and not opts["augment"]:
-        t["augment"] = AugmentConfig()
+    if opts.get("augment") is not None:  # off: none; on: the recipe's, or the strong recipe's if it has none
+        from .recipes import STRONG_AUGMENT
+
+        t["augment"] = (config.train.augment if config.train.augment.enabled else STRONG_AUGMENT) \
+            if opts["augment"] else AugmentConfig()
     m = {k: opts[k] for k in ("depth", "dropout", "batch_norm") if opts.get(k) is not None}
     p = {k: opts[k] for k in ("resize",) if opts.get(k) is not None}
-    return replace(config, train=replace(config.train, **t), model=replace(config.model, **m),
+    return replace(_data_options(config, opts), train=replace(config.train, **t), model=replace(config.model, **m),
                    preprocess=replace(config.preprocess, **p))
+
+
+def _data_options(config: Any, opts: dict[str, Any]) -> Any:
+    """``config`` with the data-reading options the user gave (also allowed with --resume)."""
+    d = {k: opts[k] for k in ("cache", "num_workers") if opts.get(k) is not None}
+    return replace(config, data=replace(config.data, **d)) if d else config
 
 
 def _s(p: Path | None) -> str | None:
@@ -194,22 +203,36 @@ def train(
     seed: int | None = None,
     nan_policy: Annotated[str | None, typer.Option(help="stop or skip on a NaN/Inf loss")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue this run folder")] = None,
+    cache: Annotated[str | None, typer.Option(help="auto (stream when the uint8 cache would not fit in memory), "
+                                              "memory or stream (decode on DataLoader workers)")] = None,
+    num_workers: Annotated[int | None, typer.Option(help="DataLoader workers per process with --cache stream")] = None,
+    nproc: Annotated[int | None, typer.Option(help="run N processes on this machine via torchrun "
+                                              "(one per GPU; --batch-size stays the global batch)")] = None,
     progress: bool = True,
 ) -> None:
     """Train a model on a folder of images and a folder of masks; writes a run folder."""
+    from . import distributed
     from .train import fit, resume_config
 
+    if nproc is not None:
+        raise typer.Exit(distributed.launch(sys.argv[1:], nproc, log=console().print))
+    say = console().print if distributed.is_main() else _quiet  # under torchrun only rank 0 prints
     if resume is not None:
-        config = resume_config(resume, epochs)
-        console().print(f"resuming {resume} up to {config.train.epochs} epochs")
-        result = fit(config, resume, resume=True, progress=progress, log=console().print)
+        config = _data_options(resume_config(resume, epochs), locals())
+        say(f"resuming {resume} up to {config.train.epochs} epochs")
+        result = fit(config, resume, resume=True, progress=progress, log=say)
     else:
         if out is None:
             raise UnetkitError("give --out RUN_FOLDER (where weights, config and metrics are written)")
         config = _train_config(**locals())
-        console().print(config.describe())
-        result = fit(config, out, progress=progress, log=console().print)
-    _after_training(result)
+        say(config.describe())
+        result = fit(config, out, progress=progress, log=say)
+    if distributed.is_main():
+        _after_training(result)
+
+
+def _quiet(*_args: Any, **_kwargs: Any) -> None:
+    """A print that prints nothing (ranks other than 0)."""
 
 
 def _after_training(result: Any) -> None:
@@ -218,6 +241,44 @@ def _after_training(result: Any) -> None:
     console().print(f"done:{best}. Run folder: {run_dir}")
     console().print(f"next: unetkit evaluate {run_dir} --images DIR --masks DIR | unetkit predict {run_dir} "
                     "IMAGES... --out DIR")
+
+
+@app.command()
+@guarded
+def compare(
+    images: Annotated[Path, typer.Option(help="folder of training images")],
+    masks: Annotated[Path, typer.Option(help="folder of training masks (paired by file stem)")],
+    out: Annotated[Path, typer.Option(help="folder for both run folders, the table and the picture")],
+    n_classes: Annotated[int | None, typer.Option(help="number of classes")] = None,
+    val_images: Path | None = None,
+    val_masks: Path | None = None,
+    val_fraction: Annotated[float | None, typer.Option(help="hold out this fraction (seeded split)")] = None,
+    ignore_index: Annotated[int | None, typer.Option(help="mask value left out of loss and metrics")] = None,
+    input_size: Annotated[tuple[int, int] | None, typer.Option(help="H W (multiples of 16)")] = None,
+    channels: Annotated[int | None, typer.Option(help="input channels (default: 1 for grayscale data, else 3)")] = None,
+    n_filters: int | None = None,
+    epochs: Annotated[int | None, typer.Option(help="epochs for each model")] = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="the recipe's augmentation")] = None,
+    recipe: Annotated[str, typer.Option(help="seed (the tutorial exactly) or strong")] = "seed",
+    mask_mode: Annotated[str | None, typer.Option(help="auto, index, binary, channels or palette")] = None,
+    palette: Annotated[Path | None, typer.Option(help="JSON {class name: [r, g, b]}")] = None,
+    class_names: Annotated[Path | None, typer.Option(help="JSON list of class names")] = None,
+    tolerance: Annotated[int, typer.Option(help="boundary F1 tolerance in pixels")] = 2,
+    examples: Annotated[int, typer.Option(help="validation images in the picture")] = 4,
+    precision: Annotated[str | None, typer.Option(help="auto, fp32 or bf16")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
+    seed: int | None = None,
+    progress: bool = True,
+) -> None:
+    """Train U-Net and the FCN baseline with the same data, budget and recipe; write a table and a picture."""
+    from .compare import compare as run_compare
+
+    opts = dict(locals(), model=None)
+    config = _train_config(**opts)
+    console().print(config.describe())
+    run_compare(config, out, tolerance=tolerance, examples=examples, progress=progress, log=console().print)
 
 
 @app.command()
@@ -255,6 +316,78 @@ def predict(
 
     written = predict_files(run, inputs, out, masks=masks, mode=mode, device=device)
     console().print(f"wrote predictions for {written} image(s) to {out}")
+
+
+@app.command("import-keras")
+@guarded
+def import_keras(
+    model_file: Annotated[Path, typer.Argument(help="Keras .h5, .keras or .weights.h5 of the seed's U-Net")],
+    out: Annotated[Path, typer.Option(help="run folder to write")],
+    class_names: Annotated[Path | None, typer.Option(help="JSON list of class names, or a palette file")] = None,
+    input_size: Annotated[tuple[int, int] | None, typer.Option(help="H W (a bare .weights.h5 holds none)")] = None,
+) -> None:
+    """Bring a U-Net trained with the Keras tutorial over as a run folder (h5py only, no TensorFlow)."""
+    from .keras_io import import_run
+
+    run = import_run(model_file, out, class_names=class_names, input_size=input_size)
+    console().print(f"imported {model_file} -> {run}")
+    console().print(f"next: unetkit predict {run} IMAGES... --out DIR | unetkit evaluate {run} --images DIR "
+                    "--masks DIR")
+
+
+@app.command()
+@guarded
+def export(
+    run: Annotated[Path, typer.Argument(help="run folder")],
+    out: Annotated[Path, typer.Option(help="file to write (.onnx for --format onnx)")],
+    format: Annotated[str, typer.Option("--format", help="onnx, or keras-weights (Keras .weights.h5)")] = "onnx",
+    dynamic: Annotated[bool, typer.Option(help="ONNX: free batch, height and width (multiples of 16)")] = False,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default 17)")] = None,
+    weights: Annotated[str, typer.Option(help="best or last")] = "best",
+) -> None:
+    """Export a run's network; ONNX carries its settings and is checked against PyTorch before writing."""
+    if format == "onnx":
+        from .export import export_onnx
+
+        console().print(export_onnx(run, out, dynamic=dynamic, opset=opset, weights=weights).summary())
+        return
+    if format != "keras-weights":
+        raise UnetkitError(f"--format must be onnx or keras-weights, got {format!r}")
+    if dynamic or opset is not None:
+        raise UnetkitError("--dynamic and --opset apply to --format onnx only")
+    try:
+        from .keras_io import export_keras_weights
+    except ImportError:
+        raise UnetkitError("--format keras-weights is not available in this version of unetkit") from None
+    from .run import load_run
+
+    export_keras_weights(load_run(run, weights=weights).model, out)
+    console().print(f"wrote {out}")
+
+
+@app.command()
+@guarded
+def serve(
+    model: Annotated[Path, typer.Argument(help="run folder or .onnx file")],
+    host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes the server to the network")] = "127.0.0.1",
+    port: int = 8000,
+    max_upload_mb: Annotated[float, typer.Option(help="largest upload accepted (413 above)")] = 20.0,
+    max_pixels: Annotated[int, typer.Option(help="largest image in pixels, from its header (413 above)")] = 25_000_000,
+    batch_window_ms: Annotated[float, typer.Option(help="how long a request waits to share a batch")] = 5.0,
+    max_batch: Annotated[int, typer.Option(help="images per forward pass at most")] = 8,
+    device: str = "auto",
+) -> None:
+    """Serve a model over HTTP: POST /predict, GET /info, /health, /docs, and a web page at /."""
+    try:
+        from .serve import serve as run_server
+    except ImportError as e:
+        raise UnetkitError(f"serving needs the serve extra ({e.name or e} is missing): "
+                           "pip install 'unetkit[serve]'") from None
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console().print(f"[yellow]note:[/] binding {host}: anyone who can reach this machine can use the model")
+    console().print(f"serving {model} at http://{host}:{port}/ (API reference: /docs); Ctrl-C stops")
+    run_server(model, host, port, max_upload_bytes=int(max_upload_mb * 1e6), max_pixels=max_pixels,
+               batch_window_ms=batch_window_ms, max_batch=max_batch, device=device)
 
 
 @app.command()

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
 from . import run as runio
 from .config import RunConfig
 from .data.loader import SegmentationData
@@ -188,11 +189,11 @@ class _Checkpointer:
         tensors["rng.cpu"] = torch.get_rng_state()
         if torch.cuda.is_available():
             tensors["rng.cuda"] = torch.cuda.get_rng_state()
-        try:
-            runio.save_tensors(self.run_dir / LAST, tensors, state | opt_meta)
+        try:  # last.safetensors is the commit point: written last, so that it never gets ahead of the others
             if is_best:
                 runio.save_tensors(self.run_dir / WEIGHTS, weights, {"kind": "weights", "epoch": state["epoch"]})
             runio.write_metrics(self.run_dir / METRICS, history)
+            runio.save_tensors(self.run_dir / LAST, tensors, state | opt_meta)
         except OSError as e:
             raise RunError(f"could not write the checkpoint in {self.run_dir} ({e.strerror or e}); the previous "
                            f"checkpoint is intact. Free space or fix permissions, then resume with "
@@ -257,6 +258,7 @@ def evaluate_data(model: nn.Module, data: SegmentationData, config: RunConfig, *
     return cm, (loss_sum.item() / count if count else None)
 
 
+@distributed.with_process_group
 def fit(config: RunConfig, out: str | Path | None = None, *, train_data: SegmentationData | None = None,
         val_data: SegmentationData | None = None, resume: bool = False, progress: bool = True,
         log: Callable[[str], None] | None = print, epoch_callback: Callable[[dict[str, Any]], None] | None = None,
@@ -267,9 +269,13 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
     ``resume=True`` continues the run in ``out`` from its last finished epoch, up to
     ``config.train.epochs`` epochs in total, with the optimizer and RNG state it stopped with.
     """
+    dist_info = distributed.info()  # rank 0 of 1 without torchrun
+    if not dist_info.is_main:  # only rank 0 prints and writes the run folder
+        log, progress, epoch_callback = None, False, None
     log = log or (lambda _msg: None)
     t = config.train
-    device = resolve_device(t.device)
+    device = distributed.local_device(resolve_device(t.device))
+    batch_size = distributed.local_batch_size(t.batch_size)  # per rank; t.batch_size stays the global batch
     dtype = resolve_precision(t.precision, device)
     run_dir = Path(out) if out is not None else None
 
@@ -294,21 +300,32 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
         if run_dir is None or not (run_dir / LAST).exists():
             raise RunError(f"nothing to resume: {run_dir} has no {LAST}")
         tensors, meta = runio.load_tensors(run_dir / LAST)
-        if not meta or "epoch" not in meta:
+        if not isinstance(meta, dict) or "epoch" not in meta:
             raise RunError(f"{run_dir / LAST} holds no training state; it cannot be resumed")
-        runio.unwrap(model).load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        _load_optimizer(opt, tensors, meta)
-        torch.set_rng_state(tensors["rng.cpu"])
-        if "rng.cuda" in tensors and torch.cuda.is_available():
-            torch.cuda.set_rng_state(tensors["rng.cuda"])
-        start_epoch, best, since_best = meta["epoch"], meta["best"], meta["since_best"]
-        plateau = _Plateau(meta.get("plateau"))
-        history = runio.read_metrics(run_dir / METRICS)[:start_epoch]
+        try:
+            runio.unwrap(model).load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+            _load_optimizer(opt, tensors, meta)
+            torch.set_rng_state(tensors["rng.cpu"])
+            if "rng.cuda" in tensors and torch.cuda.is_available():
+                torch.cuda.set_rng_state(tensors["rng.cuda"])
+            start_epoch, best, since_best = int(meta["epoch"]), float(meta["best"]), int(meta["since_best"])
+            plateau = _Plateau(meta.get("plateau"))
+            history = runio.read_metrics(run_dir / METRICS)[:start_epoch]
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            detail = (str(e).splitlines() or [""])[0]
+            raise RunError(f"{run_dir / LAST} does not hold a usable training state for {run_dir / CONFIG} "
+                           f"({type(e).__name__}: {detail}); restore an intact copy of the run folder, or train "
+                           "again") from None
         if start_epoch >= t.epochs:
             log(f"{run_dir} already has {start_epoch} epochs; ask for more with --epochs")
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        runio.atomic_write_text(run_dir / CONFIG, config.to_json())
+    if run_dir is not None and dist_info.is_main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            runio.remove_stale_temps(run_dir)  # left by a killed run
+            runio.atomic_write_text(run_dir / CONFIG, config.to_json())
+        except OSError as e:
+            raise RunError(f"could not write {run_dir / CONFIG} ({e.strerror or e}); free space or fix "
+                           "permissions, or choose another --out") from None
 
     compiled = resolve_compile(t.compile, device)
     step_model = model
@@ -318,15 +335,20 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
         except Exception as e:  # no compiler toolchain, unsupported platform ...
             log(f"torch.compile unavailable ({type(e).__name__}: {e}); running eagerly")
             step_model = model
+    eval_model = step_model  # evaluation runs on each rank's shard outside DDP: no collectives per batch
+    step_model = distributed.wrap_model(step_model, device)  # DDP under several ranks
     loss_fn = _loss_fn(config, train_data, device)
     if device.type == "cuda" and train_data.nbytes < 0.5 * torch.cuda.mem_get_info(device)[0]:
         train_data = train_data.to(device)
         val_data = val_data.to(device) if val_data is not None else None
+    val_part = distributed.shard(val_data)  # this rank's validation samples, none repeated
 
     memory = torch.channels_last if t.channels_last else torch.contiguous_format
     ignore = _train_ignore_index(config)
-    checkpointer = _Checkpointer(run_dir, config)
-    steps_per_epoch = math.ceil(len(train_data) / t.batch_size)
+    checkpointer = _Checkpointer(run_dir if dist_info.is_main else None, config)
+    steps_per_epoch = math.ceil(math.ceil(len(train_data) / dist_info.world_size) / batch_size)
+    if dist_info.enabled:
+        log(f"{dist_info.world_size} processes: global batch {t.batch_size} = {batch_size} per process")
     log(f"training {config.model.name} on {len(train_data)} images"
         + (f", validating on {len(val_data)}" if val_data is not None else "")
         + f" | device {device}, precision {'bf16' if dtype else 'fp32'}, compile {'on' if compiled else 'off'}")
@@ -341,15 +363,17 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
     with _SigintGuard() as sigint, _progress(progress) as bar:
         for epoch in range(start_epoch, t.epochs):
             model.train()
+            distributed.seed_rank(t.seed, epoch)
             gen = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
             aug_gen = torch.Generator(device=device).manual_seed(t.seed * 100_019 + epoch) if augment else None
             cm = ConfusionMatrix(config.model.n_classes, ignore, device=device)
             loss_sum = torch.zeros((), device=device)
+            first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a NaN/Inf loss
             seen = 0
             task = bar.add_task(f"epoch {epoch + 1}/{t.epochs}", total=steps_per_epoch, info="") if bar else None
             t0 = last_refresh = time.perf_counter()
-            for step, (x, y) in enumerate(train_data.batches(t.batch_size, device=device, shuffle=True,
-                                                             generator=gen)):
+            for step, (x, y) in enumerate(train_data.batches(batch_size, device=device, shuffle=True, generator=gen,
+                                                             rank=dist_info.rank, world_size=dist_info.world_size)):
                 if sigint.hit:
                     raise TrainingInterrupted(_interrupt_message(run_dir, epoch))
                 factor = lr_factor(config, epoch + step / steps_per_epoch) * plateau.factor
@@ -363,36 +387,41 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
                 with autocast(device, dtype):
                     logits = step_model(x)
                 loss = loss_fn(logits, y)
-                if t.nan_policy == "skip" and not torch.isfinite(loss):
+                if t.nan_policy == "skip" and not distributed.all_finite(loss):
                     log(f"skipped step {step + 1} of epoch {epoch + 1}: loss is {loss.item()}")
                     continue
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 loss_sum += loss.detach() * x.shape[0]
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)  # no sync
                 seen += x.shape[0]
                 cm.update(logits.detach().argmax(1), y)
                 now = time.perf_counter()
                 if bar and (now - last_refresh > 0.5 or step == steps_per_epoch - 1):
                     last_refresh = now
                     mean_loss = loss_sum.item() / max(seen, 1)
-                    _check_finite(mean_loss, epoch, step, run_dir)
+                    _check_finite(mean_loss, epoch, step, run_dir, first_bad)
                     m = cm.compute()
                     bar.update(task, completed=step + 1, info=f"loss {mean_loss:.4f} acc {m.pixel_accuracy:.4f} "
                                f"mIoU {m.mean_iou:.4f} {seen / (now - t0):.1f} img/s")
+            seen = distributed.reduce_train_sums(loss_sum, cm, seen)  # over ranks, in place
             if seen == 0:
                 raise NonFiniteLoss(f"every step of epoch {epoch + 1} had a non-finite loss; lower the learning "
                                     "rate or check the data")
             train_seconds = time.perf_counter() - t0
             train_loss = loss_sum.item() / seen
-            _check_finite(train_loss, epoch, steps_per_epoch - 1, run_dir)
+            _check_finite(train_loss, epoch, steps_per_epoch - 1, run_dir, first_bad)
             tm = cm.compute()
             row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": tm.pixel_accuracy,
                                    "train_miou": tm.mean_iou, "lr": opt.param_groups[0]["lr"],
                                    "images_per_s": seen / train_seconds}
             score = tm.mean_iou
             if val_data is not None and len(val_data):
-                vcm, vloss = evaluate_data(step_model, val_data, config, device=device, dtype=dtype, loss_fn=loss_fn)
+                vcm, vloss = evaluate_data(eval_model, val_part, config, device=device, dtype=dtype, loss_fn=loss_fn,
+                                           batch_size=batch_size)
+                vcm.all_reduce()
+                vloss = distributed.weighted_mean(vloss, len(val_part), device)
                 vm = vcm.compute()
                 row |= {"val_loss": vloss, "val_accuracy": vm.pixel_accuracy, "val_miou": vm.mean_iou}
                 score = vm.mean_iou
@@ -417,6 +446,7 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
                 stopped_early = True
                 break
 
+    distributed.barrier()  # rank 0 has written its last checkpoint before the others read the best weights
     if run_dir is not None and (run_dir / WEIGHTS).exists():
         best_weights, _ = runio.load_tensors(run_dir / WEIGHTS)
         runio.unwrap(model).load_state_dict(best_weights)
@@ -424,8 +454,12 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
     return TrainResult(run_dir, model, history, best if best >= 0 else None, stopped_early)
 
 
-def _check_finite(value: float, epoch: int, step: int, run_dir: Path | None) -> None:
+def _check_finite(value: float, epoch: int, step: int, run_dir: Path | None,
+                  first_bad: torch.Tensor | None = None) -> None:
+    """Raise NonFiniteLoss naming the epoch and the first bad step (``first_bad``, else ``step``)."""
     if not math.isfinite(value):
+        if first_bad is not None and int(first_bad) >= 0:
+            step = int(first_bad)
         where = f"epoch {epoch + 1}, step {step + 1}"
         keep = f"; the last good checkpoint in {run_dir} is kept" if run_dir else ""
         raise NonFiniteLoss(f"the loss became {value} at {where}{keep}. Lower the learning rate (--lr), "
@@ -433,8 +467,13 @@ def _check_finite(value: float, epoch: int, step: int, run_dir: Path | None) -> 
 
 
 def _interrupt_message(run_dir: Path | None, epoch: int) -> str:
-    done = f"{epoch} finished epoch(s) are saved in {run_dir}" if run_dir else "nothing was saved (no --out)"
-    hint = f"; continue with `unetkit train --resume {run_dir}`" if run_dir and epoch else ""
+    if run_dir is None:
+        return f"interrupted during epoch {epoch + 1}: nothing was saved (no --out)"
+    if not epoch:
+        return (f"interrupted during epoch 1: no epoch had finished, so {run_dir} holds nothing to resume; "
+                "run the same command again to start over")
+    done = f"{epoch} finished epoch(s) are saved in {run_dir}"
+    hint = f"; continue with `unetkit train --resume {run_dir}`"
     return f"interrupted during epoch {epoch + 1}: {done}{hint}"
 
 
@@ -467,6 +506,10 @@ def load_data(config: RunConfig, *, log: Callable[[str], None] = print,
     d, m = config.data, config.model
     if not d.images or not d.masks:
         raise ConfigError("no training data: give --images DIR and --masks DIR")
+    from .data.stream import folder_cache_mode, load_streaming
+
+    if folder_cache_mode(config, local_world_size=distributed.env_info().local_world_size, log=log) == "stream":
+        return load_streaming(config, log=log)  # type: ignore[return-value]  # same interface, decoded lazily
     palette = config.palette if d.mask_mode == "palette" else None
     common = dict(n_classes=m.n_classes, mask_mode=d.mask_mode, palette=palette, ignore_index=d.ignore_index,
                   resize=config.preprocess.resize)
