@@ -328,3 +328,35 @@ def test_keras_loads_exported_weights(keras_dir: Path, tmp_path: Path) -> None:
     np.testing.assert_array_equal(got, logits)  # the very weights Keras saved, through unetkit and back
     want = torch_logits(model, inputs)
     assert rel_error(got, want) < REL_TOL
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def test_import_keras_cli_writes_a_run_that_predicts(keras_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from unetkit.cli import app
+    from unetkit.run import load_run
+
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps([f"c{i}" for i in range(5)]))
+    src = model_file(keras_dir, "rgb", CASES[0][1])
+    result = CliRunner().invoke(app, ["import-keras", str(src), "--out", str(tmp_path / "run"),
+                                      "--class-names", str(names)])
+    assert result.exit_code == 0, result.output
+    run = load_run(tmp_path / "run")
+    assert run.config.class_names == [f"c{i}" for i in range(5)]
+    inputs, logits = reference("rgb")
+    assert rel_error(torch_logits(run.model, inputs), logits) < REL_TOL
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray((inputs[0] * 255).clip(0, 255).astype(np.uint8)).save(image)
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(image), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "p" / "x.png").exists()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(["a", "b"]))
+    result = CliRunner().invoke(app, ["import-keras", str(src), "--out", str(tmp_path / "r2"), "--class-names", str(bad)])
+    assert result.exit_code != 0 and "5" in result.output

@@ -369,10 +369,10 @@ def export(
 @guarded
 def serve(
     model: Annotated[Path, typer.Argument(help="run folder or .onnx file")],
-    host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes the server to the network")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes it to the network")] = "127.0.0.1",
     port: int = 8000,
     max_upload_mb: Annotated[float, typer.Option(help="largest upload accepted (413 above)")] = 20.0,
-    max_pixels: Annotated[int, typer.Option(help="largest image in pixels, from its header (413 above)")] = 25_000_000,
+    max_pixels: Annotated[int, typer.Option(help="largest image in pixels, read from its header")] = 25_000_000,
     batch_window_ms: Annotated[float, typer.Option(help="how long a request waits to share a batch")] = 5.0,
     max_batch: Annotated[int, typer.Option(help="images per forward pass at most")] = 8,
     device: str = "auto",

@@ -533,3 +533,32 @@ def export_keras_weights(model: UNet, path: str | os.PathLike[str]) -> Path:
                 v.create_dataset(str(i), data=arr)
         f.create_group("vars").attrs["name"] = "functional"
     return out
+
+
+def import_run(path: str | os.PathLike[str], out: str | os.PathLike[str], *,
+               class_names: str | os.PathLike[str] | None = None,
+               input_size: tuple[int, int] | None = None) -> Path:
+    """Import a Keras file and write a normal run folder (predict, evaluate, export and resume use it).
+
+    ``class_names`` is a JSON list of names or a palette file ({name: [r, g, b]}), whose colours are
+    kept. The run's training settings are the seed's recipe, so fine-tuning continues as the
+    tutorial trained.
+    """
+    from .config import ModelConfig, RunConfig
+    from .data.masks import load_class_names, load_palette_file
+    from .run import save_run
+
+    model, settings = import_keras(path, input_size=input_size)
+    names = palette = None
+    if class_names is not None:
+        names = load_class_names(class_names)
+        if json.loads(Path(class_names).read_text()).__class__ is dict:
+            names, palette = load_palette_file(class_names)
+        if len(names) != settings["n_classes"]:
+            raise KerasImportError(f"{class_names} lists {len(names)} classes but {path} predicts "
+                                   f"{settings['n_classes']}; give one name per class")
+    config = RunConfig(model=ModelConfig(input_size=settings["input_size"], n_filters=settings["n_filters"],
+                                         n_classes=settings["n_classes"], depth=settings["depth"]),
+                       class_names=names, palette=palette)
+    config.data.mask_mode = "index"
+    return save_run(out, model, config)
