@@ -358,5 +358,6 @@ def test_import_keras_cli_writes_a_run_that_predicts(keras_dir: Path, tmp_path: 
     assert (tmp_path / "p" / "x.png").exists()
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(["a", "b"]))
-    result = CliRunner().invoke(app, ["import-keras", str(src), "--out", str(tmp_path / "r2"), "--class-names", str(bad)])
+    result = CliRunner().invoke(app, ["import-keras", str(src), "--out", str(tmp_path / "r2"),
+                                      "--class-names", str(bad)])
     assert result.exit_code != 0 and "5" in result.output
