@@ -40,6 +40,8 @@ LAST = "last.safetensors"
 METRICS = "metrics.csv"
 CURVES = "curves.png"
 
+TMP_SUFFIX = ".tmp"  # atomic writes go to ".NAME.PID.RANDOM.tmp" first
+
 METRIC_FIELDS = ["epoch", "train_loss", "train_accuracy", "train_miou", "val_loss", "val_accuracy", "val_miou",
                  "lr", "seconds", "images_per_s"]
 
@@ -48,7 +50,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -70,6 +72,38 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete temporary files that a killed writer left in ``folder`` (its process is gone); return them.
+
+    Temporary names are ``.NAME.PID.RANDOM.tmp``: a file whose PID still runs is left alone, so a
+    live writer in another process never loses its file.
+    """
+    removed = []
+    for p in Path(folder).glob(f".*{TMP_SUFFIX}"):
+        parts = p.name.split(".")
+        if len(parts) < 5 or not parts[-3].isdigit():
+            continue  # not one of ours
+        pid = int(parts[-3])
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -101,12 +135,13 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         tensors = st_load(data)
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("unetkit")
+        meta = json.loads(raw) if raw else None
     except FileNotFoundError:
         raise RunError(f"{path} does not exist") from None
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
         raise RunError(f"{path} is not a readable safetensors file ({e}); it may be truncated or "
                        "corrupt: retrain, or resume from an intact copy") from None
-    return tensors, (json.loads(raw) if raw else None)
+    return tensors, meta
 
 
 def build_model(config: ModelConfig) -> nn.Module:
