@@ -6,6 +6,8 @@ from __future__ import annotations
 class UnetkitError(Exception):
     """An error the user caused and can fix; the CLI prints its message and exits non-zero."""
 
+    exit_code: int = 2  # the CLI's exit status for this error
+
 
 class DataError(UnetkitError, ValueError):
     """A problem with images, masks or folders (unpaired, unreadable, wrong values, ...)."""

@@ -33,6 +33,8 @@ from .run import CONFIG, CURVES, LAST, METRICS, WEIGHTS
 class TrainingInterrupted(UnetkitError):
     """Ctrl-C during training: finished epochs are saved and the run can be resumed."""
 
+    exit_code = 130  # 128 + SIGINT, as shells report a Ctrl-C
+
 
 class NonFiniteLoss(UnetkitError):
     """The loss became NaN or Inf."""
