@@ -36,7 +36,7 @@ def guarded(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UnetkitError as e:
-            _fail(str(e))
+            _fail(str(e), e.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         except MemoryError:
