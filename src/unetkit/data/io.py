@@ -35,6 +35,11 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".
 # raising MAX_PIXELS beyond that also needs PIL.Image.MAX_IMAGE_PIXELS raised (unetkit never changes it).
 MAX_PIXELS: int = 89_478_485
 
+# PIL decoders tried on a file, whatever its name: the formats of IMAGE_EXTENSIONS plus WebP and GIF (as the
+# server accepts). Leaving the others out keeps rarely used decoders (and EPS, which runs Ghostscript) away
+# from untrusted files. "JPEG" covers MPO, the JPEG variant many phone cameras write.
+FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
+
 _FIX_REEXPORT = "re-export the file (e.g. save it again as PNG) or remove it from the folder"
 
 
@@ -50,7 +55,7 @@ def _open(path: Path, what: str) -> Image.Image:
     if path.is_dir():
         raise DataError(f"{what} {path} is a folder, not an image file; give an image file")
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=FORMATS) as im:
             w, h = im.size
             if w <= 0 or h <= 0:
                 raise DataError(f"{what} {path} has zero size ({w}x{h} pixels); {_FIX_REEXPORT}")
@@ -77,7 +82,8 @@ def _open(path: Path, what: str) -> Image.Image:
         raise DataError(f"{what} {path} cannot be read (permission denied); fix its permissions") from None
     except Image.UnidentifiedImageError:
         raise DataError(
-            f"{what} {path} is not an image PIL can read (unknown format or corrupt header); {_FIX_REEXPORT}"
+            f"{what} {path} is not an image unetkit reads ({', '.join(FORMATS)}) or its header is corrupt; "
+            f"{_FIX_REEXPORT}"
         ) from None
     except Exception as e:  # OSError (truncated), ValueError, SyntaxError, struct errors, ... from PIL
         detail = str(e) or type(e).__name__
