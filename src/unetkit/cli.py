@@ -447,6 +447,62 @@ def serve(
 
 @app.command()
 @guarded
+def export(
+    run: Annotated[Path, typer.Argument(help="run folder")],
+    out: Annotated[Path, typer.Option(help="file to write (.onnx for --format onnx)")],
+    format: Annotated[str, typer.Option("--format", help="onnx or keras-weights")] = "onnx",
+    dynamic: Annotated[bool, typer.Option(help="ONNX: free batch, height, width (x16)")] = False,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default 17)")] = None,
+    weights: Annotated[str, typer.Option(help="best or last")] = "best",
+) -> None:
+    """Export a run's network; ONNX carries its settings and is checked against PyTorch before writing."""
+    if format == "onnx":
+        from .export import export_onnx
+
+        report = export_onnx(run, out, dynamic=dynamic, opset=opset, weights=weights)
+        console().print(report.summary(), soft_wrap=True)
+        return
+    if format != "keras-weights":
+        raise UnetkitError(f"--format must be onnx or keras-weights, got {format!r}")
+    if dynamic or opset is not None:
+        raise UnetkitError("--dynamic and --opset apply to --format onnx only")
+    try:
+        from .keras_io import export_keras_weights
+    except ImportError:
+        raise UnetkitError("--format keras-weights is not available in this version of unetkit") from None
+    from .run import load_run
+
+    export_keras_weights(load_run(run, weights=weights).model, out)
+    console().print(f"wrote {out}")
+
+
+@app.command()
+@guarded
+def serve(
+    model: Annotated[Path, typer.Argument(help="run folder or .onnx file")],
+    host: Annotated[str, typer.Option(help="address; 0.0.0.0 opens it to the network")] = "127.0.0.1",
+    port: int = 8000,
+    max_upload_mb: Annotated[float, typer.Option(help="largest upload accepted (413 above)")] = 20.0,
+    max_pixels: Annotated[int, typer.Option(help="largest image, in pixels")] = 25_000_000,
+    batch_window_ms: Annotated[float, typer.Option(help="how long a request waits to share a batch")] = 5.0,
+    max_batch: Annotated[int, typer.Option(help="images per forward pass at most")] = 8,
+    device: str = "auto",
+) -> None:
+    """Serve a model over HTTP: POST /predict, GET /info, /health, /docs, and a web page at /."""
+    try:
+        from .serve import serve as run_server
+    except ImportError as e:
+        raise UnetkitError(f"serving needs the serve extra ({e.name or e} is missing): "
+                           "pip install 'unetkit[serve]'") from None
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console().print(f"[yellow]note:[/] on {host}, anyone who can reach this machine can use the model")
+    console().print(f"serving {model} at http://{host}:{port}/ (API reference: /docs); Ctrl-C stops")
+    run_server(model, host, port, max_upload_bytes=int(max_upload_mb * 1e6), max_pixels=max_pixels,
+               batch_window_ms=batch_window_ms, max_batch=max_batch, device=device)
+
+
+@app.command()
+@guarded
 def demo(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("demo-run"),
     train_count: int = 800,
