@@ -150,8 +150,9 @@ def image_size(data: bytes, max_pixels: int) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as im:
             w, h = im.size
-    except Image.DecompressionBombError:
-        raise UploadError(413, f"image is too large to decode safely (limit {max_pixels:,} pixels)") from None
+    except Image.DecompressionBombError as e:  # PIL's own guard, far above max_pixels
+        raise UploadError(413, f"image is too large to decode safely ({e}); the limit here is "
+                               f"{max_pixels:,} pixels") from None
     except Image.UnidentifiedImageError:
         raise UploadError(422, f"the file is not an image this server reads ({', '.join(FORMATS)}) or its "
                                "header is corrupt") from None
