@@ -130,7 +130,10 @@ def with_process_group(fn: F) -> F:
 
 
 def _cuda_index(env: DistInfo) -> int:
-    # With one visible GPU per process (SLURM --gpus-per-task=1) LOCAL_RANK may exceed the count.
+    """This rank's GPU: LOCAL_RANK (modulo the visible GPUs, as with SLURM --gpus-per-task=1), or the
+    current device when the caller set up the group without a launcher's environment."""
+    if "LOCAL_RANK" not in os.environ and dist.is_available() and dist.is_initialized():
+        return torch.cuda.current_device()
     return env.local_rank % max(torch.cuda.device_count(), 1)
 
 
@@ -153,12 +156,18 @@ def local_batch_size(global_batch: int, world_size: int | None = None) -> int:
     return global_batch // world
 
 
-def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """DistributedDataParallel around ``model`` under several ranks (gradients averaged); else ``model``."""
+def wrap_model(step_model: nn.Module, model: nn.Module, device: torch.device) -> nn.Module:
+    """The module to train with: ``step_model`` with one process; DistributedDataParallel(model) with several.
+
+    ``step_model`` is ``model`` itself or ``torch.compile(model)``. In the compiled case DDP is compiled
+    after wrapping (``torch.compile(DDP(model))``), as PyTorch recommends: TorchDynamo's DDPOptimizer
+    then splits the graph at DDP's gradient buckets so that the all-reduce overlaps the backward.
+    """
     if not info().enabled:
-        return model
+        return step_model
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return torch.compile(ddp) if step_model is not model else ddp
 
 
 def shard(data: Any) -> Any:

@@ -270,6 +270,8 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
     Data comes from ``train_data``/``val_data`` when given, else from the folders in ``config.data``.
     ``resume=True`` continues the run in ``out`` from its last finished epoch, up to
     ``config.train.epochs`` epochs in total, with the optimizer and RNG state it stopped with.
+    Under torchrun (RANK/WORLD_SIZE set) it trains data-parallel with DDP: ``config.train.batch_size``
+    is the global batch, rank 0 alone logs and writes ``out``; see ``unetkit.distributed``.
     """
     dist_info = distributed.info()  # rank 0 of 1 without torchrun
     if not dist_info.is_main:  # only rank 0 prints and writes the run folder
@@ -338,7 +340,7 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
             log(f"torch.compile unavailable ({type(e).__name__}: {e}); running eagerly")
             step_model = model
     eval_model = step_model  # evaluation runs on each rank's shard outside DDP: no collectives per batch
-    step_model = distributed.wrap_model(step_model, device)  # DDP under several ranks
+    step_model = distributed.wrap_model(step_model, model, device)  # DDP under several ranks
     loss_fn = _loss_fn(config, train_data, device)
     if device.type == "cuda" and train_data.nbytes < 0.5 * torch.cuda.mem_get_info(device)[0]:
         train_data = train_data.to(device)
@@ -367,7 +369,8 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
             model.train()
             distributed.seed_rank(t.seed, epoch)
             gen = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
-            aug_gen = torch.Generator(device=device).manual_seed(t.seed * 100_019 + epoch) if augment else None
+            aug_gen = torch.Generator(device=device).manual_seed(t.seed * 100_019 + epoch + 7_919 * dist_info.rank) \
+                if augment else None  # per rank: ranks must not draw the same augmentations for their samples
             cm = ConfusionMatrix(config.model.n_classes, ignore, device=device)
             loss_sum = torch.zeros((), device=device)
             first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a NaN/Inf loss
