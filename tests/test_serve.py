@@ -23,7 +23,7 @@ pytest.importorskip("httpx")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 with warnings.catch_warnings():  # starlette's notice about httpx, at import
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient  # noqa: E402
 
 from unetkit.config import ModelConfig, RunConfig  # noqa: E402

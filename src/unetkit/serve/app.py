@@ -235,7 +235,7 @@ def create_app(model_path_or_predictor: str | Path | PredictorBase, *, max_uploa
 
     @app.get("/health", summary="Liveness and counters")
     async def health() -> dict[str, Any]:
-        """``status: ok`` while the model answers; request, batching and memory-budget counters."""
+        """status "ok" while the model answers; response, batching and memory-budget counters."""
         return {"status": "ok", "backend": predictor.backend, "uptime_s": round(time.time() - started, 1),
                 "responses": {str(k): v for k, v in sorted(statuses.items())},
                 "batcher": batcher.stats.to_dict(),
@@ -255,7 +255,7 @@ def create_app(model_path_or_predictor: str | Path | PredictorBase, *, max_uploa
                                                   "plus per-class pixel fractions"),
         alpha: float = Query(0.5, ge=0.0, le=1.0, description="overlay opacity (format=overlay)"),
     ) -> Response:
-        """Upload an image as multipart form field ``file`` (or as the raw body with an image Content-Type).
+        """Upload an image as the multipart form field "file" (or as the raw body with an image Content-Type).
 
         The answer has the image's original size. Limits: upload bytes (413), pixels from the header
         (413), content type (415), undecodable data (422).
@@ -324,7 +324,8 @@ def render_docs(spec: dict[str, Any]) -> str:
                            "<th>description</th></tr>")
                 for p in params:
                     schema = p.get("schema", {})
-                    values = schema.get("enum") or _bounds(schema) or schema.get("type", "")
+                    values = ", ".join(map(str, schema["enum"])) if "enum" in schema else \
+                        _bounds(schema) or schema.get("type", "")
                     out.append(f"<tr><td><code>{e(p['name'])}</code></td><td>{e(p['in'])}</td>"
                                f"<td>{e(str(values))}</td><td>{e(str(schema.get('default', '')))}</td>"
                                f"<td>{e(p.get('description', ''))}</td></tr>")

@@ -151,8 +151,8 @@ async function segment(file) {
       state.ids = await decodeMask(data.mask_png_base64, data.width, data.height);
       paintOverlay();
     }
-    // show small images at least 320 px wide (pixelated), large ones at most the column's width
-    $("stage").style.width = `${Math.max(320, data.width)}px`;
+    // small images are enlarged (pixelated) to at least 560 px; the column's width caps every image
+    $("stage").style.width = `${Math.max(560, data.width)}px`;
     renderLegend(data.classes);
     $("viewer").hidden = false;
     const ms = Math.round(performance.now() - started);
