@@ -377,6 +377,7 @@ def serve(
     batch_window_ms: Annotated[float, typer.Option(help="how long a request waits to share a batch")] = 5.0,
     max_batch: Annotated[int, typer.Option(help="images per forward pass at most")] = 8,
     device: str = "auto",
+    log_level: Annotated[str, typer.Option(help="info logs each request; warning is quiet")] = "info",
 ) -> None:
     """Serve a model over HTTP: POST /predict, GET /info, /health, /docs, and a web page at /."""
     try:
@@ -388,7 +389,7 @@ def serve(
         console().print(f"[yellow]note:[/] on {host}, anyone who can reach this machine can use the model")
     console().print(f"serving {model} at http://{host}:{port}/ (API reference: /docs); Ctrl-C stops")
     run_server(model, host, port, max_upload_bytes=int(max_upload_mb * 1e6), max_pixels=max_pixels,
-               batch_window_ms=batch_window_ms, max_batch=max_batch, device=device)
+               batch_window_ms=batch_window_ms, max_batch=max_batch, device=device, log_level=log_level)
 
 
 @app.command()

@@ -1,0 +1,205 @@
+"""Bounded load test of `unetkit serve` on loopback: requests/s, p50/p99 latency, errors, server memory.
+
+Starts the server itself (a subprocess bound to 127.0.0.1 on a free port), sends ``--requests``
+POST /predict uploads from ``--concurrency`` concurrent clients (asyncio + httpx) for at most
+``--max-seconds`` per round, and prints one Markdown row per round. The server's resident memory
+(VmRSS from /proc) is read after a warm-up and after each round, so growth across rounds shows.
+
+    python benchmarks/load_test.py                          # the seed's U-Net, 1000 requests, 32 clients
+    python benchmarks/load_test.py --model runs/carla --requests 2000 --rounds 3
+    python benchmarks/load_test.py --arch tiny --image-size 32 32   # the server's own overhead
+
+Without ``--model`` it saves an untrained network of the chosen size into a temporary run folder
+(the cost of a forward pass does not depend on the weights). Nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def make_run(arch: str, folder: Path) -> Path:
+    from unetkit.config import ModelConfig, RunConfig
+    from unetkit.model import unet_model
+    from unetkit.run import save_run
+
+    cfg = ModelConfig() if arch == "seed" else ModelConfig(input_size=(32, 32, 3), n_filters=4, n_classes=3)
+    model = unet_model(cfg.input_size, n_filters=cfg.n_filters, n_classes=cfg.n_classes)
+    return save_run(folder / f"{arch}-run", model, RunConfig(model=cfg))
+
+
+def test_images(count: int, height: int, width: int) -> list[bytes]:
+    """Distinct smooth PNGs (like photos, they compress), one per client slot."""
+    out = []
+    yy, xx = np.mgrid[:height, :width]
+    for i in range(count):
+        rng = np.random.default_rng(i)
+        phase = xx[..., None] / rng.uniform(4, 20) + yy[..., None] / rng.uniform(4, 20) + rng.uniform(0, 6, 3)
+        noise = rng.normal(0, 6, (height, width, 3))
+        img = np.clip(rng.uniform(60, 200, 3) + 50 * np.sin(phase) + noise, 0, 255)
+        buf = io.BytesIO()
+        Image.fromarray(img.astype(np.uint8)).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def start_server(model: Path, port: int, args: argparse.Namespace, log: Path) -> subprocess.Popen:
+    command = [sys.executable, "-c", "from unetkit.cli import main; main()", "serve", str(model),
+               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+               "--batch-window-ms", str(args.batch_window_ms), "--max-batch", str(args.max_batch)]
+    proc = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited:\n{log.read_text()[-3000:]}")
+        try:
+            get_json(f"http://127.0.0.1:{port}/health")
+            return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise SystemExit("the server did not start within 120 s")
+
+
+async def one_round(url: str, images: list[bytes], n: int, concurrency: int, max_seconds: float,
+                    fmt: str) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    sent = 0
+    start = time.perf_counter()
+    stop_at = start + max_seconds
+
+    async def client(slot: int, http: httpx.AsyncClient) -> None:
+        nonlocal sent
+        while sent < n and time.perf_counter() < stop_at:
+            sent += 1
+            data = images[(slot + sent) % len(images)]
+            t0 = time.perf_counter()
+            try:
+                r = await http.post(f"{url}/predict", params={"format": fmt},
+                                    files={"file": ("image.png", data, "image/png")})
+                ok = r.status_code == 200
+                key = str(r.status_code)
+            except httpx.HTTPError as e:
+                ok, key = False, type(e).__name__
+            if ok:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                errors[key] = errors.get(key, 0) + 1
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=60.0) as http:
+        await asyncio.gather(*(client(i, http) for i in range(concurrency)))
+    seconds = time.perf_counter() - start
+    lat = sorted(latencies)
+    pick = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000) if lat else (lambda q: float("nan"))
+    return {"requests": len(lat) + sum(errors.values()), "ok": len(lat), "errors": errors, "seconds": seconds,
+            "rps": len(lat) / seconds if seconds else 0.0, "p50_ms": pick(0.50), "p99_ms": pick(0.99),
+            "mean_ms": statistics.fmean(lat) * 1000 if lat else float("nan")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, help="run folder or .onnx file (default: untrained --arch network)")
+    ap.add_argument("--arch", choices=["seed", "tiny"], default="seed",
+                    help="seed: 96x128x3, 32 filters, 23 classes (8.6 M parameters); tiny: 32x32x3, 4")
+    ap.add_argument("--requests", type=int, default=1000, help="per round")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--max-seconds", type=float, default=300.0, help="time cap per round")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--image-size", type=int, nargs=2, default=(96, 128), metavar=("H", "W"))
+    ap.add_argument("--format", default="png", choices=["png", "colour", "overlay", "json"])
+    ap.add_argument("--batch-window-ms", type=float, default=5.0)
+    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    if min(args.requests, args.concurrency, args.rounds) < 1 or args.max_seconds <= 0:
+        raise SystemExit("--requests, --concurrency and --rounds must be >= 1, --max-seconds > 0")
+
+    with tempfile.TemporaryDirectory(prefix="unetkit-load-") as tmp:
+        model = args.model or make_run(args.arch, Path(tmp))
+        port = free_port()
+        proc = start_server(model, port, args, Path(tmp) / "server.log")
+        url = f"http://127.0.0.1:{port}"
+        try:
+            images = test_images(16, *args.image_size)
+            warm = (min(32, args.requests), min(8, args.concurrency))
+            asyncio.run(one_round(url, images, *warm, 60, args.format))
+            rss0 = rss_mb(proc.pid)
+            info = get_json(url + "/info")
+            h, w, c = info["input_size"]
+            name = model.name if args.model else args.arch
+            print(f"{name} ({info['model']['backend']}, input {h}x{w}x{c}, {info['n_classes']} classes), "
+                  f"images {args.image_size[0]}x{args.image_size[1]} PNG, format={args.format}, "
+                  f"batch window {args.batch_window_ms:g} ms, max batch {args.max_batch}, "
+                  f"{os.cpu_count()} CPU cores, torch threads default")
+            print("| round | requests | clients | seconds | requests/s | p50 ms | p99 ms | errors | "
+                  "mean batch | RSS before MB | RSS after MB |")
+            print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+            results = []
+            before = rss0
+            for r in range(1, args.rounds + 1):
+                stats0 = get_json(url + "/health")["batcher"]
+                res = asyncio.run(one_round(url, images, args.requests, args.concurrency, args.max_seconds,
+                                            args.format))
+                stats1 = get_json(url + "/health")["batcher"]
+                batches = stats1["batches"] - stats0["batches"]
+                res["mean_batch"] = (stats1["items"] - stats0["items"]) / batches if batches else 0.0
+                res["rss_before_mb"], res["rss_after_mb"] = before, rss_mb(proc.pid)
+                before = res["rss_after_mb"]
+                errors = sum(res["errors"].values())
+                detail = f" {res['errors']}" if errors else ""
+                print(f"| {r} | {res['requests']} | {args.concurrency} | {res['seconds']:.1f} | "
+                      f"{res['rps']:.1f} | {res['p50_ms']:.0f} | {res['p99_ms']:.0f} | {errors}{detail} | "
+                      f"{res['mean_batch']:.1f} | "
+                      f"{res['rss_before_mb']:.0f} | {res['rss_after_mb']:.0f} |", flush=True)
+                results.append(res)
+            if args.json:
+                args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                 "rounds": results}, indent=2))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+if __name__ == "__main__":
+    main()
