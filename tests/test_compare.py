@@ -30,7 +30,7 @@ def study(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("compare")
     images, masks = write_folder(root / "data", *make_blobs(16, seed=2))
     result = invoke("compare", "--images", images, "--masks", masks, "--n-classes", 3, "--val-fraction", 0.25,
-                    "--input-size", 32, 32, "--n-filters", 4, "--epochs", 2, "--batch-size", 4, "--lr", 3e-3,
+                    "--input-size", 32, 32, "--n-filters", 4, "--epochs", 2, "--batch-size", 8, "--lr", 3e-3,
                     "--precision", "fp32", "--device", "cpu", "--no-progress", "--examples", 2,
                     "--out", root / "study")
     assert result.exit_code == 0, result.output
@@ -119,22 +119,32 @@ def test_sliding_window_pads_an_image_smaller_than_the_window():
 
 
 def test_model_trained_on_crops_segments_a_larger_odd_sized_image(tmp_path):
-    """Train at 32x32, predict 75x101 (not divisible by 16) by sliding window at full resolution."""
+    """Train at 32x32, predict 75x101 (not divisible by 16) by sliding window at full resolution.
+
+    A small batch-norm U-Net (depth 3) learns the blobs in a few seconds; the seed's network needs
+    many more epochs, which would only make this test slow.
+    """
+    from dataclasses import replace
+
     from conftest import tiny_config
 
     from unetkit import SegmentationData, fit
+    from unetkit.metrics import ConfusionMatrix
 
-    images, masks = make_blobs(48, seed=3)
+    images, masks = make_blobs(32, seed=3)
     data = SegmentationData.from_arrays(images, masks, (32, 32, 3), n_classes=3)
-    config = tiny_config(epochs=6, batch_size=4, lr=3e-3)
+    config = tiny_config(epochs=3, batch_size=4, lr=1e-2)
+    config.model = replace(config.model, depth=3, n_filters=8, batch_norm=True)
     config.preprocess.predict_mode = "sliding"
     result = fit(config, tmp_path / "run", train_data=data, progress=False, log=None)
     big_images, big_masks = make_blobs(3, size=(75, 101), seed=9)
     predictor = Predictor(result.model, config, device="cpu", precision="fp32")
     preds = predictor.predict_batch(list(big_images))
     assert all(p.shape == (75, 101) for p in preds)
-    accuracy = np.mean([(p == m).mean() for p, m in zip(preds, big_masks)])
-    assert accuracy > 0.85
+    cm = ConfusionMatrix(3)
+    for pred, truth in zip(preds, big_masks):
+        cm.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(truth.astype(np.int64)))
+    assert cm.compute().mean_iou > 0.6  # all-background would score about 0.31
     # The CLI's --mode sliding on a run folder writes masks at the image's own size.
     Image.fromarray(big_images[0]).save(tmp_path / "big.png")
     cli = invoke("predict", tmp_path / "run", tmp_path / "big.png", "--out", tmp_path / "pred", "--mode",
