@@ -55,7 +55,9 @@ def _open(path: Path, what: str) -> Image.Image:
     if path.is_dir():
         raise DataError(f"{what} {path} is a folder, not an image file; give an image file")
     try:
-        with Image.open(path, formats=FORMATS) as im:
+        # From a file object, not a path: PIL memory-maps uncompressed files opened by path, and that path
+        # scrambles the pixels of a TIFF whose orientation tag is 5-8 (Pillow 13; found by tests/test_fuzz.py).
+        with open(path, "rb") as f, Image.open(f, formats=FORMATS) as im:
             w, h = im.size
             if w <= 0 or h <= 0:
                 raise DataError(f"{what} {path} has zero size ({w}x{h} pixels); {_FIX_REEXPORT}")

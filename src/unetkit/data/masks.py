@@ -168,7 +168,10 @@ def _palette(raw: np.ndarray, palette: Sequence[Sequence[int]] | None, path: str
     if palette is None or len(palette) == 0:
         raise DataError("mask mode 'palette' needs a palette: pass --palette colours.json "
                         "(JSON of class name -> [r, g, b])")
-    colours = np.asarray(palette, dtype=np.int64)
+    try:
+        colours = np.asarray(palette, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):  # ragged or non-numeric lists
+        colours = np.empty((0, 0), dtype=np.int64)
     if colours.ndim != 2 or colours.shape[1] != 3 or (colours < 0).any() or (colours > 255).any():
         raise DataError("the palette must hold one [r, g, b] (0-255) per class")
     codes_p = (colours[:, 0] << 16) | (colours[:, 1] << 8) | colours[:, 2]
