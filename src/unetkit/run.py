@@ -130,6 +130,8 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Read a safetensors file (never a pickle) and its unetkit metadata."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, or a link to a device such as /dev/zero
+        raise RunError(f"{path} is not a regular file; restore the run folder or retrain")
     try:
         data = path.read_bytes()
         tensors = st_load(data)
@@ -216,8 +218,17 @@ def load_run(path: str | Path, *, weights: str = "best", device: str | torch.dev
     if weights == "best" and not file.exists() and (path / LAST).exists():
         file = path / LAST
     tensors, _ = load_tensors(file)
-    model = build_model(config.model)
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")} or tensors
+    with torch.device("meta"):  # shapes only: a config.json edited to a huge model allocates nothing
+        expected = {k: tuple(v.shape) for k, v in build_model(config.model).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        key = min(set(expected) ^ set(found), default=None) or min(k for k in expected if expected[k] != found[k])
+        detail = (f"{key}: {found[key]} in the weights, {expected[key]} in the config" if key in expected and
+                  key in found else f"{key} only in the {'config' if key in expected else 'weights'}")
+        raise RunError(f"{file} does not match {path / CONFIG} ({detail}); the two files come from different "
+                       "runs") from None
+    model = build_model(config.model)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
