@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -86,52 +87,68 @@ def _worker(rank: int, world: int, port: int, config_json: str, out: str, report
                                                             "best": result.best_miou}))
 
 
-def test_two_gloo_processes_train_like_one_and_only_rank0_writes(tmp_path, data_dir):
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict:
+    """2 epochs on two gloo processes and the same on one process (same config, seed, global batch)."""
+    root = tmp_path_factory.mktemp("runs")
     config = _config(data_dir)
-    out, report = tmp_path / "ddp", tmp_path / "report"
+    report = root / "report"
     report.mkdir()
-    torch.multiprocessing.spawn(_worker, args=(2, free_port(), config.to_json(), str(out), str(report)), nprocs=2)
+    torch.multiprocessing.spawn(_worker, args=(2, free_port(), config.to_json(), str(root / "ddp"), str(report)),
+                                nprocs=2)
+    fit(config, root / "single", progress=False, log=None)
+    shutil.copytree(root / "single", root / "single3")  # the reference continuation: 1 process, epoch 3
+    fit(_more(config), root / "single3", resume=True, progress=False, log=None)
     ranks = [json.loads((report / f"rank{r}.json").read_text()) for r in range(2)]
+    return {"config": config, "ddp": root / "ddp", "single": root / "single", "single3": root / "single3",
+            "ranks": ranks}
+
+
+def _more(config: RunConfig, epochs: int = 3) -> RunConfig:
+    return replace(config, train=replace(config.train, epochs=epochs))
+
+
+def test_two_gloo_processes_train_like_one_and_only_rank0_writes(two_process_run):
+    ranks, ddp, single = two_process_run["ranks"], two_process_run["ddp"], two_process_run["single"]
     assert ranks[1]["written"] == [] and ranks[1]["logged"] == []
     assert {"config.json", "last.safetensors", "weights.safetensors", "metrics.csv"} <= set(ranks[0]["written"])
     assert any("2 processes: global batch 8 = 4 per process" in m for m in ranks[0]["logged"])
     assert ranks[0]["best"] == ranks[1]["best"]  # validation metrics reduced over ranks: every rank agrees
-
-    single = tmp_path / "single"
-    fit(config, single, progress=False, log=None)
-    worst = _assert_close(_weights(out), _weights(single))
+    worst = _assert_close(_weights(ddp), _weights(single))
     print(f"max |w_2proc - w_1proc| = {worst:.3g}")
-    rows_d, rows_s = read_metrics(out / "metrics.csv"), read_metrics(single / "metrics.csv")
+    rows_d, rows_s = read_metrics(ddp / "metrics.csv"), read_metrics(single / "metrics.csv")
+    assert len(rows_d) == len(rows_s) == 2
     for rd, rs in zip(rows_d, rows_s):
         for key in ("train_loss", "val_loss"):
             assert rd[key] == pytest.approx(rs[key], rel=1e-4)
         for key in ("train_accuracy", "val_accuracy", "val_miou"):  # from all-reduced confusion matrices
             assert rd[key] == pytest.approx(rs[key], abs=1e-4)
 
-    # A checkpoint from the 2-process run resumes in one process and continues like the 1-process run.
-    fit(replace(config, train=replace(config.train, epochs=3)), out, resume=True, progress=False, log=None)
-    fit(replace(config, train=replace(config.train, epochs=3)), single, resume=True, progress=False, log=None)
-    _assert_close(_weights(out), _weights(single))
-    assert [r["epoch"] for r in read_metrics(out / "metrics.csv")] == [1, 2, 3]
+
+def test_a_two_process_checkpoint_resumes_in_one_process(two_process_run, tmp_path):
+    ddp = tmp_path / "ddp"
+    shutil.copytree(two_process_run["ddp"], ddp)
+    fit(_more(two_process_run["config"]), ddp, resume=True, progress=False, log=None)
+    assert [r["epoch"] for r in read_metrics(ddp / "metrics.csv")] == [1, 2, 3]
+    _assert_close(_weights(ddp), _weights(two_process_run["single3"]))
 
 
-def test_nproc_shortcut_runs_the_cli_under_torchrun(tmp_path, data_dir):
-    """`unetkit train --nproc 2` (here via `python -m unetkit`) trains on 2 CPU processes; rank 0 alone prints."""
+def test_nproc_shortcut_resumes_a_one_process_run_on_two(two_process_run, tmp_path):
+    """`unetkit train --resume RUN --nproc 2` (via `python -m unetkit`): torchrun, 2 CPU processes, rank 0 prints."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "unetkit", "train", "--images", str(data_dir / "train" / "images"),
-           "--masks", str(data_dir / "train" / "masks"), "--n-classes", "3", "--input-size", "32", "32",
-           "--n-filters", "4", "--dropout", "0", "--epochs", "1", "--batch-size", "8", "--precision", "fp32",
-           "--no-compile", "--device", "cpu", "--no-progress", "--out", str(run), "--nproc", "2"]
+    shutil.copytree(two_process_run["single"], run)
+    cmd = [sys.executable, "-m", "unetkit", "train", "--resume", str(run), "--epochs", "3", "--no-progress",
+           "--nproc", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"},
                           cwd=tmp_path, timeout=300)
     output = " ".join((proc.stdout + proc.stderr).split())  # rich wraps long lines
     assert proc.returncode == 0, output
-    assert "torch.distributed.run --standalone --nproc_per_node 2 -m unetkit train" in output
+    assert "torch.distributed.run --standalone --nproc_per_node 2 -m unetkit train --resume" in output
     assert "2 processes: global batch 8 = 4 per process" in output
-    assert output.count("epoch 1/1") == 1, output  # printed by rank 0 only
-    assert output.count("done:") == 1, output
-    assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1]
-    assert (run / "last.safetensors").exists() and (run / "weights.safetensors").exists()
+    for line in ("resuming", "epoch 3/3", "done:"):
+        assert output.count(line) == 1, output  # printed by rank 0 only
+    assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1, 2, 3]
+    _assert_close(_weights(run), _weights(two_process_run["single3"]))
 
 
 def test_torchrun_command_and_batch_split():
