@@ -5,7 +5,7 @@ them reproducible. Each variant is the seed's defaults, then a recipe, then over
 ``unetkit.fit`` (no second loop) on the built-in scenes or on a folder pair such as
 ``../shared/data/membrane``.
 
-    python benchmarks/recipe_study.py synthetic --variants seed strong --epochs 12 --n-filters 16
+    python benchmarks/recipe_study.py synthetic --variants seed strong strong:batch_norm=false --epochs 8
     python benchmarks/recipe_study.py membrane --size 256 --variants seed strong --epochs 40
 """
 
@@ -27,22 +27,35 @@ from unetkit.train import fit
 
 MEMBRANE = Path(__file__).resolve().parents[2] / "shared" / "data" / "membrane" / "train"
 
-# name -> (recipe, train overrides, model overrides)
-VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
-    "seed": ("seed", {}, {}),
-    "seed-b8": ("seed", {"batch_size": 8}, {}),
-    "strong": ("strong", {}, {}),
-    "strong-ce": ("strong", {"loss": "ce"}, {}),
-    "strong-b32": ("strong", {"batch_size": 32}, {}),
-    "strong-b16": ("strong", {"batch_size": 16}, {}),
-    "strong-bn": ("strong", {}, {"batch_norm": True}),
-    "strong-lr1e-3": ("strong", {"lr": 1e-3}, {}),
-    "strong-lr5e-3": ("strong", {"lr": 5e-3}, {}),
-    "strong-noaug": ("strong", {"augment": AugmentConfig()}, {}),
-    "strong-flip": ("strong", {"augment": AugmentConfig(hflip=True)}, {}),
-    "strong-wd0": ("strong", {"weight_decay": 0.0}, {}),
-    "strong-drop0": ("strong", {}, {"dropout": 0.0}),
-}
+MODEL_KEYS = {"batch_norm", "dropout", "depth", "n_filters"}
+AUGMENTS = {"none": AugmentConfig(), "flip": AugmentConfig(hflip=True)}
+
+
+def parse_variant(spec: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """'RECIPE[:key=value,...]' -> (recipe, train overrides, model overrides).
+
+    e.g. ``strong``, ``strong:batch_norm=false``, ``strong:lr=5e-3,batch_size=32,augment=none``.
+    """
+    recipe, _, rest = spec.partition(":")
+    train: dict[str, Any] = {}
+    model: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, _, raw = item.partition("=")
+        value: Any
+        if key == "augment":
+            value = AUGMENTS[raw]
+        elif raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            try:
+                value = int(raw)
+            except ValueError:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    value = raw
+        (model if key in MODEL_KEYS else train)[key] = value
+    return recipe, train, model
 
 
 def load(name: str, size: tuple[int, int], count: int, seed: int) -> tuple[SegmentationData, SegmentationData,
@@ -78,7 +91,7 @@ def main() -> None:
     train, val, n_classes, channels = load(a.data, size, a.count, a.seed)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     for name in a.variants:
-        recipe, t_over, m_over = VARIANTS[name]
+        recipe, t_over, m_over = parse_variant(name)
         model = ModelConfig(input_size=(*size, channels), n_filters=a.n_filters, n_classes=n_classes)
         config = RunConfig(model=model, data=DataConfig(mask_mode="index"),
                            train=TrainConfig(epochs=a.epochs, device="cpu", compile="off", seed=a.seed))

@@ -174,10 +174,10 @@ def _write(comparison: Comparison, models: dict[str, nn.Module], val_data: Segme
     if k == 0:
         return
     index = torch.linspace(0, len(val_data) - 1, k).round().long().unique()
-    sample = val_data.subset(index)
-    preds = {name: predict_masks(model, sample.images, device) for name, model in models.items()}
-    images = sample.images.permute(0, 2, 3, 1).cpu().numpy()
-    truths = sample.masks.cpu().numpy()
+    x, y = next(iter(val_data.subset(index).batches(len(index), device="cpu")))  # cached or streamed alike
+    preds = {name: predict_masks(model, x, device) for name, model in models.items()}
+    images = x.permute(0, 2, 3, 1).numpy()
+    truths = y.numpy()
     order = [name for name in MODELS if name in preds] + [name for name in preds if name not in MODELS]
     rows = [(images[i], truths[i], *(preds[name][i] for name in order)) for i in range(len(index))]
     titles = ["Input Image", "True Mask", *(TITLES.get(name, name) for name in order)]
