@@ -94,7 +94,8 @@ def process_group(device: str = "auto") -> Iterator[DistInfo]:
 
     Without a launcher, with one process, or when the caller already initialised torch.distributed
     (then the caller owns the group), nothing is created or destroyed. The group is destroyed on
-    errors too, so a failing rank does not leave its peers waiting on a dead group.
+    errors too: the failing rank exits promptly (its peers' pending collectives then fail, and
+    torchrun stops the remaining workers when one fails).
     """
     env = env_info()
     if env.world_size <= 1 or not dist.is_available() or dist.is_initialized():
@@ -103,10 +104,12 @@ def process_group(device: str = "auto") -> Iterator[DistInfo]:
     use_cuda = device != "cpu" and torch.cuda.is_available()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    device_id = None
     if use_cuda:
-        torch.cuda.set_device(_cuda_index(env))
-    try:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        device_id = torch.device("cuda", _cuda_index(env))
+        torch.cuda.set_device(device_id)
+    try:  # device_id binds NCCL to this rank's GPU (and creates its communicator now, not lazily)
+        dist.init_process_group("nccl" if use_cuda else "gloo", device_id=device_id)
     except Exception as e:  # bad MASTER_ADDR/PORT, a peer that never came, ...
         raise UnetkitError(f"could not join the process group as rank {env.rank} of {env.world_size} "
                            f"({type(e).__name__}: {e}); check MASTER_ADDR/MASTER_PORT and that every "
