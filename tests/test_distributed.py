@@ -225,13 +225,17 @@ def test_cache_choice():
     assert choose_cache("auto", 1001, budget=1000) == "stream"
 
 
-def test_fit_streams_when_asked(tmp_path, data_dir):
-    """cache="stream" trains through DataLoader workers and gives the same weights as the memory cache."""
+def test_fit_streams_when_the_cache_would_not_fit(tmp_path, data_dir, monkeypatch):
+    """cache="auto" streams over budget; streaming trains on the same batches as the memory cache, bit for bit."""
+    import unetkit.data.stream as stream
+
     config = _config(data_dir, epochs=1)
     fit(config, tmp_path / "memory", progress=False, log=None)
-    streamed = replace(config, data=replace(config.data, cache="stream", num_workers=0))
+    monkeypatch.setattr(stream, "MEMORY_FRACTION", 1e-9)  # no cache fits
+    auto = replace(config, data=replace(config.data, cache="auto", num_workers=0))
     logged: list[str] = []
-    fit(streamed, tmp_path / "stream", progress=False, log=logged.append)
+    fit(auto, tmp_path / "stream", progress=False, log=logged.append)
+    assert any("over this process's budget" in m for m in logged)
     assert any(m.startswith("streaming 21 image/mask pairs") for m in logged)
     a, b = _weights(tmp_path / "stream"), _weights(tmp_path / "memory")
-    assert all(torch.equal(a[k], b[k]) for k in a)  # same batches in the same order: bit for bit
+    assert all(torch.equal(a[k], b[k]) for k in a)
