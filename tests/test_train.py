@@ -132,15 +132,34 @@ def test_nan_loss_stops_with_a_message(tmp_path, blobs):
         fit(tiny_config(epochs=2, lr=1e30), tmp_path / "run", train_data=train, progress=False, log=None)
 
 
+def _plain_and_fast_losses(train: SegmentationData, compile: str) -> tuple[list[float], list[float]]:
+    """Per-epoch losses of plain fp32 eager (contiguous, native transposed conv) and of the fast path."""
+    from unetkit.model import ConvTranspose2dSame
+
+    losses = []
+    try:
+        for precision, channels_last, subpixel, comp in (("fp32", False, False, "off"), ("bf16", True, None, compile)):
+            ConvTranspose2dSame.subpixel = subpixel  # None: the default (sub-pixel on the CPU)
+            config = tiny_config(epochs=3, precision=precision, channels_last=channels_last, compile=comp)
+            losses.append([r["train_loss"] for r in fit(config, None, train_data=train, progress=False,
+                                                        log=None).history])
+    finally:
+        ConvTranspose2dSame.subpixel = None
+    return losses[0], losses[1]
+
+
 def test_bf16_and_fp32_losses_agree(blobs):
-    """The fast path (bf16 autocast, channels-last) trains like plain fp32 eager."""
-    train, _ = blobs
-    losses = {}
-    for precision, channels_last in (("fp32", False), ("bf16", True)):
-        config = tiny_config(epochs=3, precision=precision, channels_last=channels_last)
-        losses[precision] = [r["train_loss"] for r in fit(config, None, train_data=train, progress=False,
-                                                          log=None).history]
-    for a, b in zip(losses["fp32"], losses["bf16"]):
+    """The fast path (bf16 autocast, channels-last, sub-pixel transposed conv) trains like plain fp32 eager."""
+    plain, fast = _plain_and_fast_losses(blobs[0], compile="off")
+    for a, b in zip(plain, fast):
+        assert a == pytest.approx(b, rel=0.05)
+
+
+@pytest.mark.slow
+def test_compiled_fast_path_losses_agree(blobs):
+    """torch.compile (the CUDA default; inductor's C++ backend here) on top of the fast path, same tolerance."""
+    plain, fast = _plain_and_fast_losses(blobs[0], compile="on")
+    for a, b in zip(plain, fast):
         assert a == pytest.approx(b, rel=0.05)
 
 

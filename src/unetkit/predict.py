@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import perf
 from .config import RunConfig
 from .preprocess import image_to_tensor, resize_images, to_float
 from .run import load_run
@@ -133,12 +134,56 @@ class PredictorBase:
                 masks += [self._ids(self._sliding(im).argmax(0)) for im in chunk]
                 continue
             logits = self._model_size_logits(chunk)
+            if all(tuple(im.shape[:2]) == tuple(logits.shape[-2:]) for im in chunk):
+                masks += list(self._ids(logits.argmax(1)))  # one argmax and one copy back for the batch
+                continue
             masks += [self._upsample_argmax(lg, tuple(im.shape[:2])) for im, lg in zip(chunk, logits)]
         return masks
 
+    def predict_array(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """(N, H, W) class ids for an (N, H, W[, C]) array of images, as a notebook holds a data set.
+
+        Images at the model's input size go through in batches of ``batch_size`` without per-image work
+        on the host: one copy to the device, one forward pass, the argmax on the device and one copy of
+        the masks back, uint8 where the class ids fit. On a GPU the next batch is prepared and queued
+        while the previous one computes (two in flight). Other sizes (or sliding-window prediction) take
+        ``predict_batch``.
+        """
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[..., None]
+        if images.ndim != 4:
+            raise ValueError(f"expected an (N, H, W[, C]) array of images, got shape {images.shape}")
+        h, w, c = self.input_size
+        if images.shape[1:3] != (h, w) or self.config.preprocess.predict_mode == "sliding" \
+                or images.shape[-1] != c or images.dtype != np.uint8:
+            return np.stack(self.predict_batch(list(images), batch_size)) if len(images) else \
+                np.zeros((0,) + images.shape[1:3], np.uint8)
+        out: list[np.ndarray] = []
+        pending: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
+        for i in range(0, len(images), batch_size):
+            ids = self._forward(torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2)).argmax(1)
+            ids = ids.to(self._ids_dtype())
+            if ids.is_cuda:  # copy back without waiting; wait only for the batch before this one
+                host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
+                host.copy_(ids, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record()
+                pending.append((host, done))
+            else:
+                pending.append((ids.cpu(), None))
+            while len(pending) > (1 if i + batch_size < len(images) else 0):
+                host, event = pending.pop(0)
+                if event is not None:
+                    event.synchronize()
+                out.append(host.numpy())
+        return np.concatenate(out) if out else np.zeros((0, h, w), np.uint8)
+
+    def _ids_dtype(self) -> torch.dtype:
+        return torch.uint8 if self.config.model.n_classes <= 256 else torch.int32
+
     def _ids(self, ids: torch.Tensor) -> np.ndarray:
-        dtype = np.uint8 if self.config.model.n_classes <= 256 else np.int32
-        return ids.cpu().numpy().astype(dtype)
+        return ids.to(self._ids_dtype()).cpu().numpy()  # narrowed on the device: 1 byte a pixel crosses back
 
     def _upsample_argmax(self, logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         """Argmax of (K, h, w) logits bilinearly resized to ``size``; banded when that would be large."""
@@ -173,6 +218,8 @@ class Predictor(PredictorBase):
     def __init__(self, model: nn.Module, config: RunConfig, *, device: str | torch.device = "auto",
                  precision: str = "auto"):
         self.device = _resolve_device(device)
+        if self.device.type == "cpu":
+            perf.tune_cpu()
         self.model = model.to(self.device).eval()
         self.config = config
         self.dtype = _resolve_dtype(precision, self.device)
@@ -185,9 +232,11 @@ class Predictor(PredictorBase):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) uint8 -> (N, K, H, W) float32 logits."""
-        x = to_float(x.to(self.device))
+        if self.device.type == "cuda" and x.device.type == "cpu":
+            x = x.pin_memory()
+        x = to_float(x.to(self.device, non_blocking=True))
         if self.config.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
                                              enabled=self.dtype is not None):
             return self.model(x).float()

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import distributed
+from . import distributed, perf
 from . import run as runio
 from .config import RunConfig
 from .data.loader import SegmentationData
@@ -80,7 +80,11 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
 
 
 def resolve_compile(name: str, device: torch.device) -> bool:
-    """Compile on CUDA by default; on the CPU the compile time outweighs the gain for short runs."""
+    """Compile on CUDA by default, not on the CPU.
+
+    On the CPU (oneDNN convolutions, bf16) inductor gained nothing measurable and its first step took
+    minutes on 2 cores: training was slower compiled than eager, prediction the same (benchmarks/README.md).
+    """
     if name == "off":
         return False
     if name == "on":
@@ -282,6 +286,10 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
     batch_size = distributed.local_batch_size(t.batch_size)  # per rank; t.batch_size stays the global batch
     dtype = resolve_precision(t.precision, device)
     run_dir = Path(out) if out is not None else None
+    if device.type == "cpu":
+        perf.tune_cpu()  # keep large freed blocks in the heap; one thread per physical core
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution algorithms once
 
     if train_data is None:
         train_data, val_data, mask_mode = load_data(config, log=log)
@@ -335,6 +343,9 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
     step_model = model
     if compiled:
         try:
+            # compilation happens at the first step; a failure there (no C compiler, unsupported op) runs
+            # that code eagerly with a warning instead of stopping the run
+            torch._dynamo.config.suppress_errors = True
             step_model = torch.compile(model)
         except Exception as e:  # no compiler toolchain, unsupported platform ...
             log(f"torch.compile unavailable ({type(e).__name__}: {e}); running eagerly")

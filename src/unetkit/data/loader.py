@@ -82,17 +82,20 @@ class SegmentationData:
             order = torch.cat([order, order[: per_rank * world_size - n]])  # pad as DistributedSampler
             order = order[rank::world_size]
         device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # "cuda" is the current GPU, where .to("cuda") puts data
+            device = torch.device("cuda", torch.cuda.current_device())
         on_device = self.images.device == device
+        if on_device:
+            order = order.to(device)  # once per epoch: a copy per batch would make the host wait for the GPU
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             if drop_last and len(idx) < batch_size:
                 break
             if on_device:
-                idx = idx.to(device)
                 yield self.images.index_select(0, idx), self.masks.index_select(0, idx).long()
             else:
                 x, y = self.images.index_select(0, idx), self.masks.index_select(0, idx)
-                if device.type == "cuda":
+                if device.type == "cuda" and x.device.type == "cpu":
                     x, y = x.pin_memory(), y.pin_memory()
                 yield x.to(device, non_blocking=True), y.to(device, non_blocking=True).long()
 
