@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import pytest
@@ -11,7 +11,7 @@ import pytest
 from unetkit import cli
 from unetkit.config import AugmentConfig, RunConfig, TrainConfig
 from unetkit.errors import ConfigError
-from unetkit.recipes import STRONG, STRONG_AUGMENT, apply_recipe
+from unetkit.recipes import STRONG, STRONG_AUGMENT, STRONG_MODEL, apply_recipe
 
 
 def cli_config(**given: Any) -> RunConfig:
@@ -33,7 +33,7 @@ def test_seed_is_the_defaults():
     assert cli_config().train == TrainConfig()
 
 
-def test_strong_sets_its_fields_and_keeps_the_network():
+def test_strong_sets_its_fields_and_keeps_the_seed_layers():
     base = RunConfig()
     strong = apply_recipe(base, "strong")
     t = strong.train
@@ -43,7 +43,9 @@ def test_strong_sets_its_fields_and_keeps_the_network():
     assert (t.optimizer, t.schedule, t.loss) == ("adamw", "cosine", "ce+dice")
     assert t.warmup_epochs >= 1 and t.weight_decay > 0 and t.lr > 1e-3
     assert t.augment == STRONG_AUGMENT and t.augment.hflip and t.augment.scale[0] < 1 < t.augment.scale[1]
-    assert strong.model == base.model  # same network: no batch norm, seed dropout, depth 5
+    # the seed's layers, filters, depth and dropout, plus batch norm (the one documented model option)
+    assert STRONG_MODEL == {"batch_norm": True}
+    assert replace(strong.model, batch_norm=False) == base.model and strong.model.batch_norm
     assert t.epochs == base.train.epochs  # the budget stays the user's
     # everything not named by the recipe keeps the seed's value
     untouched = set(asdict(TrainConfig())) - set(STRONG) - {"recipe"}
@@ -67,6 +69,12 @@ def test_augment_switch():
     assert cli_config(recipe="strong", augment=True).train.augment == STRONG_AUGMENT
     assert cli_config(recipe="seed", augment=True).train.augment == STRONG_AUGMENT  # on: the strong one
     assert cli_config(recipe="seed", augment=False).train.augment == AugmentConfig()
+
+
+def test_batch_norm_option_overrides_the_recipe():
+    assert cli_config(recipe="strong").model.batch_norm
+    assert not cli_config(recipe="strong", batch_norm=False).model.batch_norm
+    assert not cli_config(recipe="seed").model.batch_norm
 
 
 def test_model_option_chooses_fcn():
