@@ -378,3 +378,27 @@ def test_exif_orientation_of_an_uncompressed_tiff(workdir, orientation):
     assert np.array_equal(out["TIFF"][0], out["PNG"][0]) and np.array_equal(out["TIFF"][1], out["PNG"][1])
     assert np.array_equal(out["PNG"][0], out["PNG"][1])
     assert out["PNG"][0].shape == ((5, 3) if orientation >= 5 else (3, 5))
+
+
+def test_reading_damaged_files_again_and_again_does_not_grow_memory(workdir):
+    """The same 120 damaged files read in rounds: resident memory after round 1 stays flat (no leak)."""
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(120):
+        fmt = sorted(MODES_BY_FORMAT)[i % len(MODES_BY_FORMAT)]
+        mode = MODES_BY_FORMAT[fmt][i % len(MODES_BY_FORMAT[fmt])]
+        data = make_image(fmt, mode, 1 + i % 40, 1 + (7 * i) % 40, i, ["", "nan", "transparency"][i % 3], 1 + i % 8)
+        how = ["none", "truncate", "flip", "splice"][i % 4]
+        files.append(_write(workdir, mutate(data, how, float(rng.random()), bytes(rng.integers(0, 256, 8))),
+                            EXT[fmt]))
+    after = []
+    for _ in range(4):
+        for path in files * 2:
+            for read in (read_image, read_mask):
+                with contextlib.suppress(DataError):
+                    read(path)
+            with contextlib.suppress(DataError):
+                load_pairs([(path, path)], (16, 16, 3), n_classes=256, workers=1)
+        after.append(_rss_now() / 2**20)
+    COUNTS["leak check reads"] += 4 * len(files) * 2 * 3
+    assert after[-1] - after[0] < 8, f"RSS per round (MiB): {[round(a, 1) for a in after]}"

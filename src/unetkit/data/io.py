@@ -98,7 +98,8 @@ def _scale_16bit(a: np.ndarray) -> np.ndarray:
 
 def _scale_wide(a: np.ndarray) -> np.ndarray:
     """Stretch finite values of a 32-bit int or float array to 0..255; NaN/-inf -> 0, +inf -> 255."""
-    a = a.astype(np.float64)
+    with np.errstate(invalid="ignore"):  # signalling NaNs in damaged files warn on the cast
+        a = a.astype(np.float64)
     finite = np.isfinite(a)
     out = np.zeros(a.shape, dtype=np.uint8)
     out[np.isposinf(a)] = 255
