@@ -27,7 +27,7 @@ from unetkit.train import fit
 
 MEMBRANE = Path(__file__).resolve().parents[2] / "shared" / "data" / "membrane" / "train"
 
-MODEL_KEYS = {"batch_norm", "dropout", "depth", "n_filters"}
+MODEL_KEYS = {"name", "batch_norm", "dropout", "depth", "n_filters"}
 AUGMENTS = {"none": AugmentConfig(), "flip": AugmentConfig(hflip=True),
             "flipscale": AugmentConfig(hflip=True, scale=(0.75, 1.5)),
             "mild": AugmentConfig(hflip=True, scale=(0.8, 1.25), brightness=0.1, contrast=0.1,
