@@ -257,6 +257,8 @@ def compare(
     input_size: Annotated[tuple[int, int] | None, typer.Option(help="H W (multiples of 16)")] = None,
     channels: Annotated[int | None, typer.Option(help="input channels (default: 1 for grayscale data, else 3)")] = None,
     n_filters: int | None = None,
+    batch_norm: Annotated[bool | None, typer.Option("--batch-norm/--no-batch-norm",
+                                                    help="batch norm in the conv blocks (strong: on)")] = None,
     epochs: Annotated[int | None, typer.Option(help="epochs for each model")] = None,
     batch_size: int | None = None,
     lr: float | None = None,
