@@ -17,6 +17,9 @@ What is measured, per size (input H x W, batch B, 23 classes, random data):
   matrix accumulated on the device), with unetkit's defaults (precision auto, channels-last, compile
   auto); prediction through ``Predictor.predict_array`` on uint8 images: class-id masks back on the host.
 - Training images/s counts full optimizer steps; prediction images/s counts masks delivered.
+- CPU-s/img: the worker's CPU time (all its threads, user + system) per image. On a machine busy with
+  other work this moves much less than images/s, so it shows which side does less work per image; on a
+  quiet machine images/s is the figure that counts.
 - Peak memory: the worker's peak RSS (data, framework and model together) and, on a GPU, the peak
   allocated device memory during the measurements.
 
@@ -38,10 +41,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -105,10 +110,10 @@ class KerasWorker:
 
         class EpochTimer(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-                worker._epoch = [time.perf_counter()]
+                worker._epoch = [time.perf_counter(), time.process_time()]
 
             def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-                worker._epoch.append(time.perf_counter())
+                worker._epoch += [time.perf_counter(), time.process_time()]
 
         self.timer = EpochTimer()
 
@@ -120,36 +125,42 @@ class KerasWorker:
     def train(self) -> dict[str, Any]:
         self.model.fit(self.x, self.y, batch_size=self.batch, epochs=1, verbose=0, shuffle=True,
                        callbacks=[self.timer])
-        return {"images": len(self.x), "seconds": self._epoch[1] - self._epoch[0]}
+        t0, c0, t1, c1 = self._epoch
+        return {"images": len(self.x), "seconds": t1 - t0, "cpu_s": c1 - c0}
 
     def predict(self) -> dict[str, Any]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         masks = self.np.argmax(self.model.predict(self.px, batch_size=self.batch, verbose=0), axis=-1)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         assert masks.shape == self.px.shape[:3]
-        return {"images": len(self.px), "seconds": seconds}
+        return {"images": len(self.px), "seconds": seconds, "cpu_s": cpu}
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"rss_peak": _rss_bytes(), "framework": f"keras {self.version} ({self.backend})"}
+        out: dict[str, Any] = {"rss_peak": _rss_bytes(), "framework": f"keras {self.version} ({self.backend})",
+                               "gpu": False}
         try:
             if self.backend == "tensorflow":
                 import tensorflow as tf
 
                 if tf.config.list_physical_devices("GPU"):
+                    out["gpu"] = True
                     out["device_peak"] = tf.config.experimental.get_memory_info("GPU:0")["peak"]
             elif self.backend == "jax":
                 import jax
 
                 dev = jax.local_devices()[0]
                 if dev.platform == "gpu":
+                    out["gpu"] = True
                     out["device_peak"] = dev.memory_stats().get("peak_bytes_in_use")
             elif self.backend == "torch":
                 import torch
 
                 if torch.cuda.is_available():
+                    out["gpu"] = True
                     out["device_peak"] = torch.cuda.max_memory_allocated()
         except Exception:  # memory statistics are best effort on every backend
             pass
+        out["framework"] += ", GPU" if out["gpu"] else ", CPU"
         return out
 
 
@@ -260,18 +271,18 @@ class UnetkitWorker:
 
     def train(self) -> dict[str, Any]:
         self._sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         seen = self._steps()
         self._sync()
-        return {"images": seen, "seconds": time.perf_counter() - t0}
+        return {"images": seen, "seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
     def predict(self) -> dict[str, Any]:
         self._sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         masks = self.predictor.predict_array(self.predict_images, batch_size=self.batch)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         assert masks.shape == self.predict_images.shape[:3] and masks.dtype == self.np.uint8
-        return {"images": len(masks), "seconds": seconds}
+        return {"images": len(masks), "seconds": seconds, "cpu_s": cpu}
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"rss_peak": _rss_bytes(), "framework": self.framework,
@@ -289,6 +300,7 @@ def worker_main(args: argparse.Namespace) -> None:
     if args.worker == "keras":
         worker: Any = KerasWorker(**kwargs)
     else:
+        importlib.import_module("unetkit")  # before torch, as the CLI does: its OpenMP default applies
         worker = UnetkitWorker(**kwargs, precision=args.precision, compile=args.compile,
                                channels_last=not args.no_channels_last, convt=args.convt,
                                optimizer_impl=args.optimizer_impl, compile_mode=args.compile_mode,
@@ -388,6 +400,8 @@ class Measure:
 
     train: list[float] = field(default_factory=list)
     predict: list[float] = field(default_factory=list)
+    train_cpu: list[float] = field(default_factory=list)  # process CPU seconds per image (all threads)
+    predict_cpu: list[float] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     warmup_s: float = 0.0
 
@@ -400,6 +414,10 @@ def rate(result: dict[str, Any]) -> float:
     return result["images"] / result["seconds"]
 
 
+def cpu_per_image(result: dict[str, Any]) -> float:
+    return result["cpu_s"] / result["images"]
+
+
 def worker_argv(kind: str, h: int, w: int, b: int, args: argparse.Namespace, extra: list[str] | None = None,
                 ) -> list[str]:
     steps, pbatches = steps_for(h, w, b, args)
@@ -408,13 +426,15 @@ def worker_argv(kind: str, h: int, w: int, b: int, args: argparse.Namespace, ext
 
 
 def steps_for(h: int, w: int, b: int, args: argparse.Namespace) -> tuple[int, int]:
-    """Optimizer steps per training measurement and batches per prediction measurement."""
+    """Optimizer steps per training measurement and batches per prediction measurement.
+
+    About 128 images of 96x128 per measurement on the CPU (a few seconds each) and 20,000 on a GPU
+    (about a second at the targets), scaled by the pixels per image.
+    """
     if args.steps:
         return args.steps, args.predict_batches or args.steps
-    gpu = _cuda_available()
-    pixels = h * w * b
-    base = 96 * 128 * 32
-    steps = max(2, min(40, round(4 * base / pixels * (12 if gpu else 1))))
+    images = (20_000 if _cuda_available() and args.device != "cpu" else 128) * 96 * 128 / (h * w)
+    steps = max(2, min(200, round(images / b)))
     return steps, args.predict_batches or steps
 
 
@@ -443,12 +463,18 @@ def run_pair(h: int, w: int, b: int, args: argparse.Namespace, log: list[str]) -
         for r in range(args.repeats):
             for what in ("train", "predict"):
                 for name, wk in sides.items():
-                    value = rate(wk.ask(what))
+                    result = wk.ask(what)
+                    value = rate(result)
                     getattr(results[name], what).append(value)
-                    log.append(f"round {r + 1} {h}x{w}/{b} {name:8s} {what:8s} {value:9.1f} img/s  load {loadavg()}")
+                    getattr(results[name], what + "_cpu").append(cpu_per_image(result))
+                    log.append(f"round {r + 1} {h}x{w}/{b} {name:8s} {what:8s} {value:9.1f} img/s "
+                               f"{cpu_per_image(result):6.3f} CPU-s/img  load {loadavg()}")
                     print("  " + log[-1], flush=True)
         for name, wk in sides.items():
             results[name].stats = wk.ask("stats")
+        if "keras" in sides and _cuda_available() and args.device != "cpu" and not results["keras"].stats.get("gpu"):
+            print("  WARNING: unetkit ran on the GPU but Keras did not see one (tensorflow-cpu?); install a GPU "
+                  "backend, e.g. `pip install 'jax[cuda12]'` and set KERAS_BACKEND=jax", flush=True)
     finally:
         for wk in sides.values():
             wk.close()
@@ -470,8 +496,9 @@ def _mb(x: Any) -> str:
 
 
 def main_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| size, batch | side | train img/s | predict img/s | train TFLOP/s | peak RSS MiB | peak device MiB |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| size, batch | side | train img/s | predict img/s | train CPU-s/img | predict CPU-s/img | "
+             "train TFLOP/s | peak RSS MiB | peak device MiB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         for name in ("keras", "unetkit"):
             m = row[name]
@@ -479,11 +506,12 @@ def main_table(rows: list[dict[str, Any]]) -> str:
                 continue
             tflops = m["train"] * row["train_gflop"] / 1e3
             lines.append(f"| {row['size']}, {row['batch']} | {m['label']} | {_fmt(m['train'])} | "
-                         f"{_fmt(m['predict'])} | {tflops:.3f} | {_mb(m['stats'].get('rss_peak'))} | "
-                         f"{_mb(m['stats'].get('device_peak'))} |")
+                         f"{_fmt(m['predict'])} | {_fmt(m['train_cpu'], 3)} | {_fmt(m['predict_cpu'], 3)} | "
+                         f"{tflops:.3f} | {_mb(m['stats'].get('rss_peak'))} | {_mb(m['stats'].get('device_peak'))} |")
         if row["ratio_train"] is not None:
             lines.append(f"| {row['size']}, {row['batch']} | **unetkit / Keras** | **{row['ratio_train']:.2f}x** | "
-                         f"**{row['ratio_predict']:.2f}x** | | | |")
+                         f"**{row['ratio_predict']:.2f}x** | {_fmt(row['cpu_ratio_train'], 2)}x less | "
+                         f"{_fmt(row['cpu_ratio_predict'], 2)}x less | | | |")
     return "\n".join(lines)
 
 
@@ -525,6 +553,7 @@ def run_e2e(h: int, w: int, b: int, args: argparse.Namespace, log: list[str]) ->
     finally:
         loop.close()
     rows = list(csv.DictReader((work / "run" / "metrics.csv").open()))
+    shutil.rmtree(work, ignore_errors=True)
     n_train = args.e2e_images - n_val
     epoch_seconds = sum(float(r["seconds"]) for r in rows)
     train_rates = [float(r["images_per_s"]) for r in rows]
@@ -562,6 +591,8 @@ ABLATIONS: list[tuple[str, list[str], dict[str, str]]] = [
     ("compile on", ["--compile", "on"], {}),
     ("compile off", ["--compile", "off"], {}),
     ("glibc malloc defaults (no allocator tuning)", ["--no-tune"], {}),
+    ("OpenMP threads spin (OMP_WAIT_POLICY=ACTIVE)", [], {"OMP_WAIT_POLICY": "ACTIVE"}),
+    ("one thread (OMP_NUM_THREADS=1)", [], {"OMP_NUM_THREADS": "1"}),
     ("Adam foreach", ["--optimizer-impl", "foreach"], {}),
     ("Adam fused", ["--optimizer-impl", "fused"], {}),
 ]
@@ -582,19 +613,24 @@ def run_ablation(h: int, w: int, b: int, args: argparse.Namespace, log: list[str
                 print(f"  {label}: {e}")
                 continue
             workers.append((label, wk, time.perf_counter() - t0))
-        samples: dict[str, dict[str, list[float]]] = {label: {"train": [], "predict": []} for label, _, _ in workers}
+        samples: dict[str, dict[str, list[float]]] = {
+            label: {"train": [], "predict": [], "train_cpu": [], "predict_cpu": []} for label, _, _ in workers}
         for r in range(args.repeats):
             for what in ("train", "predict"):
                 for label, wk, _ in workers:
-                    value = rate(wk.ask(what))
+                    result = wk.ask(what)
+                    value = rate(result)
                     samples[label][what].append(value)
-                    log.append(f"ablation round {r + 1} {label:45s} {what:8s} {value:8.1f} img/s load {loadavg()}")
+                    samples[label][what + "_cpu"].append(cpu_per_image(result))
+                    log.append(f"ablation round {r + 1} {label:45s} {what:8s} {value:8.1f} img/s "
+                               f"{cpu_per_image(result):6.3f} CPU-s/img load {loadavg()}")
                     print("  " + log[-1], flush=True)
         base = samples.get("defaults")
         for label, wk, warm in workers:
             s = samples[label]
             row = {"variant": label, "train": statistics.median(s["train"]), "predict": statistics.median(s["predict"]),
-                   "warmup_s": warm, "stats": wk.ask("stats")}
+                   "train_cpu": statistics.median(s["train_cpu"]), "predict_cpu": statistics.median(s["predict_cpu"]),
+                   "samples": s, "warmup_s": warm, "stats": wk.ask("stats")}
             if base:
                 row["train_vs_defaults"] = paired_ratio(s["train"], base["train"])
                 row["predict_vs_defaults"] = paired_ratio(s["predict"], base["predict"])
@@ -606,12 +642,13 @@ def run_ablation(h: int, w: int, b: int, args: argparse.Namespace, log: list[str
 
 
 def ablation_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| variant | train img/s | vs defaults | predict img/s | vs defaults | start-up + warm-up s | set-up |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| variant | train img/s | vs defaults | train CPU-s/img | predict img/s | vs defaults | "
+             "predict CPU-s/img | start-up + warm-up s | set-up |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['variant']} | {_fmt(r['train'])} | {_fmt(r.get('train_vs_defaults'), 2)} | "
-                     f"{_fmt(r['predict'])} | {_fmt(r.get('predict_vs_defaults'), 2)} | {r['warmup_s']:.0f} | "
-                     f"{r['stats'].get('framework', '')} |")
+                     f"{_fmt(r['train_cpu'], 3)} | {_fmt(r['predict'])} | {_fmt(r.get('predict_vs_defaults'), 2)} | "
+                     f"{_fmt(r['predict_cpu'], 3)} | {r['warmup_s']:.0f} | {r['stats'].get('framework', '')} |")
     return "\n".join(lines)
 
 
@@ -672,7 +709,7 @@ def main() -> None:
     if args.e2e is None:
         args.e2e = not args.ablation
     if not args.e2e_images:
-        args.e2e_images = 352 if not gpu else 4400
+        args.e2e_images = 1060 if not gpu else 8480  # the tutorial's CARLA set has 1060 frames
     sys.path.insert(0, str(HERE))
     from model_cost import count
 
@@ -705,10 +742,13 @@ def main() -> None:
                                "load": f"{load0} -> {loadavg()}"}
         for name, m in res.items():
             row[name] = {"train": m.median("train"), "predict": m.median("predict"), "train_samples": m.train,
-                         "predict_samples": m.predict, "stats": m.stats, "warmup_s": m.warmup_s,
+                         "predict_samples": m.predict, "train_cpu": m.median("train_cpu"),
+                         "predict_cpu": m.median("predict_cpu"), "stats": m.stats, "warmup_s": m.warmup_s,
                          "label": f"{name} ({m.stats.get('framework', '')})"}
         row["ratio_train"] = paired_ratio(res["unetkit"].train, res["keras"].train)
         row["ratio_predict"] = paired_ratio(res["unetkit"].predict, res["keras"].predict)
+        row["cpu_ratio_train"] = paired_ratio(res["keras"].train_cpu, res["unetkit"].train_cpu)
+        row["cpu_ratio_predict"] = paired_ratio(res["keras"].predict_cpu, res["unetkit"].predict_cpu)
         rows.append(row)
         report["sizes"].append(row)
         if args.e2e and (h, w, b) == sizes[0]:

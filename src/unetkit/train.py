@@ -179,11 +179,19 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
 
 
 class _Checkpointer:
-    """Writes the run folder after every epoch: last (resume), best weights, metrics, curves."""
+    """Writes the run folder after every epoch: last (resume), best weights, metrics, curves.
+
+    curves.png is drawn after the first epoch, then at most every ``plot_interval_s`` and once more at
+    the end: matplotlib takes a second or two per figure, as long as a whole short epoch on a small CPU.
+    """
+
+    plot_interval_s = 30.0
 
     def __init__(self, run_dir: Path | None, config: RunConfig):
         self.run_dir = run_dir
         self.config = config
+        self._plotted_at = -math.inf
+        self._plotted_rows = 0
 
     def save(self, model: nn.Module, opt: torch.optim.Optimizer, history: list[dict[str, Any]],
              state: dict[str, Any], is_best: bool) -> None:
@@ -204,12 +212,20 @@ class _Checkpointer:
             raise RunError(f"could not write the checkpoint in {self.run_dir} ({e.strerror or e}); the previous "
                            f"checkpoint is intact. Free space or fix permissions, then resume with "
                            f"`unetkit train --resume {self.run_dir}`") from None
+        if time.perf_counter() - self._plotted_at >= self.plot_interval_s:
+            self.plot(history)
+
+    def plot(self, history: list[dict[str, Any]]) -> None:
+        """Draw curves.png unless it already shows every epoch in ``history``."""
+        if self.run_dir is None or not history or self._plotted_rows == len(history):
+            return
         try:
             from .plots import plot_curves
 
             plot_curves(history, self.run_dir / CURVES)
         except Exception:  # a plot must never cost a finished epoch
             pass
+        self._plotted_at, self._plotted_rows = time.perf_counter(), len(history)
 
 
 def _step_counts(pred: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> tuple[torch.Tensor, ...]:
@@ -461,6 +477,7 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
                 log(f"early stopping: validation mIoU has not improved for {since_best} epochs (best {best:.4f})")
                 stopped_early = True
                 break
+        checkpointer.plot(history)  # the epochs since the last throttled plot
 
     distributed.barrier()  # rank 0 has written its last checkpoint before the others read the best weights
     if run_dir is not None and (run_dir / WEIGHTS).exists():
