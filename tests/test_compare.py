@@ -153,3 +153,17 @@ def test_model_trained_on_crops_segments_a_larger_odd_sized_image(tmp_path):
     written = np.asarray(Image.open(tmp_path / "pred" / "big.png"))
     assert written.shape == (75, 101)
     assert (written == preds[0]).mean() > 0.99
+
+
+def test_train_with_the_strong_recipe_from_the_cli(tmp_path):
+    """The strong recipe end to end: batch norm, augmentation with padding, CE+Dice; the run loads back."""
+    images, masks = write_folder(tmp_path / "data", *make_blobs(8, seed=4))
+    result = invoke("train", "--images", images, "--masks", masks, "--n-classes", 3, "--recipe", "strong",
+                    "--input-size", 32, 32, "--n-filters", 4, "--epochs", 1, "--val-fraction", 0.25,
+                    "--precision", "fp32", "--device", "cpu", "--no-progress", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    run = load_run(tmp_path / "run")
+    assert run.config.train.recipe == "strong" and run.config.model.batch_norm
+    assert run.config.train.augment.enabled and run.config.data.ignore_index is None
+    assert Predictor(run.model, run.config, device="cpu").predict(make_blobs(1, size=(40, 56))[0][0]).shape \
+        == (40, 56)
