@@ -67,12 +67,14 @@ class ConvTranspose2dSame(nn.ConvTranspose2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 2):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0)
+        # the tap table travels with the module to its device (no copy per call); not part of the weights
+        self.register_buffer("subpixel_taps", _subpixel_taps(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         h, w = x.shape[-2:]
         s = self.stride[0]
         if self._use_subpixel(x):
-            return subpixel_conv_transpose(x, self.weight, self.bias)
+            return subpixel_conv_transpose(x, self.weight, self.bias, self.subpixel_taps)
         return super().forward(x)[..., : h * s, : w * s]
 
     def _use_subpixel(self, x: torch.Tensor) -> bool:
@@ -103,7 +105,8 @@ def _subpixel_taps() -> torch.Tensor:
 _TAPS = _subpixel_taps()
 
 
-def subpixel_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def subpixel_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                            taps: torch.Tensor | None = None) -> torch.Tensor:
     """``conv_transpose2d(x, weight, bias, stride=2)`` (3x3 kernel) cropped to 2H x 2W, as sub-pixel phases.
 
     The same products and sums as the transposed convolution (a different summation order only): the
@@ -113,7 +116,8 @@ def subpixel_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     """
     cin, cout = weight.shape[:2]
     flat = torch.cat([weight.reshape(cin, cout, 9), weight.new_zeros(cin, cout, 1)], dim=2)
-    kernel = flat[:, :, _TAPS.to(weight.device).reshape(-1)].reshape(cin, cout, 4, 2, 2)
+    taps = _TAPS.to(weight.device) if taps is None else taps
+    kernel = flat[:, :, taps.reshape(-1)].reshape(cin, cout, 4, 2, 2)
     kernel = kernel.permute(2, 1, 0, 3, 4).reshape(4 * cout, cin, 2, 2)
     y = F.conv2d(F.pad(x, (1, 0, 1, 0)), kernel, bias.repeat(4) if bias is not None else None)
     n, _, h, w = y.shape
