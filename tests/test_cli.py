@@ -130,3 +130,17 @@ def test_train_on_membrane_from_the_cli(tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["model"]["input_size"] == [64, 64, 1] and config["data"]["mask_mode"] == "binary"
+
+
+def test_demo_end_to_end_small(tmp_path):
+    result = invoke("demo", "--out", tmp_path / "demo", "--train-count", "24", "--val-count", "8", "--epochs", "1",
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "demo"
+    for name in ("weights.safetensors", "config.json", "metrics.csv", "curves.png", "examples.png",
+                 "test_metrics.json"):
+        assert (out / name).exists(), name
+    assert len(list((out / "test-scenes" / "image").glob("*.png"))) == 8
+    assert "test mIoU" in result.output and "next:" in result.output
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    assert 0.0 <= metrics["mean_iou"] <= 1.0 and len(metrics["per_class"]) == 13

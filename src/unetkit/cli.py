@@ -398,9 +398,9 @@ def serve(
 @guarded
 def demo(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("demo-run"),
-    train_count: int = 800,
-    val_count: int = 160,
-    epochs: int = 12,
+    train_count: int = 640,
+    val_count: int = 128,
+    epochs: int = 10,
     seed: int = 0,
     progress: bool = True,
 ) -> None:

@@ -13,7 +13,7 @@ from .plots import side_by_side
 from .predict import Predictor
 
 
-def run_demo(out: str | Path = "demo-run", *, train_count: int = 800, val_count: int = 160, epochs: int = 12,
+def run_demo(out: str | Path = "demo-run", *, train_count: int = 640, val_count: int = 128, epochs: int = 10,
              seed: int = 0, progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Train on ``train_count`` scenes, pick the best epoch on ``val_count`` others, test on a third set."""
     from . import train as trainer
