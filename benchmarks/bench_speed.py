@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib
 import json
 import os
 import platform
@@ -300,7 +299,6 @@ def worker_main(args: argparse.Namespace) -> None:
     if args.worker == "keras":
         worker: Any = KerasWorker(**kwargs)
     else:
-        importlib.import_module("unetkit")  # before torch, as the CLI does: its OpenMP default applies
         worker = UnetkitWorker(**kwargs, precision=args.precision, compile=args.compile,
                                channels_last=not args.no_channels_last, convt=args.convt,
                                optimizer_impl=args.optimizer_impl, compile_mode=args.compile_mode,
@@ -592,6 +590,7 @@ ABLATIONS: list[tuple[str, list[str], dict[str, str]]] = [
     ("compile off", ["--compile", "off"], {}),
     ("glibc malloc defaults (no allocator tuning)", ["--no-tune"], {}),
     ("OpenMP threads spin (OMP_WAIT_POLICY=ACTIVE)", [], {"OMP_WAIT_POLICY": "ACTIVE"}),
+    ("OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE)", [], {"OMP_WAIT_POLICY": "PASSIVE"}),
     ("one thread (OMP_NUM_THREADS=1)", [], {"OMP_NUM_THREADS": "1"}),
     ("Adam foreach", ["--optimizer-impl", "foreach"], {}),
     ("Adam fused", ["--optimizer-impl", "fused"], {}),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import _env  # noqa: F401  (before torch loads: see _env)
 from .config import AugmentConfig, DataConfig, ModelConfig, PreprocessConfig, RunConfig, TrainConfig
 from .data.loader import SegmentationData
 from .errors import ConfigError, DataError, RunError, UnetkitError
