@@ -166,7 +166,7 @@ class TrainConfig:
             self.augment = _from_dict(AugmentConfig, self.augment, "train.augment")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        _check(math.isfinite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}")
+        _check(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0 and finite, got {self.lr}")
         _check(self.eps > 0 and self.weight_decay >= 0 and self.warmup_epochs >= 0 and self.early_stopping >= 0,
                "eps must be > 0; weight_decay, warmup_epochs and early_stopping must be >= 0")
         _choice("optimizer", self.optimizer, ("adam", "adamw"))
