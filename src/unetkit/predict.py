@@ -15,32 +15,11 @@ from torch import nn
 
 from . import perf
 from .config import RunConfig
+from .device import resolve_device, resolve_precision
 from .preprocess import image_to_tensor, resize_images, to_float
 from .run import load_run
 
 ImageLike = np.ndarray | str | Path
-
-
-def _resolve_device(name: str | torch.device) -> torch.device:
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _resolve_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else None
 
 
 def as_image(image: ImageLike | object) -> np.ndarray:
@@ -217,12 +196,12 @@ class Predictor(PredictorBase):
 
     def __init__(self, model: nn.Module, config: RunConfig, *, device: str | torch.device = "auto",
                  precision: str = "auto"):
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         if self.device.type == "cpu":
             perf.tune_cpu()
         self.model = model.to(self.device).eval()
         self.config = config
-        self.dtype = _resolve_dtype(precision, self.device)
+        self.dtype = resolve_precision(precision, self.device)
 
     @classmethod
     def from_run(cls, path: str | Path, *, device: str | torch.device = "auto", weights: str = "best",

@@ -23,6 +23,7 @@ from . import distributed, perf
 from . import run as runio
 from .config import RunConfig
 from .data.loader import SegmentationData
+from .device import autocast, cpu_has_fast_bf16, resolve_device, resolve_precision  # noqa: F401
 from .errors import ConfigError, RunError, UnetkitError
 from .losses import SegmentationLoss, class_weights, load_class_weights
 from .metrics import ConfusionMatrix
@@ -51,34 +52,6 @@ class TrainResult:
     stopped_early: bool = False
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    return torch.device(name)
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True where the CPU runs bf16 matrix work natively (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
-    if name == "fp32":
-        return None
-    if name == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_fast_bf16() else None
-
-
 def resolve_compile(name: str, device: torch.device) -> bool:
     """Compile on CUDA by default, not on the CPU.
 
@@ -90,12 +63,6 @@ def resolve_compile(name: str, device: torch.device) -> bool:
     if name == "on":
         return True
     return device.type == "cuda"
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:

@@ -24,6 +24,16 @@ def mask_dtype(n_classes: int, ignore_index: int | None) -> torch.dtype:
     return torch.uint8 if top < 256 else torch.int32
 
 
+def split_indices(n: int, val_fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted (train, validation) indices of a seeded random split; at least one sample on each side."""
+    n_val = max(1, round(n * val_fraction))
+    if n_val >= n:
+        raise DataError(f"cannot hold out {val_fraction:.0%} of {n} samples and keep any for training; "
+                        "lower --val-fraction or add data")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
 @dataclass
 class SegmentationData:
     """Images (N, C, H, W) uint8 and masks (N, H, W) of class ids, already at the model's size."""
@@ -55,13 +65,8 @@ class SegmentationData:
 
     def split(self, val_fraction: float, seed: int = 0) -> tuple[SegmentationData, SegmentationData]:
         """A seeded, deterministic split into (train, validation)."""
-        n = len(self)
-        n_val = max(1, round(n * val_fraction))
-        if n_val >= n:
-            raise DataError(f"cannot hold out {val_fraction:.0%} of {n} samples and keep any for training; "
-                            "lower --val-fraction or add data")
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        return self.subset(perm[n_val:].sort().values), self.subset(perm[:n_val].sort().values)
+        train, val = split_indices(len(self), val_fraction, seed)
+        return self.subset(train), self.subset(val)
 
     def class_counts(self, n_classes: int) -> torch.Tensor:
         m = self.masks.reshape(-1).long()

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import DataError
 from ..preprocess import preprocess_image, resize_masks
 from .io import read_image, read_mask
+from .loader import split_indices
 from .masks import MASK_MODES, decode_mask, detect_mask_mode, mask_dtype
 
 Pair = tuple[Path, Path]
@@ -150,13 +151,8 @@ class StreamingData:
 
     def split(self, val_fraction: float, seed: int = 0) -> tuple[StreamingData, StreamingData]:
         """A seeded split choosing the same samples as ``SegmentationData.split`` on the same pairs."""
-        n = len(self)
-        n_val = max(1, round(n * val_fraction))
-        if n_val >= n:
-            raise DataError(f"cannot hold out {val_fraction:.0%} of {n} samples and keep any for training; "
-                            "lower --val-fraction or add data")
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        return self.subset(perm[n_val:].sort().values), self.subset(perm[:n_val].sort().values)
+        train, val = split_indices(len(self), val_fraction, seed)
+        return self.subset(train), self.subset(val)
 
     def class_counts(self, n_classes: int) -> torch.Tensor:
         """Pixels per class over the whole set (one decoding pass, for class weights)."""
