@@ -5,6 +5,7 @@ One command, a few minutes on a 2-core CPU:
     python benchmarks/bench_speed.py                  # CPU: 96x128, batch 32; plus `unetkit train` end to end
     python benchmarks/bench_speed.py --sizes all      # also 96x128 batch 256 and 384x480 batch 16 (GPU sizes)
     python benchmarks/bench_speed.py --ablation       # unetkit's fast paths, each switched off in turn
+    python benchmarks/bench_speed.py --quick          # a smoke run (about a minute; noisy figures)
 
 What is measured, per size (input H x W, batch B, 23 classes, random data):
 
@@ -325,12 +326,22 @@ class Worker:
     def __init__(self, label: str, argv: list[str], env: dict[str, str] | None = None, verbose: bool = False):
         self.label = label
         self.verbose = verbose
+        self.stderr = None if verbose else tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=None if verbose else subprocess.DEVNULL,
-                                     text=True, env=(os.environ | env) if env else None)
+                                     stdout=subprocess.PIPE, stderr=self.stderr, text=True,
+                                     env=(os.environ | env) if env else None)
         self.ready = self._read()
         if self.ready.get("kind") != "ready":
-            raise RuntimeError(f"{label}: worker failed to start: {self.ready}")
+            hint = " (the reference needs `pip install -e \".[keras]\"`; or run with --no-keras)" \
+                if label == "keras" else ""
+            raise RuntimeError(f"{label}: the worker failed to start{hint}: {self.ready.get('error')}\n"
+                               f"{self._stderr_tail()}")
+
+    def _stderr_tail(self, lines: int = 15) -> str:
+        if self.stderr is None:
+            return ""
+        self.stderr.seek(0)
+        return "".join(self.stderr.readlines()[-lines:])
 
     def _read(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -670,6 +681,8 @@ def main() -> None:
     ap.add_argument("--sizes", default=None,
                     help="cpu (96x128x32), gpu (96x128x256, 384x480x16), all, or a list HxWxB,HxWxB "
                          "(default: gpu on a CUDA machine, else cpu)")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run in about a minute: 2 rounds, 2 steps, 352 scenes x 2 epochs end to end")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved measurement rounds (median reported)")
     ap.add_argument("--steps", type=int, default=0, help="optimizer steps per training measurement (0: by size)")
     ap.add_argument("--predict-batches", type=int, default=0, help="batches per prediction measurement")
@@ -703,6 +716,9 @@ def main() -> None:
         worker_main(args)
         return
 
+    if args.quick:
+        args.repeats, args.steps = 2, args.steps or 2
+        args.e2e_images, args.e2e_epochs = args.e2e_images or 352, 2
     gpu = _cuda_available() and args.device != "cpu"
     sizes = parse_sizes(args.sizes or ("gpu" if gpu else "cpu"))
     if args.e2e is None:
