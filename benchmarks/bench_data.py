@@ -78,10 +78,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2, help="epochs timed per mode (after the first)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader workers to try")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of the measuring process (workers always use 1)")
-    parser.add_argument("--model-steps", type=int, default=3,
-                        help="also time this many training steps of the seed's U-Net on the CPU (0: skip)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads of the measuring process (workers always use 1)"
+    )
+    parser.add_argument(
+        "--model-steps",
+        type=int,
+        default=3,
+        help="also time this many training steps of the seed's U-Net on the CPU (0: skip)",
+    )
     parser.add_argument("--data", type=Path, default=None, help="reuse/write the scenes here (default: a temp dir)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -107,8 +112,9 @@ def main() -> None:
         rows.append(("memory", "later epochs: batches from the uint8 cache", n / (time.perf_counter() - t0)))
 
         for workers in args.workers:
-            stream, _ = StreamingData.from_folders(images, masks, size, n_classes=n_classes, mask_mode="index",
-                                                   num_workers=workers)
+            stream, _ = StreamingData.from_folders(
+                images, masks, size, n_classes=n_classes, mask_mode="index", num_workers=workers
+            )
             epoch(stream, args.batch_size, 0)  # warm the file system cache, as the memory mode's read did
             t0 = time.perf_counter()
             n = sum(epoch(stream, args.batch_size, e) for e in range(1, args.epochs + 1))
@@ -119,8 +125,10 @@ def main() -> None:
             rows.append(("(model)", f"training steps of the seed's U-Net, fp32, {os.cpu_count()} core(s)", rate))
 
     cpus = os.cpu_count()
-    print(f"\n{args.count} synthetic scenes {h}x{w}, batch {args.batch_size}, {cpus} CPU core(s), "
-          f"{args.threads} torch thread(s), torch {torch.__version__}, {platform.machine()}\n")
+    print(
+        f"\n{args.count} synthetic scenes {h}x{w}, batch {args.batch_size}, {cpus} CPU core(s), "
+        f"{args.threads} torch thread(s), torch {torch.__version__}, {platform.machine()}\n"
+    )
     print("| cache | what is timed | images/s |")
     print("| --- | --- | ---: |")
     for mode, what, rate in rows:

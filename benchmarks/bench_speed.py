@@ -118,13 +118,11 @@ class KerasWorker:
         self.timer = EpochTimer()
 
     def warm_up(self) -> None:
-        self.model.fit(self.x[: 2 * self.batch], self.y[: 2 * self.batch], batch_size=self.batch, epochs=1,
-                       verbose=0)
+        self.model.fit(self.x[: 2 * self.batch], self.y[: 2 * self.batch], batch_size=self.batch, epochs=1, verbose=0)
         self.model.predict(self.px[: self.batch], batch_size=self.batch, verbose=0)
 
     def train(self) -> dict[str, Any]:
-        self.model.fit(self.x, self.y, batch_size=self.batch, epochs=1, verbose=0, shuffle=True,
-                       callbacks=[self.timer])
+        self.model.fit(self.x, self.y, batch_size=self.batch, epochs=1, verbose=0, shuffle=True, callbacks=[self.timer])
         t0, c0, t1, c1 = self._epoch
         return {"images": len(self.x), "seconds": t1 - t0, "cpu_s": c1 - c0}
 
@@ -136,8 +134,11 @@ class KerasWorker:
         return {"images": len(self.px), "seconds": seconds, "cpu_s": cpu}
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"rss_peak": _rss_bytes(), "framework": f"keras {self.version} ({self.backend})",
-                               "gpu": False}
+        out: dict[str, Any] = {
+            "rss_peak": _rss_bytes(),
+            "framework": f"keras {self.version} ({self.backend})",
+            "gpu": False,
+        }
         try:
             if self.backend == "tensorflow":
                 import tensorflow as tf
@@ -169,10 +170,24 @@ class UnetkitWorker:
 
     name = "unetkit"
 
-    def __init__(self, h: int, w: int, batch: int, steps: int, predict_batches: int, seed: int = 0,
-                 precision: str = "auto", compile: str = "auto", channels_last: bool = True, convt: str = "auto",
-                 optimizer_impl: str = "auto", compile_mode: str = "default", device: str = "auto",
-                 predict_compile: bool = False, tune: bool = True):
+    def __init__(
+        self,
+        h: int,
+        w: int,
+        batch: int,
+        steps: int,
+        predict_batches: int,
+        seed: int = 0,
+        precision: str = "auto",
+        compile: str = "auto",
+        channels_last: bool = True,
+        convt: str = "auto",
+        optimizer_impl: str = "auto",
+        compile_mode: str = "default",
+        device: str = "auto",
+        predict_compile: bool = False,
+        tune: bool = True,
+    ):
         import numpy as np
         import torch
 
@@ -200,9 +215,17 @@ class UnetkitWorker:
             perf.tune_cpu()  # as fit() and Predictor do
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # as fit() does
-        self.config = RunConfig(model=ModelConfig(input_size=(h, w, 3), n_classes=N_CLASSES),
-                                train=TrainConfig(batch_size=batch, precision=precision, compile=compile,
-                                                  channels_last=channels_last, device=device, seed=seed))
+        self.config = RunConfig(
+            model=ModelConfig(input_size=(h, w, 3), n_classes=N_CLASSES),
+            train=TrainConfig(
+                batch_size=batch,
+                precision=precision,
+                compile=compile,
+                channels_last=channels_last,
+                device=device,
+                seed=seed,
+            ),
+        )
         self.dtype = resolve_precision(precision, self.device)
         torch.manual_seed(seed)
         model = build_model(self.config.model).to(self.device)
@@ -229,8 +252,10 @@ class UnetkitWorker:
             self.predictor.model = torch.compile(model, mode=compile_mode)
         self.predict_images = rng.integers(0, 256, (predict_batches * batch, h, w, 3), dtype=np.uint8)
         self.batch, self.epoch = batch, 0
-        self.framework = f"torch {torch.__version__}, {'bf16' if self.dtype else 'fp32'}, " \
-                         f"{'channels-last' if channels_last else 'NCHW'}, compile {'on' if self.compiled else 'off'}"
+        self.framework = (
+            f"torch {torch.__version__}, {'bf16' if self.dtype else 'fp32'}, "
+            f"{'channels-last' if channels_last else 'NCHW'}, compile {'on' if self.compiled else 'off'}"
+        )
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -285,8 +310,11 @@ class UnetkitWorker:
         return {"images": len(masks), "seconds": seconds, "cpu_s": cpu}
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"rss_peak": _rss_bytes(), "framework": self.framework,
-                               "threads": self.torch.get_num_threads()}
+        out: dict[str, Any] = {
+            "rss_peak": _rss_bytes(),
+            "framework": self.framework,
+            "threads": self.torch.get_num_threads(),
+        }
         if self.device.type == "cuda":
             out["device_peak"] = self.torch.cuda.max_memory_allocated()
             out["device_name"] = self.torch.cuda.get_device_name()
@@ -295,15 +323,24 @@ class UnetkitWorker:
 
 def worker_main(args: argparse.Namespace) -> None:
     """Serve commands (warm, train, predict, stats, quit) from stdin; results as tagged JSON lines."""
-    kwargs = dict(h=args.size[0], w=args.size[1], batch=args.batch, steps=args.steps,
-                  predict_batches=args.predict_batches)
+    kwargs = dict(
+        h=args.size[0], w=args.size[1], batch=args.batch, steps=args.steps, predict_batches=args.predict_batches
+    )
     if args.worker == "keras":
         worker: Any = KerasWorker(**kwargs)
     else:
-        worker = UnetkitWorker(**kwargs, precision=args.precision, compile=args.compile,
-                               channels_last=not args.no_channels_last, convt=args.convt,
-                               optimizer_impl=args.optimizer_impl, compile_mode=args.compile_mode,
-                               device=args.device, predict_compile=args.predict_compile, tune=not args.no_tune)
+        worker = UnetkitWorker(
+            **kwargs,
+            precision=args.precision,
+            compile=args.compile,
+            channels_last=not args.no_channels_last,
+            convt=args.convt,
+            optimizer_impl=args.optimizer_impl,
+            compile_mode=args.compile_mode,
+            device=args.device,
+            predict_compile=args.predict_compile,
+            tune=not args.no_tune,
+        )
     t0 = time.perf_counter()
     worker.warm_up()
     _reply("ready", {"warmup_s": time.perf_counter() - t0})
@@ -327,15 +364,24 @@ class Worker:
         self.label = label
         self.verbose = verbose
         self.stderr = None if verbose else tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.stderr, text=True,
-                                     env=(os.environ | env) if env else None)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            env=(os.environ | env) if env else None,
+        )
         self.ready = self._read()
         if self.ready.get("kind") != "ready":
-            hint = " (the reference needs `pip install -e \".[keras]\"`; or run with --no-keras)" \
-                if label == "keras" else ""
-            raise RuntimeError(f"{label}: the worker failed to start{hint}: {self.ready.get('error')}\n"
-                               f"{self._stderr_tail()}")
+            hint = (
+                ' (the reference needs `pip install -e ".[bench-keras]"`; or run with --no-keras)'
+                if label == "keras"
+                else ""
+            )
+            raise RuntimeError(
+                f"{label}: the worker failed to start{hint}: {self.ready.get('error')}\n{self._stderr_tail()}"
+            )
 
     def _stderr_tail(self, lines: int = 15) -> str:
         if self.stderr is None:
@@ -347,7 +393,7 @@ class Worker:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             if line.startswith(TAG):
-                return json.loads(line[len(TAG):])
+                return json.loads(line[len(TAG) :])
             if self.verbose:
                 print(f"  [{self.label}] {line.rstrip()}")
         return {"kind": "error", "error": f"worker exited with code {self.proc.wait()}"}
@@ -427,11 +473,31 @@ def cpu_per_image(result: dict[str, Any]) -> float:
     return result["cpu_s"] / result["images"]
 
 
-def worker_argv(kind: str, h: int, w: int, b: int, args: argparse.Namespace, extra: list[str] | None = None,
-                ) -> list[str]:
+def worker_argv(
+    kind: str,
+    h: int,
+    w: int,
+    b: int,
+    args: argparse.Namespace,
+    extra: list[str] | None = None,
+) -> list[str]:
     steps, pbatches = steps_for(h, w, b, args)
-    return ["--worker", kind, "--size", str(h), str(w), "--batch", str(b), "--steps", str(steps),
-            "--predict-batches", str(pbatches), "--device", args.device, *(extra or [])]
+    return [
+        "--worker",
+        kind,
+        "--size",
+        str(h),
+        str(w),
+        "--batch",
+        str(b),
+        "--steps",
+        str(steps),
+        "--predict-batches",
+        str(pbatches),
+        "--device",
+        args.device,
+        *(extra or []),
+    ]
 
 
 def steps_for(h: int, w: int, b: int, args: argparse.Namespace) -> tuple[int, int]:
@@ -466,8 +532,9 @@ def run_pair(h: int, w: int, b: int, args: argparse.Namespace, log: list[str]) -
             sides["keras"] = Worker("keras", worker_argv("keras", h, w, b, args), verbose=args.verbose)
             results["keras"].warmup_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        sides["unetkit"] = Worker("unetkit", worker_argv("unetkit", h, w, b, args, unetkit_flags(args)),
-                                  verbose=args.verbose)
+        sides["unetkit"] = Worker(
+            "unetkit", worker_argv("unetkit", h, w, b, args, unetkit_flags(args)), verbose=args.verbose
+        )
         results["unetkit"].warmup_s = time.perf_counter() - t0
         for r in range(args.repeats):
             for what in ("train", "predict"):
@@ -476,14 +543,19 @@ def run_pair(h: int, w: int, b: int, args: argparse.Namespace, log: list[str]) -
                     value = rate(result)
                     getattr(results[name], what).append(value)
                     getattr(results[name], what + "_cpu").append(cpu_per_image(result))
-                    log.append(f"round {r + 1} {h}x{w}/{b} {name:8s} {what:8s} {value:9.1f} img/s "
-                               f"{cpu_per_image(result):6.3f} CPU-s/img  load {loadavg()}")
+                    log.append(
+                        f"round {r + 1} {h}x{w}/{b} {name:8s} {what:8s} {value:9.1f} img/s "
+                        f"{cpu_per_image(result):6.3f} CPU-s/img  load {loadavg()}"
+                    )
                     print("  " + log[-1], flush=True)
         for name, wk in sides.items():
             results[name].stats = wk.ask("stats")
         if "keras" in sides and _cuda_available() and args.device != "cpu" and not results["keras"].stats.get("gpu"):
-            print("  WARNING: unetkit ran on the GPU but Keras did not see one (tensorflow-cpu?); install a GPU "
-                  "backend, e.g. `pip install 'jax[cuda12]'` and set KERAS_BACKEND=jax", flush=True)
+            print(
+                "  WARNING: unetkit ran on the GPU but Keras did not see one (tensorflow-cpu?); install a GPU "
+                "backend, e.g. `pip install 'jax[cuda12]'` and set KERAS_BACKEND=jax",
+                flush=True,
+            )
     finally:
         for wk in sides.values():
             wk.close()
@@ -491,8 +563,16 @@ def run_pair(h: int, w: int, b: int, args: argparse.Namespace, log: list[str]) -
 
 
 def unetkit_flags(args: argparse.Namespace) -> list[str]:
-    flags = ["--precision", args.precision, "--compile", args.compile, "--convt", args.convt,
-             "--compile-mode", args.compile_mode]
+    flags = [
+        "--precision",
+        args.precision,
+        "--compile",
+        args.compile,
+        "--convt",
+        args.convt,
+        "--compile-mode",
+        args.compile_mode,
+    ]
     return flags + (["--predict-compile"] if args.predict_compile else [])
 
 
@@ -505,22 +585,28 @@ def _mb(x: Any) -> str:
 
 
 def main_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| size, batch | side | train img/s | predict img/s | train CPU-s/img | predict CPU-s/img | "
-             "train TFLOP/s | peak RSS MiB | peak device MiB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| size, batch | side | train img/s | predict img/s | train CPU-s/img | predict CPU-s/img | "
+        "train TFLOP/s | peak RSS MiB | peak device MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for row in rows:
         for name in ("keras", "unetkit"):
             m = row[name]
             if m["train"] is None:
                 continue
             tflops = m["train"] * row["train_gflop"] / 1e3
-            lines.append(f"| {row['size']}, {row['batch']} | {m['label']} | {_fmt(m['train'])} | "
-                         f"{_fmt(m['predict'])} | {_fmt(m['train_cpu'], 3)} | {_fmt(m['predict_cpu'], 3)} | "
-                         f"{tflops:.3f} | {_mb(m['stats'].get('rss_peak'))} | {_mb(m['stats'].get('device_peak'))} |")
+            lines.append(
+                f"| {row['size']}, {row['batch']} | {m['label']} | {_fmt(m['train'])} | "
+                f"{_fmt(m['predict'])} | {_fmt(m['train_cpu'], 3)} | {_fmt(m['predict_cpu'], 3)} | "
+                f"{tflops:.3f} | {_mb(m['stats'].get('rss_peak'))} | {_mb(m['stats'].get('device_peak'))} |"
+            )
         if row["ratio_train"] is not None:
-            lines.append(f"| {row['size']}, {row['batch']} | **unetkit / Keras** | **{row['ratio_train']:.2f}x** | "
-                         f"**{row['ratio_predict']:.2f}x** | {_fmt(row['cpu_ratio_train'], 2)}x less | "
-                         f"{_fmt(row['cpu_ratio_predict'], 2)}x less | | | |")
+            lines.append(
+                f"| {row['size']}, {row['batch']} | **unetkit / Keras** | **{row['ratio_train']:.2f}x** | "
+                f"**{row['ratio_predict']:.2f}x** | {_fmt(row['cpu_ratio_train'], 2)}x less | "
+                f"{_fmt(row['cpu_ratio_predict'], 2)}x less | | | |"
+            )
     return "\n".join(lines)
 
 
@@ -543,10 +629,31 @@ def run_e2e(h: int, w: int, b: int, args: argparse.Namespace, log: list[str]) ->
     loop_rates = []
     try:
         loop_rates.append(rate(loop.ask("train")))
-        cmd = [sys.executable, "-m", "unetkit", "train", "--images", str(work / "data" / "image"),
-               "--masks", str(work / "data" / "mask"), "--n-classes", str(N_CLASSES), "--input-size", str(h), str(w),
-               "--val-fraction", str(args.e2e_val_fraction), "--epochs", str(args.e2e_epochs),
-               "--batch-size", str(b), "--device", args.device, "--out", str(work / "run")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "unetkit",
+            "train",
+            "--images",
+            str(work / "data" / "image"),
+            "--masks",
+            str(work / "data" / "mask"),
+            "--n-classes",
+            str(N_CLASSES),
+            "--input-size",
+            str(h),
+            str(w),
+            "--val-fraction",
+            str(args.e2e_val_fraction),
+            "--epochs",
+            str(args.e2e_epochs),
+            "--batch-size",
+            str(b),
+            "--device",
+            args.device,
+            "--out",
+            str(work / "run"),
+        ]
         if args.precision != "auto":
             cmd += ["--precision", args.precision]
         if args.compile != "auto":
@@ -569,26 +676,39 @@ def run_e2e(h: int, w: int, b: int, args: argparse.Namespace, log: list[str]) ->
     e2e = n_train * args.e2e_epochs / wall
     loop_rate = statistics.median(loop_rates)
     later_epochs = statistics.median(train_rates[1:] or train_rates)  # the first one holds any compilation
-    out = {"images": args.e2e_images, "train_images": n_train, "val_images": n_val, "epochs": args.e2e_epochs,
-           "wall_s": wall, "epochs_s": epoch_seconds, "outside_epochs_s": wall - epoch_seconds,
-           "e2e_img_s": e2e, "epoch_train_img_s": train_rates, "loop_img_s": loop_rates,
-           "ratio": e2e / loop_rate, "ratio_training_part": later_epochs / loop_rate,
-           "load": f"{load_before} -> {loadavg()}", "command": " ".join(["unetkit", *cmd[3:]])}
+    out = {
+        "images": args.e2e_images,
+        "train_images": n_train,
+        "val_images": n_val,
+        "epochs": args.e2e_epochs,
+        "wall_s": wall,
+        "epochs_s": epoch_seconds,
+        "outside_epochs_s": wall - epoch_seconds,
+        "e2e_img_s": e2e,
+        "epoch_train_img_s": train_rates,
+        "loop_img_s": loop_rates,
+        "ratio": e2e / loop_rate,
+        "ratio_training_part": later_epochs / loop_rate,
+        "load": f"{load_before} -> {loadavg()}",
+        "command": " ".join(["unetkit", *cmd[3:]]),
+    }
     log.append(f"e2e {json.dumps(out)}")
     return out
 
 
 def e2e_table(e: dict[str, Any]) -> str:
-    return "\n".join([
-        "| what | images/s | vs training loop |",
-        "| --- | --- | --- |",
-        f"| training loop in memory (before, after) | {' / '.join(_fmt(x) for x in e['loop_img_s'])} | 1.00 |",
-        f"| `unetkit train`, training part of each epoch (metrics.csv) | "
-        f"{' / '.join(_fmt(x) for x in e['epoch_train_img_s'])} | {e['ratio_training_part']:.2f} |",
-        f"| `unetkit train`, whole command: {e['train_images']} train x {e['epochs']} epochs / {e['wall_s']:.1f} s "
-        f"(of which {e['outside_epochs_s']:.1f} s outside the epochs: start, reading {e['images']} PNG pairs) | "
-        f"{_fmt(e['e2e_img_s'])} | {e['ratio']:.2f} |",
-    ])
+    return "\n".join(
+        [
+            "| what | images/s | vs training loop |",
+            "| --- | --- | --- |",
+            f"| training loop in memory (before, after) | {' / '.join(_fmt(x) for x in e['loop_img_s'])} | 1.00 |",
+            f"| `unetkit train`, training part of each epoch (metrics.csv) | "
+            f"{' / '.join(_fmt(x) for x in e['epoch_train_img_s'])} | {e['ratio_training_part']:.2f} |",
+            f"| `unetkit train`, whole command: {e['train_images']} train x {e['epochs']} epochs / {e['wall_s']:.1f} s "
+            f"(of which {e['outside_epochs_s']:.1f} s outside the epochs: start, reading {e['images']} PNG pairs) | "
+            f"{_fmt(e['e2e_img_s'])} | {e['ratio']:.2f} |",
+        ]
+    )
 
 
 ABLATIONS: list[tuple[str, list[str], dict[str, str]]] = [
@@ -624,7 +744,8 @@ def run_ablation(h: int, w: int, b: int, args: argparse.Namespace, log: list[str
                 continue
             workers.append((label, wk, time.perf_counter() - t0))
         samples: dict[str, dict[str, list[float]]] = {
-            label: {"train": [], "predict": [], "train_cpu": [], "predict_cpu": []} for label, _, _ in workers}
+            label: {"train": [], "predict": [], "train_cpu": [], "predict_cpu": []} for label, _, _ in workers
+        }
         for r in range(args.repeats):
             for what in ("train", "predict"):
                 for label, wk, _ in workers:
@@ -632,15 +753,24 @@ def run_ablation(h: int, w: int, b: int, args: argparse.Namespace, log: list[str
                     value = rate(result)
                     samples[label][what].append(value)
                     samples[label][what + "_cpu"].append(cpu_per_image(result))
-                    log.append(f"ablation round {r + 1} {label:45s} {what:8s} {value:8.1f} img/s "
-                               f"{cpu_per_image(result):6.3f} CPU-s/img load {loadavg()}")
+                    log.append(
+                        f"ablation round {r + 1} {label:45s} {what:8s} {value:8.1f} img/s "
+                        f"{cpu_per_image(result):6.3f} CPU-s/img load {loadavg()}"
+                    )
                     print("  " + log[-1], flush=True)
         base = samples.get("defaults")
         for label, wk, warm in workers:
             s = samples[label]
-            row = {"variant": label, "train": statistics.median(s["train"]), "predict": statistics.median(s["predict"]),
-                   "train_cpu": statistics.median(s["train_cpu"]), "predict_cpu": statistics.median(s["predict_cpu"]),
-                   "samples": s, "warmup_s": warm, "stats": wk.ask("stats")}
+            row = {
+                "variant": label,
+                "train": statistics.median(s["train"]),
+                "predict": statistics.median(s["predict"]),
+                "train_cpu": statistics.median(s["train_cpu"]),
+                "predict_cpu": statistics.median(s["predict_cpu"]),
+                "samples": s,
+                "warmup_s": warm,
+                "stats": wk.ask("stats"),
+            }
             if base:
                 row["train_vs_defaults"] = paired_ratio(s["train"], base["train"])
                 row["predict_vs_defaults"] = paired_ratio(s["predict"], base["predict"])
@@ -652,13 +782,17 @@ def run_ablation(h: int, w: int, b: int, args: argparse.Namespace, log: list[str
 
 
 def ablation_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| variant | train img/s | vs defaults | train CPU-s/img | predict img/s | vs defaults | "
-             "predict CPU-s/img | start-up + warm-up s | set-up |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| variant | train img/s | vs defaults | train CPU-s/img | predict img/s | vs defaults | "
+        "predict CPU-s/img | start-up + warm-up s | set-up |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
-        lines.append(f"| {r['variant']} | {_fmt(r['train'])} | {_fmt(r.get('train_vs_defaults'), 2)} | "
-                     f"{_fmt(r['train_cpu'], 3)} | {_fmt(r['predict'])} | {_fmt(r.get('predict_vs_defaults'), 2)} | "
-                     f"{_fmt(r['predict_cpu'], 3)} | {r['warmup_s']:.0f} | {r['stats'].get('framework', '')} |")
+        lines.append(
+            f"| {r['variant']} | {_fmt(r['train'])} | {_fmt(r.get('train_vs_defaults'), 2)} | "
+            f"{_fmt(r['train_cpu'], 3)} | {_fmt(r['predict'])} | {_fmt(r.get('predict_vs_defaults'), 2)} | "
+            f"{_fmt(r['predict_cpu'], 3)} | {r['warmup_s']:.0f} | {r['stats'].get('framework', '')} |"
+        )
     return "\n".join(lines)
 
 
@@ -678,11 +812,17 @@ def parse_sizes(spec: str) -> list[tuple[int, int, int]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--sizes", default=None,
-                    help="cpu (96x128x32), gpu (96x128x256, 384x480x16), all, or a list HxWxB,HxWxB "
-                         "(default: gpu on a CUDA machine, else cpu)")
-    ap.add_argument("--quick", action="store_true",
-                    help="a smoke run in about a minute: 2 rounds, 2 steps, 352 scenes x 2 epochs end to end")
+    ap.add_argument(
+        "--sizes",
+        default=None,
+        help="cpu (96x128x32), gpu (96x128x256, 384x480x16), all, or a list HxWxB,HxWxB "
+        "(default: gpu on a CUDA machine, else cpu)",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run in about a minute: 2 rounds, 2 steps, 352 scenes x 2 epochs end to end",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="interleaved measurement rounds (median reported)")
     ap.add_argument("--steps", type=int, default=0, help="optimizer steps per training measurement (0: by size)")
     ap.add_argument("--predict-batches", type=int, default=0, help="batches per prediction measurement")
@@ -697,10 +837,17 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda (unetkit side)")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
-    ap.add_argument("--compile-mode", default="default",
-                    choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
-    ap.add_argument("--convt", default="auto", choices=["auto", "subpixel", "native"],
-                    help="how the transposed convolutions run (same math)")
+    ap.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+    )
+    ap.add_argument(
+        "--convt",
+        default="auto",
+        choices=["auto", "subpixel", "native"],
+        help="how the transposed convolutions run (same math)",
+    )
     ap.add_argument("--predict-compile", action="store_true", help="torch.compile the Predictor's model too")
     ap.add_argument("--out", type=Path, default=HERE / "results", help="folder for the .md and .json results")
     ap.add_argument("--verbose", action="store_true", help="show the workers' own output")
@@ -731,14 +878,26 @@ def main() -> None:
     info = machine()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     kind = "cuda" if gpu else "cpu"
-    print(f"machine: {info.get('gpu') or info.get('cpu')} | {info['cores']} cores | torch {info.get('torch')} | "
-          f"load {loadavg()}", flush=True)
+    print(
+        f"machine: {info.get('gpu') or info.get('cpu')} | {info['cores']} cores | torch {info.get('torch')} | "
+        f"load {loadavg()}",
+        flush=True,
+    )
     log: list[str] = []
-    report: dict[str, Any] = {"machine": info, "command": " ".join(["python", *sys.argv]), "time": stamp,
-                              "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"), "sizes": []}
-    md = [f"## Speed: {info.get('gpu') or info.get('cpu')} ({info['cores']} cores), {time.strftime('%Y-%m-%d %H:%M')}",
-          "", f"Command: `{report['command']}`; torch {info.get('torch')}; Keras backend "
-          f"{report['keras_backend']}; medians of {args.repeats} interleaved rounds.", ""]
+    report: dict[str, Any] = {
+        "machine": info,
+        "command": " ".join(["python", *sys.argv]),
+        "time": stamp,
+        "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+        "sizes": [],
+    }
+    md = [
+        f"## Speed: {info.get('gpu') or info.get('cpu')} ({info['cores']} cores), {time.strftime('%Y-%m-%d %H:%M')}",
+        "",
+        f"Command: `{report['command']}`; torch {info.get('torch')}; Keras backend "
+        f"{report['keras_backend']}; medians of {args.repeats} interleaved rounds.",
+        "",
+    ]
     rows = []
     for h, w, b in sizes:
         cost = count(h, w, N_CLASSES)
@@ -753,13 +912,24 @@ def main() -> None:
             continue
         load0 = loadavg()
         res = run_pair(h, w, b, args, log)
-        row: dict[str, Any] = {"size": f"{h}x{w}", "batch": b, "train_gflop": cost.train_gflop,
-                               "load": f"{load0} -> {loadavg()}"}
+        row: dict[str, Any] = {
+            "size": f"{h}x{w}",
+            "batch": b,
+            "train_gflop": cost.train_gflop,
+            "load": f"{load0} -> {loadavg()}",
+        }
         for name, m in res.items():
-            row[name] = {"train": m.median("train"), "predict": m.median("predict"), "train_samples": m.train,
-                         "predict_samples": m.predict, "train_cpu": m.median("train_cpu"),
-                         "predict_cpu": m.median("predict_cpu"), "stats": m.stats, "warmup_s": m.warmup_s,
-                         "label": f"{name} ({m.stats.get('framework', '')})"}
+            row[name] = {
+                "train": m.median("train"),
+                "predict": m.median("predict"),
+                "train_samples": m.train,
+                "predict_samples": m.predict,
+                "train_cpu": m.median("train_cpu"),
+                "predict_cpu": m.median("predict_cpu"),
+                "stats": m.stats,
+                "warmup_s": m.warmup_s,
+                "label": f"{name} ({m.stats.get('framework', '')})",
+            }
         row["ratio_train"] = paired_ratio(res["unetkit"].train, res["keras"].train)
         row["ratio_predict"] = paired_ratio(res["unetkit"].predict, res["keras"].predict)
         row["cpu_ratio_train"] = paired_ratio(res["keras"].train_cpu, res["unetkit"].train_cpu)
@@ -777,8 +947,14 @@ def main() -> None:
         for r in rows:
             if "e2e" in r:
                 et = e2e_table(r["e2e"])
-                md += [f"`unetkit train` end to end, {r['size']} batch {r['batch']} (load {r['e2e']['load']}):", "",
-                       et, "", f"Command: `{r['e2e']['command']}`", ""]
+                md += [
+                    f"`unetkit train` end to end, {r['size']} batch {r['batch']} (load {r['e2e']['load']}):",
+                    "",
+                    et,
+                    "",
+                    f"Command: `{r['e2e']['command']}`",
+                    "",
+                ]
                 print("\n" + et)
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"speed-{'ablation-' if args.ablation else ''}{kind}-{stamp}"

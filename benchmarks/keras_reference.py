@@ -14,19 +14,16 @@ import keras
 from keras.layers import Conv2D, Conv2DTranspose, Dropout, Input, MaxPooling2D, concatenate
 
 
-def conv_block(inputs: Any = None, n_filters: int = 32, dropout_prob: float = 0,
-               max_pooling: bool = True) -> tuple[Any, Any]:
+def conv_block(
+    inputs: Any = None, n_filters: int = 32, dropout_prob: float = 0, max_pooling: bool = True
+) -> tuple[Any, Any]:
     """Two 3x3 convs + ReLU (He-normal), optional dropout and 2x2 max pooling -> (next_layer, skip)."""
-    conv = Conv2D(n_filters,
-                  3,
-                  activation='relu',
-                  padding='same',
-                  kernel_initializer=keras.initializers.HeNormal())(inputs)
-    conv = Conv2D(n_filters,
-                  3,
-                  activation='relu',
-                  padding='same',
-                  kernel_initializer=keras.initializers.HeNormal())(conv)
+    conv = Conv2D(n_filters, 3, activation="relu", padding="same", kernel_initializer=keras.initializers.HeNormal())(
+        inputs
+    )
+    conv = Conv2D(n_filters, 3, activation="relu", padding="same", kernel_initializer=keras.initializers.HeNormal())(
+        conv
+    )
     if dropout_prob > 0:
         conv = Dropout(dropout_prob)(conv)
     if max_pooling:
@@ -39,27 +36,20 @@ def conv_block(inputs: Any = None, n_filters: int = 32, dropout_prob: float = 0,
 
 def upsampling_block(expansive_input: Any, contractive_input: Any, n_filters: int = 32) -> Any:
     """3x3 stride-2 transposed conv ('same'), concatenation [up, skip], two 3x3 convs + ReLU (He-normal)."""
-    up = Conv2DTranspose(
-        n_filters,
-        3,
-        strides=2,
-        padding='same')(expansive_input)
+    up = Conv2DTranspose(n_filters, 3, strides=2, padding="same")(expansive_input)
     merge = concatenate([up, contractive_input], axis=3)
-    conv = Conv2D(n_filters,
-                  3,
-                  activation='relu',
-                  padding='same',
-                  kernel_initializer=keras.initializers.HeNormal())(merge)
-    conv = Conv2D(n_filters,
-                  3,
-                  activation='relu',
-                  padding='same',
-                  kernel_initializer=keras.initializers.HeNormal())(conv)
+    conv = Conv2D(n_filters, 3, activation="relu", padding="same", kernel_initializer=keras.initializers.HeNormal())(
+        merge
+    )
+    conv = Conv2D(n_filters, 3, activation="relu", padding="same", kernel_initializer=keras.initializers.HeNormal())(
+        conv
+    )
     return conv
 
 
-def unet_model(input_size: tuple[int, int, int] = (96, 128, 3), n_filters: int = 32,
-               n_classes: int = 23) -> keras.Model:
+def unet_model(
+    input_size: tuple[int, int, int] = (96, 128, 3), n_filters: int = 32, n_classes: int = 23
+) -> keras.Model:
     """The seed's U-Net: (N, H, W, C) -> (N, H, W, n_classes) logits."""
     inputs = Input(input_size)
     cblock1 = conv_block(inputs, n_filters)
@@ -71,19 +61,15 @@ def unet_model(input_size: tuple[int, int, int] = (96, 128, 3), n_filters: int =
     ublock7 = upsampling_block(ublock6, cblock3[1], n_filters * 4)
     ublock8 = upsampling_block(ublock7, cblock2[1], n_filters * 2)
     ublock9 = upsampling_block(ublock8, cblock1[1], n_filters)
-    conv9 = Conv2D(n_filters,
-                   3,
-                   activation='relu',
-                   padding='same',
-                   kernel_initializer='he_normal')(ublock9)
-    conv10 = Conv2D(n_classes, 1, padding='same')(conv9)
+    conv9 = Conv2D(n_filters, 3, activation="relu", padding="same", kernel_initializer="he_normal")(ublock9)
+    conv10 = Conv2D(n_classes, 1, padding="same")(conv9)
     model = keras.Model(inputs=inputs, outputs=conv10)
     return model
 
 
 def compile_seed(model: keras.Model) -> keras.Model:
     """Compile as the seed does: Adam, sparse categorical cross-entropy on logits, accuracy."""
-    model.compile(optimizer='adam',
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=['accuracy'])
+    model.compile(
+        optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
     return model

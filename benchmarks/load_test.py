@@ -78,9 +78,23 @@ def get_json(url: str) -> dict:
 
 
 def start_server(model: Path, port: int, args: argparse.Namespace, log: Path) -> subprocess.Popen:
-    command = [sys.executable, "-c", "from unetkit.cli import main; main()", "serve", str(model),
-               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-               "--batch-window-ms", str(args.batch_window_ms), "--max-batch", str(args.max_batch)]
+    command = [
+        sys.executable,
+        "-c",
+        "from unetkit.cli import main; main()",
+        "serve",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--batch-window-ms",
+        str(args.batch_window_ms),
+        "--max-batch",
+        str(args.max_batch),
+    ]
     proc = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -95,8 +109,7 @@ def start_server(model: Path, port: int, args: argparse.Namespace, log: Path) ->
     raise SystemExit("the server did not start within 120 s")
 
 
-async def one_round(url: str, images: list[bytes], n: int, concurrency: int, max_seconds: float,
-                    fmt: str) -> dict:
+async def one_round(url: str, images: list[bytes], n: int, concurrency: int, max_seconds: float, fmt: str) -> dict:
     import httpx
 
     latencies: list[float] = []
@@ -112,8 +125,9 @@ async def one_round(url: str, images: list[bytes], n: int, concurrency: int, max
             data = images[(slot + sent) % len(images)]
             t0 = time.perf_counter()
             try:
-                r = await http.post(f"{url}/predict", params={"format": fmt},
-                                    files={"file": ("image.png", data, "image/png")})
+                r = await http.post(
+                    f"{url}/predict", params={"format": fmt}, files={"file": ("image.png", data, "image/png")}
+                )
                 ok = r.status_code == 200
                 key = str(r.status_code)
             except httpx.HTTPError as e:
@@ -129,16 +143,27 @@ async def one_round(url: str, images: list[bytes], n: int, concurrency: int, max
     seconds = time.perf_counter() - start
     lat = sorted(latencies)
     pick = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000) if lat else (lambda q: float("nan"))
-    return {"requests": len(lat) + sum(errors.values()), "ok": len(lat), "errors": errors, "seconds": seconds,
-            "rps": len(lat) / seconds if seconds else 0.0, "p50_ms": pick(0.50), "p99_ms": pick(0.99),
-            "mean_ms": statistics.fmean(lat) * 1000 if lat else float("nan")}
+    return {
+        "requests": len(lat) + sum(errors.values()),
+        "ok": len(lat),
+        "errors": errors,
+        "seconds": seconds,
+        "rps": len(lat) / seconds if seconds else 0.0,
+        "p50_ms": pick(0.50),
+        "p99_ms": pick(0.99),
+        "mean_ms": statistics.fmean(lat) * 1000 if lat else float("nan"),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="run folder or .onnx file (default: untrained --arch network)")
-    ap.add_argument("--arch", choices=["seed", "tiny"], default="seed",
-                    help="seed: 96x128x3, 32 filters, 23 classes (8.6 M parameters); tiny: 32x32x3, 4")
+    ap.add_argument(
+        "--arch",
+        choices=["seed", "tiny"],
+        default="seed",
+        help="seed: 96x128x3, 32 filters, 23 classes (8.6 M parameters); tiny: 32x32x3, 4",
+    )
     ap.add_argument("--requests", type=int, default=1000, help="per round")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--max-seconds", type=float, default=300.0, help="time cap per round")
@@ -165,19 +190,24 @@ def main() -> None:
             info = get_json(url + "/info")
             h, w, c = info["input_size"]
             name = model.name if args.model else args.arch
-            print(f"{name} ({info['model']['backend']}, input {h}x{w}x{c}, {info['n_classes']} classes), "
-                  f"images {args.image_size[0]}x{args.image_size[1]} PNG, format={args.format}, "
-                  f"batch window {args.batch_window_ms:g} ms, max batch {args.max_batch}, "
-                  f"{os.cpu_count()} CPU cores, torch threads default")
-            print("| round | requests | clients | seconds | requests/s | p50 ms | p99 ms | errors | "
-                  "mean batch | RSS before MB | RSS after MB |")
+            print(
+                f"{name} ({info['model']['backend']}, input {h}x{w}x{c}, {info['n_classes']} classes), "
+                f"images {args.image_size[0]}x{args.image_size[1]} PNG, format={args.format}, "
+                f"batch window {args.batch_window_ms:g} ms, max batch {args.max_batch}, "
+                f"{os.cpu_count()} CPU cores, torch threads default"
+            )
+            print(
+                "| round | requests | clients | seconds | requests/s | p50 ms | p99 ms | errors | "
+                "mean batch | RSS before MB | RSS after MB |"
+            )
             print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
             results = []
             before = rss0
             for r in range(1, args.rounds + 1):
                 stats0 = get_json(url + "/health")["batcher"]
-                res = asyncio.run(one_round(url, images, args.requests, args.concurrency, args.max_seconds,
-                                            args.format))
+                res = asyncio.run(
+                    one_round(url, images, args.requests, args.concurrency, args.max_seconds, args.format)
+                )
                 stats1 = get_json(url + "/health")["batcher"]
                 batches = stats1["batches"] - stats0["batches"]
                 res["mean_batch"] = (stats1["items"] - stats0["items"]) / batches if batches else 0.0
@@ -185,14 +215,18 @@ def main() -> None:
                 before = res["rss_after_mb"]
                 errors = sum(res["errors"].values())
                 detail = f" {res['errors']}" if errors else ""
-                print(f"| {r} | {res['requests']} | {args.concurrency} | {res['seconds']:.1f} | "
-                      f"{res['rps']:.1f} | {res['p50_ms']:.0f} | {res['p99_ms']:.0f} | {errors}{detail} | "
-                      f"{res['mean_batch']:.1f} | "
-                      f"{res['rss_before_mb']:.0f} | {res['rss_after_mb']:.0f} |", flush=True)
+                print(
+                    f"| {r} | {res['requests']} | {args.concurrency} | {res['seconds']:.1f} | "
+                    f"{res['rps']:.1f} | {res['p50_ms']:.0f} | {res['p99_ms']:.0f} | {errors}{detail} | "
+                    f"{res['mean_batch']:.1f} | "
+                    f"{res['rss_before_mb']:.0f} | {res['rss_after_mb']:.0f} |",
+                    flush=True,
+                )
                 results.append(res)
             if args.json:
-                args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                 "rounds": results}, indent=2))
+                args.json.write_text(
+                    json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rounds": results}, indent=2)
+                )
         finally:
             proc.terminate()
             try:

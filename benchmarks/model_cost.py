@@ -49,8 +49,11 @@ class Cost:
     def time_floor_s(self, tflops: float, tbytes_s: float, train: bool, fused: bool = True) -> dict[str, float]:
         """Seconds per image set by arithmetic and by memory traffic at the given rates."""
         gflop = self.train_gflop if train else self.forward_gflop
-        mb = (self.train_fused_mb_bf16 if fused else self.train_eager_mb_bf16) if train else \
-            (self.fused_mb_bf16 if fused else self.eager_mb_bf16)
+        mb = (
+            (self.train_fused_mb_bf16 if fused else self.train_eager_mb_bf16)
+            if train
+            else (self.fused_mb_bf16 if fused else self.eager_mb_bf16)
+        )
         return {"compute_s": gflop / (tflops * 1e3), "memory_s": mb / (tbytes_s * 1e6)}
 
 
@@ -87,16 +90,29 @@ def count(height: int = 96, width: int = 128, n_classes: int = 23, n_filters: in
         elif isinstance(module, Concatenate):
             eager_elems += sum(numel(t) for t in inputs) + numel(output)
 
-    hooks = [m.register_forward_hook(hook) for m in model.modules()
-             if isinstance(m, (nn.Conv2d, nn.MaxPool2d, Concatenate)) or isinstance(m, ConvTranspose2dSame)]
+    hooks = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, Concatenate)) or isinstance(m, ConvTranspose2dSame)
+    ]
     with torch.no_grad():
         model(torch.zeros(1, 3, height, width))
     for h in hooks:
         h.remove()
     fwd = flop["conv"] + flop["transposed"]
-    return Cost(height, width, count_parameters(model), fwd / 1e9, flop["conv"] / 1e9, flop["transposed"] / 1e9,
-                eager_elems * 2 / 1e6, fused_elems * 2 / 1e6, 3 * fwd / 1e9, 3 * eager_elems * 2 / 1e6,
-                3 * fused_elems * 2 / 1e6)
+    return Cost(
+        height,
+        width,
+        count_parameters(model),
+        fwd / 1e9,
+        flop["conv"] / 1e9,
+        flop["transposed"] / 1e9,
+        eager_elems * 2 / 1e6,
+        fused_elems * 2 / 1e6,
+        3 * fwd / 1e9,
+        3 * eager_elems * 2 / 1e6,
+        3 * fused_elems * 2 / 1e6,
+    )
 
 
 def main() -> None:
@@ -110,13 +126,17 @@ def main() -> None:
     if args.json:
         print(json.dumps([asdict(c) for c in costs], indent=1))
         return
-    print("| size | forward GFLOP/img | of which transposed | training GFLOP/img | forward MB/img bf16 "
-          "(eager / fused) | training MB/img bf16 (eager / fused) |")
+    print(
+        "| size | forward GFLOP/img | of which transposed | training GFLOP/img | forward MB/img bf16 "
+        "(eager / fused) | training MB/img bf16 (eager / fused) |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for c in costs:
-        print(f"| {c.height}x{c.width} | {c.forward_gflop:.2f} | {c.transposed_gflop:.2f} | {c.train_gflop:.1f} | "
-              f"{c.eager_mb_bf16:.1f} / {c.fused_mb_bf16:.1f} | {c.train_eager_mb_bf16:.1f} / "
-              f"{c.train_fused_mb_bf16:.1f} |")
+        print(
+            f"| {c.height}x{c.width} | {c.forward_gflop:.2f} | {c.transposed_gflop:.2f} | {c.train_gflop:.1f} | "
+            f"{c.eager_mb_bf16:.1f} / {c.fused_mb_bf16:.1f} | {c.train_eager_mb_bf16:.1f} / "
+            f"{c.train_fused_mb_bf16:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -28,10 +28,12 @@ from unetkit.train import fit
 MEMBRANE = Path(__file__).resolve().parents[2] / "shared" / "data" / "membrane" / "train"
 
 MODEL_KEYS = {"name", "batch_norm", "dropout", "depth", "n_filters"}
-AUGMENTS = {"none": AugmentConfig(), "flip": AugmentConfig(hflip=True),
-            "flipscale": AugmentConfig(hflip=True, scale=(0.75, 1.5)),
-            "mild": AugmentConfig(hflip=True, scale=(0.8, 1.25), brightness=0.1, contrast=0.1,
-                                  saturation=0.1)}
+AUGMENTS = {
+    "none": AugmentConfig(),
+    "flip": AugmentConfig(hflip=True),
+    "flipscale": AugmentConfig(hflip=True, scale=(0.75, 1.5)),
+    "mild": AugmentConfig(hflip=True, scale=(0.8, 1.25), brightness=0.1, contrast=0.1, saturation=0.1),
+}
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -61,8 +63,9 @@ def parse_variant(spec: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
     return recipe, train, model
 
 
-def load(name: str, size: tuple[int, int], count: int, seed: int) -> tuple[SegmentationData, SegmentationData,
-                                                                           int, int]:
+def load(
+    name: str, size: tuple[int, int], count: int, seed: int
+) -> tuple[SegmentationData, SegmentationData, int, int]:
     """(train, val, n_classes, channels) for 'synthetic' or 'membrane'."""
     if name == "synthetic":
         from unetkit.data import synthetic
@@ -71,8 +74,9 @@ def load(name: str, size: tuple[int, int], count: int, seed: int) -> tuple[Segme
         data = SegmentationData.from_arrays(images, masks, (*size, 3), n_classes=synthetic.N_CLASSES)
         train, val = data.split(0.2, 0)
         return train, val, synthetic.N_CLASSES, 3
-    data, _ = SegmentationData.from_folders(MEMBRANE / "image", MEMBRANE / "label", (*size, 1), n_classes=2,
-                                            mask_mode="binary")
+    data, _ = SegmentationData.from_folders(
+        MEMBRANE / "image", MEMBRANE / "label", (*size, 1), n_classes=2, mask_mode="binary"
+    )
     train, val = data.split(0.2, 0)
     return train, val, 2, 1
 
@@ -96,18 +100,32 @@ def main() -> None:
     for name in a.variants:
         recipe, t_over, m_over = parse_variant(name)
         model = ModelConfig(input_size=(*size, channels), n_filters=a.n_filters, n_classes=n_classes)
-        config = RunConfig(model=model, data=DataConfig(mask_mode="index"),
-                           train=TrainConfig(epochs=a.epochs, device="cpu", compile="off", seed=a.seed))
+        config = RunConfig(
+            model=model,
+            data=DataConfig(mask_mode="index"),
+            train=TrainConfig(epochs=a.epochs, device="cpu", compile="off", seed=a.seed),
+        )
         config = apply_recipe(config, recipe)
-        config = replace(config, train=replace(config.train, epochs=a.epochs, **t_over),
-                         model=replace(config.model, **m_over))
+        config = replace(
+            config, train=replace(config.train, epochs=a.epochs, **t_over), model=replace(config.model, **m_over)
+        )
         t0 = time.perf_counter()
         result = fit(config, None, train_data=train, val_data=val, progress=False, log=None)
         seconds = time.perf_counter() - t0
         curve = [round(r["val_miou"], 4) for r in result.history]
-        row = {"data": a.data, "size": list(size), "variant": name, "epochs": a.epochs,
-               "n_filters": a.n_filters, "train": len(train), "val": len(val), "best_val_miou": max(curve),
-               "final_val_miou": curve[-1], "seconds": round(seconds, 1), "curve": curve}
+        row = {
+            "data": a.data,
+            "size": list(size),
+            "variant": name,
+            "epochs": a.epochs,
+            "n_filters": a.n_filters,
+            "train": len(train),
+            "val": len(val),
+            "best_val_miou": max(curve),
+            "final_val_miou": curve[-1],
+            "seconds": round(seconds, 1),
+            "curve": curve,
+        }
         print(json.dumps(row), flush=True)
         with a.out.open("a") as f:
             f.write(json.dumps(row) + "\n")

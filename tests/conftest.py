@@ -15,8 +15,12 @@ MEMBRANE = REPO.parent / "shared" / "data" / "membrane"
 torch.set_num_threads(1)  # tiny models: one thread is fastest, and steadiest on a shared machine
 
 
-def make_blobs(count: int, size: tuple[int, int] = (32, 32), n_classes: int = 3, seed: int = 0,
-               ) -> tuple[np.ndarray, np.ndarray]:
+def make_blobs(
+    count: int,
+    size: tuple[int, int] = (32, 32),
+    n_classes: int = 3,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Images with a bright square (class 1) and a dark disc (class 2) on noise (class 0)."""
     rng = np.random.default_rng(seed)
     h, w = size
@@ -25,7 +29,7 @@ def make_blobs(count: int, size: tuple[int, int] = (32, 32), n_classes: int = 3,
     yy, xx = np.mgrid[:h, :w]
     for i in range(count):
         y, x, s = rng.integers(0, h // 2), rng.integers(0, w // 2), rng.integers(h // 5, h // 3)
-        masks[i, y:y + s, x:x + s] = 1
+        masks[i, y : y + s, x : x + s] = 1
         if n_classes > 2:
             cy, cx, r = rng.integers(h // 4, 3 * h // 4), rng.integers(w // 4, 3 * w // 4), rng.integers(3, h // 5)
             masks[i][(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 2
@@ -56,5 +60,4 @@ def tiny_config(**train):
 
     settings = dict(epochs=2, batch_size=8, precision="fp32", compile="off", device="cpu")
     settings.update(train)
-    return RunConfig(model=ModelConfig(input_size=(32, 32, 3), n_filters=4, n_classes=3),
-                     train=TrainConfig(**settings))
+    return RunConfig(model=ModelConfig(input_size=(32, 32, 3), n_filters=4, n_classes=3), train=TrainConfig(**settings))

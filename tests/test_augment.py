@@ -10,12 +10,17 @@ from unetkit.data.augment import augment_batch, effective_ignore_index
 
 IGNORE = 255
 GEOMETRIC = AugmentConfig(hflip=True, scale=(0.6, 1.6), rotate=15.0)
-EVERYTHING = AugmentConfig(hflip=True, scale=(0.6, 1.6), rotate=15.0, brightness=0.3, contrast=0.3,
-                           saturation=0.3)
+EVERYTHING = AugmentConfig(hflip=True, scale=(0.6, 1.6), rotate=15.0, brightness=0.3, contrast=0.3, saturation=0.3)
 
 
-def blocks(n: int = 6, h: int = 48, w: int = 64, cell: int = 8, n_classes: int = 5, seed: int = 0,
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+def blocks(
+    n: int = 6,
+    h: int = 48,
+    w: int = 64,
+    cell: int = 8,
+    n_classes: int = 5,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Masks of cell x cell blocks of class ids, and images whose value encodes the class (id / 10)."""
     g = torch.Generator().manual_seed(seed)
     coarse = torch.randint(0, n_classes, (n, h // cell, w // cell), generator=g)
@@ -24,8 +29,12 @@ def blocks(n: int = 6, h: int = 48, w: int = 64, cell: int = 8, n_classes: int =
     return images, masks
 
 
-def run(images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, seed: int = 0,
-        ) -> tuple[torch.Tensor, torch.Tensor]:
+def run(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    cfg: AugmentConfig,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     return augment_batch(images, masks, cfg, ignore_index=IGNORE, generator=generator)
 

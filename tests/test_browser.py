@@ -22,10 +22,15 @@ from PIL import Image
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium", shutil.which("chromium-browser"))
-                 if p and os.path.exists(p)), None)
-DRIVER = next((p for p in (shutil.which("chromedriver"), "/usr/bin/chromedriver")
-               if p and os.path.exists(p)), None)
+CHROMIUM = next(
+    (
+        p
+        for p in (shutil.which("chromium"), "/usr/bin/chromium", shutil.which("chromium-browser"))
+        if p and os.path.exists(p)
+    ),
+    None,
+)
+DRIVER = next((p for p in (shutil.which("chromedriver"), "/usr/bin/chromedriver") if p and os.path.exists(p)), None)
 
 
 def free_port() -> int:
@@ -44,14 +49,25 @@ def server(tmp_path: Path):
     from unetkit.run import save_run
 
     torch.manual_seed(0)
-    config = RunConfig(model=ModelConfig(input_size=(32, 32, 3), n_filters=4, n_classes=3),
-                       class_names=["background", "square", "disc"],
-                       palette=[[30, 30, 30], [230, 60, 50], [40, 170, 240]])
+    config = RunConfig(
+        model=ModelConfig(input_size=(32, 32, 3), n_filters=4, n_classes=3),
+        class_names=["background", "square", "disc"],
+        palette=[[30, 30, 30], [230, 60, 50], [40, 170, 240]],
+    )
     run = save_run(tmp_path / "run", unet_model((32, 32, 3), n_filters=4, n_classes=3), config)
     port = free_port()
     log = open(tmp_path / "server.log", "wb")
-    command = [sys.executable, "-c", "from unetkit.cli import main; main()", "serve", str(run),
-               "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-c",
+        "from unetkit.cli import main; main()",
+        "serve",
+        str(run),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -85,10 +101,19 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("SE_OFFLINE", "true")  # never let selenium-manager download anything
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1200,900",
-                 f"--user-data-dir={tmp_path / 'profile'}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,900",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     try:
@@ -108,7 +133,7 @@ def scene(h: int = 96, w: int = 128) -> np.ndarray:
     img = rng.integers(90, 160, size=(h, w, 3), dtype=np.uint8)
     img[15:55, 20:60] = 230
     yy, xx = np.mgrid[:h, :w]
-    img[(yy - 60) ** 2 + (xx - 95) ** 2 < 20 ** 2] = 20
+    img[(yy - 60) ** 2 + (xx - 95) ** 2 < 20**2] = 20
     return img
 
 
@@ -139,7 +164,8 @@ def test_page_shows_overlay_and_legend(server: str, browser, tmp_path: Path) -> 
     painted = browser.execute_script(
         "const c = document.getElementById('overlay');"
         "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
-        "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;")
+        "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;"
+    )
     assert painted == 128 * 96  # every pixel has a class colour
     items = browser.find_elements(By.CSS_SELECTOR, "#legend li")
     assert [i.find_element(By.CLASS_NAME, "name").text for i in items] == ["background", "square", "disc"]

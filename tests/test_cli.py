@@ -14,8 +14,21 @@ from typer.testing import CliRunner
 from unetkit.cli import app
 
 runner = CliRunner()
-TINY = ["--input-size", "32", "32", "--n-filters", "4", "--batch-size", "8", "--precision", "fp32",
-        "--no-compile", "--no-progress", "--device", "cpu"]
+TINY = [
+    "--input-size",
+    "32",
+    "32",
+    "--n-filters",
+    "4",
+    "--batch-size",
+    "8",
+    "--precision",
+    "fp32",
+    "--no-compile",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 
 
 def invoke(*args: str):
@@ -26,8 +39,22 @@ def invoke(*args: str):
 def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("cli")
     images, masks = write_folder(root / "data", *make_blobs(20))
-    result = invoke("train", "--images", images, "--masks", masks, "--n-classes", "3", "--epochs", "2",
-                    "--val-fraction", "0.2", *TINY, "--out", root / "run")
+    result = invoke(
+        "train",
+        "--images",
+        images,
+        "--masks",
+        masks,
+        "--n-classes",
+        "3",
+        "--epochs",
+        "2",
+        "--val-fraction",
+        "0.2",
+        *TINY,
+        "--out",
+        root / "run",
+    )
     assert result.exit_code == 0, result.output
     return root / "run", images, masks
 
@@ -88,8 +115,20 @@ def test_unpaired_files_are_listed(tmp_path):
 
 def test_bad_input_size_names_valid_sizes(blob_folders, tmp_path):
     images, masks = blob_folders
-    result = invoke("train", "--images", images, "--masks", masks, "--n-classes", "3", "--input-size", "100", "64",
-                    "--out", tmp_path / "r")
+    result = invoke(
+        "train",
+        "--images",
+        images,
+        "--masks",
+        masks,
+        "--n-classes",
+        "3",
+        "--input-size",
+        "100",
+        "64",
+        "--out",
+        tmp_path / "r",
+    )
     assert result.exit_code != 0 and "96" in result.output and "112" in result.output
 
 
@@ -97,15 +136,36 @@ def test_wrong_mask_values_name_the_file(tmp_path):
     imgs, masks = make_blobs(4)
     masks[2, 0, 0] = 9
     images_dir, masks_dir = write_folder(tmp_path / "d", imgs, masks)
-    result = invoke("train", "--images", images_dir, "--masks", masks_dir, "--n-classes", "3", "--mask-mode", "index",
-                    *TINY, "--out", tmp_path / "r")
+    result = invoke(
+        "train",
+        "--images",
+        images_dir,
+        "--masks",
+        masks_dir,
+        "--n-classes",
+        "3",
+        "--mask-mode",
+        "index",
+        *TINY,
+        "--out",
+        tmp_path / "r",
+    )
     assert result.exit_code != 0
     assert "img2" in result.output and "9" in result.output
 
 
 def test_missing_folder_and_missing_run(tmp_path):
-    result = invoke("train", "--images", tmp_path / "nope", "--masks", tmp_path / "nope2", "--n-classes", "2",
-                    "--out", tmp_path / "r")
+    result = invoke(
+        "train",
+        "--images",
+        tmp_path / "nope",
+        "--masks",
+        tmp_path / "nope2",
+        "--n-classes",
+        "2",
+        "--out",
+        tmp_path / "r",
+    )
     assert result.exit_code != 0 and "nope" in result.output
     result = invoke("predict", tmp_path / "norun", tmp_path, "--out", tmp_path / "o")
     assert result.exit_code != 0 and "norun" in result.output
@@ -114,8 +174,20 @@ def test_missing_folder_and_missing_run(tmp_path):
 def test_binary_masks_detected(tmp_path):
     imgs, masks = make_blobs(8, n_classes=2)
     images, mask_dir = write_folder(tmp_path / "d", imgs, masks, mask_scale=255)
-    result = invoke("train", "--images", images, "--masks", mask_dir, "--n-classes", "2", "--epochs", "1", *TINY,
-                    "--out", tmp_path / "r")
+    result = invoke(
+        "train",
+        "--images",
+        images,
+        "--masks",
+        mask_dir,
+        "--n-classes",
+        "2",
+        "--epochs",
+        "1",
+        *TINY,
+        "--out",
+        tmp_path / "r",
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r" / "config.json").read_text())["data"]["mask_mode"] == "binary"
 
@@ -124,21 +196,48 @@ def test_binary_masks_detected(tmp_path):
 def test_train_on_membrane_from_the_cli(tmp_path):
     if not MEMBRANE.exists():
         pytest.skip("../shared/data/membrane is absent")
-    result = invoke("train", "--images", MEMBRANE / "train" / "image", "--masks", MEMBRANE / "train" / "label",
-                    "--n-classes", "2", "--input-size", "64", "64", "--n-filters", "4", "--epochs", "1",
-                    "--val-fraction", "0.2", "--no-progress", "--precision", "fp32", "--out", tmp_path / "m")
+    result = invoke(
+        "train",
+        "--images",
+        MEMBRANE / "train" / "image",
+        "--masks",
+        MEMBRANE / "train" / "label",
+        "--n-classes",
+        "2",
+        "--input-size",
+        "64",
+        "64",
+        "--n-filters",
+        "4",
+        "--epochs",
+        "1",
+        "--val-fraction",
+        "0.2",
+        "--no-progress",
+        "--precision",
+        "fp32",
+        "--out",
+        tmp_path / "m",
+    )
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["model"]["input_size"] == [64, 64, 1] and config["data"]["mask_mode"] == "binary"
 
 
 def test_demo_end_to_end_small(tmp_path):
-    result = invoke("demo", "--out", tmp_path / "demo", "--train-count", "24", "--val-count", "8", "--epochs", "1",
-                    "--no-progress")
+    result = invoke(
+        "demo", "--out", tmp_path / "demo", "--train-count", "24", "--val-count", "8", "--epochs", "1", "--no-progress"
+    )
     assert result.exit_code == 0, result.output
     out = tmp_path / "demo"
-    for name in ("weights.safetensors", "config.json", "metrics.csv", "curves.png", "examples.png",
-                 "test_metrics.json"):
+    for name in (
+        "weights.safetensors",
+        "config.json",
+        "metrics.csv",
+        "curves.png",
+        "examples.png",
+        "test_metrics.json",
+    ):
         assert (out / name).exists(), name
     assert len(list((out / "test-scenes" / "image").glob("*.png"))) == 8
     assert "test mIoU" in result.output and "next:" in result.output

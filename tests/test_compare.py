@@ -29,10 +29,37 @@ def invoke(*args: object):
 def study(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("compare")
     images, masks = write_folder(root / "data", *make_blobs(16, seed=2))
-    result = invoke("compare", "--images", images, "--masks", masks, "--n-classes", 3, "--val-fraction", 0.25,
-                    "--input-size", 32, 32, "--n-filters", 4, "--epochs", 2, "--batch-size", 8, "--lr", 3e-3,
-                    "--precision", "fp32", "--device", "cpu", "--no-progress", "--examples", 2,
-                    "--out", root / "study")
+    result = invoke(
+        "compare",
+        "--images",
+        images,
+        "--masks",
+        masks,
+        "--n-classes",
+        3,
+        "--val-fraction",
+        0.25,
+        "--input-size",
+        32,
+        32,
+        "--n-filters",
+        4,
+        "--epochs",
+        2,
+        "--batch-size",
+        8,
+        "--lr",
+        3e-3,
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--examples",
+        2,
+        "--out",
+        root / "study",
+    )
     assert result.exit_code == 0, result.output
     return root / "study", images, masks
 
@@ -66,15 +93,35 @@ def test_compare_trained_both_models_with_the_same_recipe(study):
 
 def test_compare_needs_validation_data(tmp_path):
     images, masks = write_folder(tmp_path / "data", *make_blobs(4))
-    result = invoke("compare", "--images", images, "--masks", masks, "--n-classes", 3, "--input-size", 32, 32,
-                    "--n-filters", 4, "--epochs", 1, "--device", "cpu", "--no-progress",
-                    "--out", tmp_path / "o")
+    result = invoke(
+        "compare",
+        "--images",
+        images,
+        "--masks",
+        masks,
+        "--n-classes",
+        3,
+        "--input-size",
+        32,
+        32,
+        "--n-filters",
+        4,
+        "--epochs",
+        1,
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        tmp_path / "o",
+    )
     assert result.exit_code != 0 and "validation" in result.output
 
 
 def test_markdown_lists_absent_classes_as_dash():
-    scores = [ModelScore("fcn", 0.9, 0.5, [0.5, None], 0.4, 10, 1, 1.0, 1),
-              ModelScore("unet", 0.95, 0.7, [0.7, None], 0.6, 20, 1, 2.0, 1)]
+    scores = [
+        ModelScore("fcn", 0.9, 0.5, [0.5, None], 0.4, 10, 1, 1.0, 1),
+        ModelScore("unet", 0.95, 0.7, [0.7, None], 0.6, 20, 1, 2.0, 1),
+    ]
     table = Comparison(scores, ["a", "b"], 2).markdown()
     assert "| IoU b | - | - |" in table and "| mean IoU | 0.5000 | 0.7000 |" in table
 
@@ -147,8 +194,17 @@ def test_model_trained_on_crops_segments_a_larger_odd_sized_image(tmp_path):
     assert cm.compute().mean_iou > 0.6  # all-background would score about 0.31
     # The CLI's --mode sliding on a run folder writes masks at the image's own size.
     Image.fromarray(big_images[0]).save(tmp_path / "big.png")
-    cli = invoke("predict", tmp_path / "run", tmp_path / "big.png", "--out", tmp_path / "pred", "--mode",
-                 "sliding", "--device", "cpu")
+    cli = invoke(
+        "predict",
+        tmp_path / "run",
+        tmp_path / "big.png",
+        "--out",
+        tmp_path / "pred",
+        "--mode",
+        "sliding",
+        "--device",
+        "cpu",
+    )
     assert cli.exit_code == 0, cli.output
     written = np.asarray(Image.open(tmp_path / "pred" / "big.png"))
     assert written.shape == (75, 101)
@@ -158,12 +214,35 @@ def test_model_trained_on_crops_segments_a_larger_odd_sized_image(tmp_path):
 def test_train_with_the_strong_recipe_from_the_cli(tmp_path):
     """The strong recipe end to end: batch norm, augmentation with padding, CE+Dice; the run loads back."""
     images, masks = write_folder(tmp_path / "data", *make_blobs(8, seed=4))
-    result = invoke("train", "--images", images, "--masks", masks, "--n-classes", 3, "--recipe", "strong",
-                    "--input-size", 32, 32, "--n-filters", 4, "--epochs", 1, "--val-fraction", 0.25,
-                    "--precision", "fp32", "--device", "cpu", "--no-progress", "--out", tmp_path / "run")
+    result = invoke(
+        "train",
+        "--images",
+        images,
+        "--masks",
+        masks,
+        "--n-classes",
+        3,
+        "--recipe",
+        "strong",
+        "--input-size",
+        32,
+        32,
+        "--n-filters",
+        4,
+        "--epochs",
+        1,
+        "--val-fraction",
+        0.25,
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        tmp_path / "run",
+    )
     assert result.exit_code == 0, result.output
     run = load_run(tmp_path / "run")
     assert run.config.train.recipe == "strong" and run.config.model.batch_norm
     assert run.config.train.augment.enabled and run.config.data.ignore_index is None
-    assert Predictor(run.model, run.config, device="cpu").predict(make_blobs(1, size=(40, 56))[0][0]).shape \
-        == (40, 56)
+    assert Predictor(run.model, run.config, device="cpu").predict(make_blobs(1, size=(40, 56))[0][0]).shape == (40, 56)

@@ -372,7 +372,11 @@ def test_pair_files(tmp_path):
     touch_images(tmp_path / "msk", ["1.png", "2_mask.png", "10.png", "x_label.png"])
     pairs = pair_files(tmp_path / "img", tmp_path / "msk")
     assert [(a.name, b.name) for a, b in pairs] == [
-        ("1.jpg", "1.png"), ("2.jpg", "2_mask.png"), ("10.jpg", "10.png"), ("x.png", "x_label.png")]
+        ("1.jpg", "1.png"),
+        ("2.jpg", "2_mask.png"),
+        ("10.jpg", "10.png"),
+        ("x.png", "x_label.png"),
+    ]
 
 
 def test_pair_files_unpaired_listed(tmp_path):
@@ -456,7 +460,7 @@ def make_set(root: Path, n: int = 5, size: tuple[int, int] = (12, 16), binary: b
     for i in range(n):
         save(root / "img" / f"{i}.jpg", np.full((h, w, 3), 20 * i, np.uint8), quality=95)
         mask = np.zeros((h, w), np.uint8)
-        mask[:, w // 2:] = 255 if binary else i % 3  # left half 0, right half the class
+        mask[:, w // 2 :] = 255 if binary else i % 3  # left half 0, right half the class
         save(root / "msk" / f"{i}.png", mask)
     return pair_files(root / "img", root / "msk")
 

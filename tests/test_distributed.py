@@ -37,10 +37,17 @@ REPO = Path(__file__).resolve().parents[1]
 def _config(data: Path, **train) -> RunConfig:
     """A tiny U-Net, dropout off, reading the blob folders (16 training images, 5 for validation)."""
     cfg = tiny_config(**({"epochs": 2, "batch_size": 8} | train))
-    return replace(cfg, model=replace(cfg.model, dropout=0.0),
-                   data=DataConfig(images=str(data / "train" / "images"), masks=str(data / "train" / "masks"),
-                                   val_images=str(data / "val" / "images"), val_masks=str(data / "val" / "masks"),
-                                   cache="memory"))
+    return replace(
+        cfg,
+        model=replace(cfg.model, dropout=0.0),
+        data=DataConfig(
+            images=str(data / "train" / "images"),
+            masks=str(data / "train" / "masks"),
+            val_images=str(data / "val" / "images"),
+            val_masks=str(data / "val" / "masks"),
+            cache="memory",
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +74,14 @@ def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> flo
 
 def _worker(rank: int, world: int, port: int, config_json: str, out: str, report: str) -> None:
     """One rank, started the way torchrun starts it: environment variables, then the normal fit()."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     import unetkit.run as runio
 
@@ -83,8 +96,9 @@ def _worker(rank: int, world: int, port: int, config_json: str, out: str, report
     logged: list[str] = []
     config = RunConfig.from_dict(json.loads(config_json))
     result = fit(config, out, progress=False, log=logged.append)
-    Path(report, f"rank{rank}.json").write_text(json.dumps({"written": written, "logged": logged,
-                                                            "best": result.best_miou}))
+    Path(report, f"rank{rank}.json").write_text(
+        json.dumps({"written": written, "logged": logged, "best": result.best_miou})
+    )
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +108,20 @@ def two_process_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) ->
     config = _config(data_dir)
     report = root / "report"
     report.mkdir()
-    torch.multiprocessing.spawn(_worker, args=(2, free_port(), config.to_json(), str(root / "ddp"), str(report)),
-                                nprocs=2)
+    torch.multiprocessing.spawn(
+        _worker, args=(2, free_port(), config.to_json(), str(root / "ddp"), str(report)), nprocs=2
+    )
     fit(config, root / "single", progress=False, log=None)
     shutil.copytree(root / "single", root / "single3")  # the reference continuation: 1 process, epoch 3
     fit(_more(config), root / "single3", resume=True, progress=False, log=None)
     ranks = [json.loads((report / f"rank{r}.json").read_text()) for r in range(2)]
-    return {"config": config, "ddp": root / "ddp", "single": root / "single", "single3": root / "single3",
-            "ranks": ranks}
+    return {
+        "config": config,
+        "ddp": root / "ddp",
+        "single": root / "single",
+        "single3": root / "single3",
+        "ranks": ranks,
+    }
 
 
 def _more(config: RunConfig, epochs: int = 3) -> RunConfig:
@@ -137,10 +157,22 @@ def test_nproc_shortcut_resumes_a_one_process_run_on_two(two_process_run, tmp_pa
     """`unetkit train --resume RUN --nproc 2` (via `python -m unetkit`): torchrun, 2 CPU processes, rank 0 prints."""
     run = tmp_path / "run"
     shutil.copytree(two_process_run["single"], run)
-    cmd = [sys.executable, "-m", "unetkit", "train", "--resume", str(run), "--epochs", "3", "--no-progress",
-           "--nproc", "2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"},
-                          cwd=tmp_path, timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "unetkit",
+        "train",
+        "--resume",
+        str(run),
+        "--epochs",
+        "3",
+        "--no-progress",
+        "--nproc",
+        "2",
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, cwd=tmp_path, timeout=300
+    )
     output = " ".join((proc.stdout + proc.stderr).split())  # rich wraps long lines
     assert proc.returncode == 0, output
     assert "torch.distributed.run --standalone --nproc_per_node 2 -m unetkit train --resume" in output
@@ -154,9 +186,21 @@ def test_nproc_shortcut_resumes_a_one_process_run_on_two(two_process_run, tmp_pa
 def test_torchrun_command_and_batch_split():
     argv = ["train", "--images", "a", "--nproc", "4", "--out", "r", "--nproc=3"]
     assert strip_option(argv, "--nproc") == ["train", "--images", "a", "--out", "r"]
-    assert torchrun_command(argv, 4) == [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                         "--nproc_per_node", "4", "-m", "unetkit", "train", "--images", "a",
-                                         "--out", "r"]
+    assert torchrun_command(argv, 4) == [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "4",
+        "-m",
+        "unetkit",
+        "train",
+        "--images",
+        "a",
+        "--out",
+        "r",
+    ]
     assert local_batch_size(32, 4) == 8
     with pytest.raises(ConfigError, match="batch size 30 does not divide evenly over 4 processes"):
         local_batch_size(30, 4)
@@ -170,8 +214,9 @@ def test_nproc_option_launches_torchrun(monkeypatch):
 
     calls = []
     monkeypatch.setattr(sys, "argv", ["unetkit", "train", "--images", "x", "--nproc", "2"])
-    monkeypatch.setattr(distributed.subprocess, "run",
-                        lambda cmd, check: calls.append(cmd) or subprocess.CompletedProcess(cmd, 3))
+    monkeypatch.setattr(
+        distributed.subprocess, "run", lambda cmd, check: calls.append(cmd) or subprocess.CompletedProcess(cmd, 3)
+    )
     result = CliRunner().invoke(app, ["train", "--images", "x", "--nproc", "2"])
     assert result.exit_code == 3  # torchrun's exit code is the command's
     assert calls == [torchrun_command(["train", "--images", "x"], 2)]
@@ -184,10 +229,16 @@ def test_streaming_yields_the_in_memory_batches(data_dir, workers):
     stream, stream_mode = StreamingData.from_folders(images, masks, (32, 32, 3), n_classes=3, num_workers=workers)
     assert stream_mode == mode and len(stream) == len(memory) and stream.nbytes == memory.nbytes
     for rank, world in ((0, 1), (1, 3)):
-        a = list(memory.batches(4, device="cpu", shuffle=True, generator=torch.Generator().manual_seed(7),
-                                rank=rank, world_size=world))
-        b = list(stream.batches(4, device="cpu", shuffle=True, generator=torch.Generator().manual_seed(7),
-                                rank=rank, world_size=world))
+        a = list(
+            memory.batches(
+                4, device="cpu", shuffle=True, generator=torch.Generator().manual_seed(7), rank=rank, world_size=world
+            )
+        )
+        b = list(
+            stream.batches(
+                4, device="cpu", shuffle=True, generator=torch.Generator().manual_seed(7), rank=rank, world_size=world
+            )
+        )
         assert len(a) == len(b)
         for (xa, ya), (xb, yb) in zip(a, b):
             assert xb.dtype == torch.uint8 and yb.dtype == torch.int64
@@ -201,8 +252,10 @@ def test_streaming_yields_the_in_memory_batches(data_dir, workers):
 def test_stream_order_is_the_distributed_sampler_rule():
     gen = torch.Generator().manual_seed(0)
     full = torch.randperm(10, generator=torch.Generator().manual_seed(0))
-    shards = [shard_order(10, shuffle=True, generator=torch.Generator().manual_seed(0), rank=r, world_size=4)
-              for r in range(4)]
+    shards = [
+        shard_order(10, shuffle=True, generator=torch.Generator().manual_seed(0), rank=r, world_size=4)
+        for r in range(4)
+    ]
     assert all(len(s) == 3 for s in shards)  # 10 samples padded to 12
     padded = torch.cat([full, full[:2]])
     for r in range(4):

@@ -26,8 +26,9 @@ PALETTE = [[10, 20, 30], [200, 40, 40], [40, 200, 90]]
 
 
 def tiny_run(root: Path) -> Path:
-    config = RunConfig(model=ModelConfig(input_size=(32, 32, 3), n_filters=4, n_classes=3),
-                       class_names=NAMES, palette=PALETTE)
+    config = RunConfig(
+        model=ModelConfig(input_size=(32, 32, 3), n_filters=4, n_classes=3), class_names=NAMES, palette=PALETTE
+    )
     return save_run(root / "run", unet_model((32, 32, 3), n_filters=4, n_classes=3), config)
 
 
@@ -88,8 +89,11 @@ def test_metadata_round_trip(static, run_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("which", ["static", "dynamic"])
-def test_onnx_predictor_gives_the_same_masks(which: str, request: pytest.FixtureRequest, run_dir: Path,
-                                             ) -> None:
+def test_onnx_predictor_gives_the_same_masks(
+    which: str,
+    request: pytest.FixtureRequest,
+    run_dir: Path,
+) -> None:
     report = request.getfixturevalue(which)
     # float32 on both sides (Predictor's "auto" precision is bfloat16 on CPUs that have it)
     onnx_pred = OnnxPredictor(report.path)
@@ -126,8 +130,9 @@ def test_export_and_predict_cli(tmp_path: Path, run_dir: Path, dynamic) -> None:
     assert result.exit_code != 0 and ".onnx" in result.output
 
 
-def test_parity_failure_is_loud_and_writes_nothing(tmp_path: Path, run_dir: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parity_failure_is_loud_and_writes_nothing(
+    tmp_path: Path, run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
 
     import unetkit.export as export
@@ -156,10 +161,14 @@ def test_clear_errors(tmp_path: Path, run_dir: Path) -> None:
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(ExportError, match="not a readable ONNX"):
         OnnxPredictor(tmp_path / "junk.onnx")
-    bare = onnx.helper.make_model(onnx.helper.make_graph(
-        [onnx.helper.make_node("Identity", ["image"], ["logits"])], "g",
-        [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 32, 32])],
-        [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 3, 32, 32])]))
+    bare = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["image"], ["logits"])],
+            "g",
+            [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 32, 32])],
+            [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 3, 32, 32])],
+        )
+    )
     onnx.save(bare, tmp_path / "bare.onnx")
     with pytest.raises(ExportError, match="no unetkit metadata"):
         OnnxPredictor(tmp_path / "bare.onnx")

@@ -35,8 +35,10 @@ def test_subpixel_transposed_conv_is_the_transposed_conv(shape, channels_last):
     assert out.shape == ref.shape == (n, cout, 2 * h, 2 * w)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     grad = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
-    for a, b in zip(torch.autograd.grad(ref, (x, layer.weight, layer.bias), grad),
-                    torch.autograd.grad(out, (x, layer.weight, layer.bias), grad)):
+    for a, b in zip(
+        torch.autograd.grad(ref, (x, layer.weight, layer.bias), grad),
+        torch.autograd.grad(out, (x, layer.weight, layer.bias), grad),
+    ):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
 
 

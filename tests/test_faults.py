@@ -41,7 +41,7 @@ REAL_NAMES = {"config.json", "weights.safetensors", "last.safetensors", "metrics
 
 # The child: the unetkit CLI, one thread (deterministic and fair on a shared machine), optionally killing
 # itself with SIGKILL at its N-th fsync of a file in the run folder (N = UNETKIT_TEST_KILL_AT_FSYNC).
-CHILD = r'''
+CHILD = r"""
 import os, signal, sys
 import torch
 torch.set_num_threads(1)
@@ -65,7 +65,7 @@ if kill_at:
 from unetkit.cli import main
 sys.argv = ["unetkit", *sys.argv[1:]]
 main()
-'''
+"""
 
 
 @pytest.fixture(autouse=True)
@@ -81,10 +81,18 @@ class Child:
     """A ``unetkit train`` child process whose output is collected by a thread."""
 
     def __init__(self, script: Path, args: list[str], run: Path, kill_at_fsync: int = 0):
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", UNETKIT_TEST_RUN_DIR=str(run),
-                   UNETKIT_TEST_KILL_AT_FSYNC=str(kill_at_fsync), COLUMNS="200", PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, env=env)
+        env = dict(
+            os.environ,
+            OMP_NUM_THREADS="1",
+            MKL_NUM_THREADS="1",
+            UNETKIT_TEST_RUN_DIR=str(run),
+            UNETKIT_TEST_KILL_AT_FSYNC=str(kill_at_fsync),
+            COLUMNS="200",
+            PYTHONUNBUFFERED="1",
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -115,10 +123,34 @@ class Child:
 
 
 def _train_args(data: Path, run: Path, epochs: int) -> list[str]:
-    return ["train", "--images", str(data / "images"), "--masks", str(data / "masks"), "--n-classes", "3",
-            "--input-size", "32", "32", "--n-filters", "4", "--batch-size", "4", "--epochs", str(epochs),
-            "--val-fraction", "0.25", "--precision", "fp32", "--no-compile", "--device", "cpu", "--no-progress",
-            "--out", str(run)]
+    return [
+        "train",
+        "--images",
+        str(data / "images"),
+        "--masks",
+        str(data / "masks"),
+        "--n-classes",
+        "3",
+        "--input-size",
+        "32",
+        "32",
+        "--n-filters",
+        "4",
+        "--batch-size",
+        "4",
+        "--epochs",
+        str(epochs),
+        "--val-fraction",
+        "0.25",
+        "--precision",
+        "fp32",
+        "--no-compile",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(run),
+    ]
 
 
 def _resume_args(run: Path, epochs: int) -> list[str]:
@@ -185,8 +217,9 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert ra == rb
 
 
-def _kill_and_resume(script: Path, data: Path, tmp: Path, epochs: int, plan: list[str], seed: int,
-                     max_delay: float = 2.5) -> dict[str, int]:
+def _kill_and_resume(
+    script: Path, data: Path, tmp: Path, epochs: int, plan: list[str], seed: int, max_delay: float = 2.5
+) -> dict[str, int]:
     """Run the plan of kills ("fsync" or "random"), resume after each, finish; compare with a clean run."""
     rng = random.Random(seed)
     reference = Child(script, _train_args(data, tmp / "reference", epochs), tmp / "reference")  # in parallel
@@ -277,8 +310,14 @@ def test_ctrl_c_in_process_abandons_the_step_and_keeps_finished_epochs(tmp_path,
 
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted, match=r"during epoch 3: 2 finished epoch\(s\).*--resume") as e:
-        fit(tiny_config(epochs=5), tmp_path / "run", train_data=tiny_data, progress=False, log=None,
-            epoch_callback=press_ctrl_c)
+        fit(
+            tiny_config(epochs=5),
+            tmp_path / "run",
+            train_data=tiny_data,
+            progress=False,
+            log=None,
+            epoch_callback=press_ctrl_c,
+        )
     assert e.value.exit_code == 130
     assert signal.getsignal(signal.SIGINT) is handler  # the guard put the previous handler back
     assert load_tensors(tmp_path / "run" / LAST)[1]["epoch"] == 2
@@ -322,9 +361,11 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_dat
     full = _DiskFull(name)
     monkeypatch.setattr(runio, "atomic_write_bytes", full)
     real_save = train_mod._Checkpointer.save
-    monkeypatch.setattr(train_mod._Checkpointer, "save",  # every epoch counts as best: weights are written
-                        lambda self, model, opt, history, state, is_best: real_save(self, model, opt, history,
-                                                                                    state, True))
+    monkeypatch.setattr(
+        train_mod._Checkpointer,
+        "save",  # every epoch counts as best: weights are written
+        lambda self, model, opt, history, state, is_best: real_save(self, model, opt, history, state, True),
+    )
     with pytest.raises(RunError) as e:
         fit(tiny_config(epochs=3), run, train_data=tiny_data, progress=False, log=None)
     assert full.fired
@@ -366,8 +407,9 @@ def test_unwritable_run_folder_is_a_clear_error(tmp_path, tiny_data, monkeypatch
 
 
 def test_stale_temporary_files_of_a_dead_writer_are_removed(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     stale = tmp_path / f".last.safetensors.{dead}.abc123.tmp"
     mine = tmp_path / f".metrics.csv.{os.getpid()}.xyz.tmp"
     other = tmp_path / ".notes.tmp"
@@ -413,8 +455,9 @@ def _poison(monkeypatch, at_call: int, how: str) -> list[int]:
 
 
 @pytest.mark.parametrize("how", ["nan-loss", "inf-loss", "nan-input"])
-def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_data,
-                                                                                        monkeypatch, how):
+def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(
+    tmp_path, tiny_data, monkeypatch, how
+):
     run = tmp_path / "run"
     _poison(monkeypatch, at_call=4, how=how)  # 16 images, batch 8: epoch 2, step 2
     with pytest.raises(NonFiniteLoss, match=r"at epoch 2, step 2; the last good checkpoint in .* is kept") as e:
@@ -445,13 +488,31 @@ def test_cuda_out_of_memory_suggests_a_smaller_batch(blob_folders, tmp_path, mon
     from unetkit.cli import app
 
     def oom(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.79 GiB total "
-                                     "capacity; 5.12 GiB already allocated)")
+        raise torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.79 GiB total "
+            "capacity; 5.12 GiB already allocated)"
+        )
 
     monkeypatch.setattr(train_mod, "fit", oom)
     images, masks = blob_folders
-    result = CliRunner().invoke(app, ["train", "--images", str(images), "--masks", str(masks), "--n-classes", "3",
-                                      "--input-size", "32", "32", "--out", str(tmp_path / "run"), *batch])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--images",
+            str(images),
+            "--masks",
+            str(masks),
+            "--n-classes",
+            "3",
+            "--input-size",
+            "32",
+            "32",
+            "--out",
+            str(tmp_path / "run"),
+            *batch,
+        ],
+    )
     out = " ".join(result.output.split())
     assert result.exit_code == 2, out
     assert "ran out of memory" in out and hint in out and "Traceback" not in out

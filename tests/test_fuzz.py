@@ -71,10 +71,12 @@ def report(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     grown = (_rss_now() - start_now) / 2**20
     capture = request.config.pluginmanager.get_plugin("capturemanager")
-    lines = [f"fuzz: {sum(COUNTS.values())} cases: " + ", ".join(f"{k} {v}" for k, v in sorted(COUNTS.items())),
-             f"fuzz: {sum(CALLS.values())} reader calls: " + ", ".join(f"{k} {v}" for k, v in sorted(CALLS.items())),
-             f"fuzz: slowest call {max(SLOWEST.values(), default=0):.2f}s; RSS now {grown:+.0f} MiB, "
-             f"peak {(_rss_peak() - start_peak) / 2**20:+.0f} MiB over the module"]
+    lines = [
+        f"fuzz: {sum(COUNTS.values())} cases: " + ", ".join(f"{k} {v}" for k, v in sorted(COUNTS.items())),
+        f"fuzz: {sum(CALLS.values())} reader calls: " + ", ".join(f"{k} {v}" for k, v in sorted(CALLS.items())),
+        f"fuzz: slowest call {max(SLOWEST.values(), default=0):.2f}s; RSS now {grown:+.0f} MiB, "
+        f"peak {(_rss_peak() - start_peak) / 2**20:+.0f} MiB over the module",
+    ]
     with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
         print("\n" + "\n".join(lines))
     assert grown < 256, f"resident memory grew by {grown:.0f} MiB across the fuzz cases"
@@ -88,8 +90,9 @@ def _alarm(signum: int, frame: object) -> None:
     raise _Timeout(f"a case ran over {CASE_SECONDS}s")
 
 
-def checked(kind: str, path: Path, call: Callable[[], object], claimed_pixels: int = 0,
-            bytes_per_pixel: int = 16) -> object | None:
+def checked(
+    kind: str, path: Path, call: Callable[[], object], claimed_pixels: int = 0, bytes_per_pixel: int = 16
+) -> object | None:
     """Run one reader call: its result, or None when it raised a DataError naming ``path``.
 
     Any other exception, a run over CASE_SECONDS or a peak-memory jump beyond what ``claimed_pixels``
@@ -130,14 +133,21 @@ def exercise(path: Path, claimed_pixels: int = 0) -> tuple[np.ndarray | None, np
         if image is not None:
             assert mask.shape[:2] == image.shape[:2]  # EXIF rotation applies to both
         for mode in MASK_MODES:
-            ids = checked("decode_mask", path, lambda m=mode: decode_mask(
-                mask, m, 256, palette=[[0, 0, 0], [255, 255, 255]], ignore_index=None, path=path),
-                claimed_pixels=mask.shape[0] * mask.shape[1], bytes_per_pixel=64)  # int64 working copies
+            ids = checked(
+                "decode_mask",
+                path,
+                lambda m=mode: decode_mask(
+                    mask, m, 256, palette=[[0, 0, 0], [255, 255, 255]], ignore_index=None, path=path
+                ),
+                claimed_pixels=mask.shape[0] * mask.shape[1],
+                bytes_per_pixel=64,
+            )  # int64 working copies
             if ids is not None:
                 assert ids.shape == mask.shape[:2] and int(ids.max()) < 256
     pairs = [(path, path)]
-    loaded = checked("load_pairs", path, lambda: load_pairs(pairs, (16, 16, 3), n_classes=256, workers=1),
-                     claimed_pixels)
+    loaded = checked(
+        "load_pairs", path, lambda: load_pairs(pairs, (16, 16, 3), n_classes=256, workers=1), claimed_pixels
+    )
     if loaded is not None:
         images, masks, mode = loaded
         assert tuple(images.shape) == (1, 3, 16, 16) and tuple(masks.shape) == (1, 16, 16)
@@ -218,8 +228,7 @@ def _chunk(tag: bytes, data: bytes) -> bytes:
 
 def crafted_png(w: int, h: int, depth: int, colour: int, payload: bytes, extra: bytes = b"") -> bytes:
     ihdr = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + extra + _chunk(b"IDAT", payload)
-            + _chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + extra + _chunk(b"IDAT", payload) + _chunk(b"IEND", b"")
 
 
 def crafted_bmp(w: int, h: int, bpp: int, payload: bytes) -> bytes:
@@ -228,20 +237,33 @@ def crafted_bmp(w: int, h: int, bpp: int, payload: bytes) -> bytes:
 
 
 def crafted_tiff(w: int, h: int, bits: int, sample_format: int, payload: bytes) -> bytes:
-    tags = [(256, 4, w), (257, 4, h), (258, 3, bits), (259, 3, 1), (262, 3, 1), (273, 4, 0), (277, 3, 1),
-            (278, 4, h), (279, 4, len(payload)), (339, 3, sample_format)]
+    tags = [
+        (256, 4, w),
+        (257, 4, h),
+        (258, 3, bits),
+        (259, 3, 1),
+        (262, 3, 1),
+        (273, 4, 0),
+        (277, 3, 1),
+        (278, 4, h),
+        (279, 4, len(payload)),
+        (339, 3, sample_format),
+    ]
     ifd_size = 2 + 12 * len(tags) + 4
     data_at = 8 + ifd_size
-    entries = b"".join(struct.pack("<HHII", tag, typ, 1, data_at if tag == 273 else value)
-                       for tag, typ, value in tags)
+    entries = b"".join(struct.pack("<HHII", tag, typ, 1, data_at if tag == 273 else value) for tag, typ, value in tags)
     return b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(tags)) + entries + b"\0\0\0\0" + payload
 
 
 ZLIB_BOMBS = {n: zlib.compress(b"\0" * n, 9) for n in (0, 1000, 2**20, 16 * 2**20)}  # 16 MiB -> 16 KiB
 ZTXT_BOMB = _chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"a" * 4 * 2**20, 9))  # a text-chunk bomb
 
-SIZES = st.one_of(st.integers(0, 64), st.integers(65, 3000), st.integers(3001, 2**31 - 1),
-                  st.sampled_from([100_000, 65_535, 2**31 - 1, 2**32 - 1]))
+SIZES = st.one_of(
+    st.integers(0, 64),
+    st.integers(65, 3000),
+    st.integers(3001, 2**31 - 1),
+    st.sampled_from([100_000, 65_535, 2**31 - 1, 2**32 - 1]),
+)
 
 
 @st.composite
@@ -282,19 +304,27 @@ def mutate(data: bytes, how: str, where: float, noise: bytes) -> bytes:
 
 
 @settings(FUZZ, max_examples=int(os.environ.get("UNETKIT_FUZZ_BYTES", "800")))
-@given(data=st.one_of(st.binary(max_size=2048),
-                      st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*",
-                                       b"GIF89a", b"RIFF\0\0\0\0WEBP"]).flatmap(
-                          lambda magic: st.binary(max_size=1024).map(lambda rest: magic + rest))),
-       ext=st.sampled_from(IMAGE_EXTENSIONS))
+@given(
+    data=st.one_of(
+        st.binary(max_size=2048),
+        st.sampled_from(
+            [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*", b"GIF89a", b"RIFF\0\0\0\0WEBP"]
+        ).flatmap(lambda magic: st.binary(max_size=1024).map(lambda rest: magic + rest)),
+    ),
+    ext=st.sampled_from(IMAGE_EXTENSIONS),
+)
 def test_random_bytes_are_rejected_with_the_file_named(workdir, data, ext):
     COUNTS["random bytes"] += 1
     exercise(_write(workdir, data, ext))
 
 
 @settings(FUZZ, max_examples=int(os.environ.get("UNETKIT_FUZZ_VALID", "800")))
-@given(case=valid_images(), how=st.sampled_from(["none", "none", "truncate", "flip", "splice"]),
-       where=st.floats(0, 1), noise=st.binary(min_size=1, max_size=16))
+@given(
+    case=valid_images(),
+    how=st.sampled_from(["none", "none", "truncate", "flip", "splice"]),
+    where=st.floats(0, 1),
+    noise=st.binary(min_size=1, max_size=16),
+)
 def test_valid_and_damaged_images_of_every_mode(workdir, case, how, where, noise):
     data, fmt, mode, w, h, orientation = case
     COUNTS["valid or damaged images"] += 1
@@ -338,16 +368,22 @@ def test_crafted_headers_zero_huge_sizes_and_bombs(workdir, case):
 
 
 @settings(FUZZ, max_examples=int(os.environ.get("UNETKIT_FUZZ_ARRAYS", "800")))
-@given(raw=hnp.arrays(dtype=st.sampled_from([np.uint8, np.uint16, np.int32, np.int64, np.float32, np.bool_]),
-                      shape=hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=6)),
-       mode=st.sampled_from([*MASK_MODES, "nonsense"]), n_classes=st.integers(1, 300),
-       ignore=st.one_of(st.none(), st.integers(0, 70000)),
-       palette=st.one_of(st.none(), st.lists(st.lists(st.integers(-5, 300), min_size=0, max_size=4), max_size=5)))
+@given(
+    raw=hnp.arrays(
+        dtype=st.sampled_from([np.uint8, np.uint16, np.int32, np.int64, np.float32, np.bool_]),
+        shape=hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=6),
+    ),
+    mode=st.sampled_from([*MASK_MODES, "nonsense"]),
+    n_classes=st.integers(1, 300),
+    ignore=st.one_of(st.none(), st.integers(0, 70000)),
+    palette=st.one_of(st.none(), st.lists(st.lists(st.integers(-5, 300), min_size=0, max_size=4), max_size=5)),
+)
 def test_decode_mask_on_arbitrary_arrays(workdir, raw, mode, n_classes, ignore, palette):
     COUNTS["mask arrays"] += 1
     path = workdir / "arbitrary_mask.png"
-    ids = checked("decode_mask", path, lambda: decode_mask(raw, mode, n_classes, palette=palette,
-                                                           ignore_index=ignore, path=path))
+    ids = checked(
+        "decode_mask", path, lambda: decode_mask(raw, mode, n_classes, palette=palette, ignore_index=ignore, path=path)
+    )
     if ids is not None:
         assert ids.ndim == 2 and ids.shape == raw.shape[:2]
         valid = ids < n_classes if ignore is None else (ids < n_classes) | (ids == ignore)
@@ -393,8 +429,7 @@ def test_reading_damaged_files_again_and_again_does_not_grow_memory(workdir):
         mode = MODES_BY_FORMAT[fmt][i % len(MODES_BY_FORMAT[fmt])]
         data = make_image(fmt, mode, 1 + i % 40, 1 + (7 * i) % 40, i, ["", "nan", "transparency"][i % 3], 1 + i % 8)
         how = ["none", "truncate", "flip", "splice"][i % 4]
-        files.append(_write(workdir, mutate(data, how, float(rng.random()), bytes(rng.integers(0, 256, 8))),
-                            EXT[fmt]))
+        files.append(_write(workdir, mutate(data, how, float(rng.random()), bytes(rng.integers(0, 256, 8))), EXT[fmt]))
     after = []
     for _ in range(4):
         for path in files * 2:

@@ -73,8 +73,12 @@ def test_logits_match_keras(keras_dir: Path, variant: str, fmt: str) -> None:
     model, settings = import_keras(model_file(keras_dir, variant, fmt))
     h, w, c = spec["input_size"]
     has_config = fmt != "weights.h5"  # a bare .weights.h5 does not know the input size
-    assert settings == {"n_filters": spec["n_filters"], "n_classes": spec["n_classes"], "depth": 5,
-                        "input_size": (h, w, c) if has_config else (96, 128, c)}
+    assert settings == {
+        "n_filters": spec["n_filters"],
+        "n_classes": spec["n_classes"],
+        "depth": 5,
+        "input_size": (h, w, c) if has_config else (96, 128, c),
+    }
     assert not model.training
     inputs, logits = reference(variant)
     got = torch_logits(model, inputs)
@@ -136,8 +140,12 @@ def test_layer_summary_matches_keras_seed_summary() -> None:
     ours = layer_summary(unet_model())
     assert len(ours) == len(keras_rows)
     for row, k in zip(ours, keras_rows):
-        assert (row.name, row.kind, list(row.output_shape), row.params) == \
-            (k["name"], k["class_name"], k["output_shape"], k["params"])
+        assert (row.name, row.kind, list(row.output_shape), row.params) == (
+            k["name"],
+            k["class_name"],
+            k["output_shape"],
+            k["params"],
+        )
     assert sum(k["params"] for k in keras_rows) == 8_640_471
 
 
@@ -155,8 +163,9 @@ def seed_kernels(c: int = 3, f: int = 4, k: int = 5, depth: int = 5) -> list[tup
         ups.append((3, 3, fs[level], fs[level + 1]))
         convs += [(3, 3, 2 * fs[level], fs[level]), (3, 3, fs[level], fs[level])]
     convs += [(3, 3, f, f), (1, 1, f, k)]
-    return ([(f"conv2d_{i}" if i else "conv2d", s) for i, s in enumerate(convs)]
-            + [(f"conv2d_transpose_{i}" if i else "conv2d_transpose", s) for i, s in enumerate(ups)])
+    return [(f"conv2d_{i}" if i else "conv2d", s) for i, s in enumerate(convs)] + [
+        (f"conv2d_transpose_{i}" if i else "conv2d_transpose", s) for i, s in enumerate(ups)
+    ]
 
 
 def write_keras3_weights(path: Path, layers: list[tuple[str, tuple[int, ...]]]) -> Path:
@@ -179,8 +188,11 @@ def test_wrong_kernel_shape_names_the_layer(tmp_path: Path) -> None:
     layers = dict(seed_kernels())
     layers["conv2d_3"] = (3, 3, 8, 16)
     path = write_keras3_weights(tmp_path / "bad.weights.h5", list(layers.items()))
-    with pytest.raises(KerasImportError, match=r"layer conv2d_3: kernel \(3,3,8,16\) but the seed's "
-                                               r"U-Net expects \(3,3,8,8\)") as info:
+    with pytest.raises(
+        KerasImportError,
+        match=r"layer conv2d_3: kernel \(3,3,8,16\) but the seed's "
+        r"U-Net expects \(3,3,8,8\)",
+    ) as info:
         import_keras(path)
     assert isinstance(info.value, UnetkitError)
     assert "cblock2's second conv" in str(info.value)
@@ -235,11 +247,14 @@ def test_config_mismatches_are_caught(keras_dir: Path, tmp_path: Path) -> None:
         import_keras(edit_archive_config(src, tmp_path / "b.keras", swapped_concat))
 
 
-@pytest.mark.parametrize(("content", "match"), [
-    (b"definitely not a model\n", "neither an HDF5 file nor a zip archive"),
-    (None, "not a Keras 3 .keras file"),
-    ("hdf5", "without Keras weights"),
-])
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (b"definitely not a model\n", "neither an HDF5 file nor a zip archive"),
+        (None, "not a Keras 3 .keras file"),
+        ("hdf5", "without Keras weights"),
+    ],
+)
 def test_files_that_are_not_keras(tmp_path: Path, content: bytes | str | None, match: str) -> None:
     path = tmp_path / "model.keras"
     if content is None:
@@ -314,7 +329,8 @@ def test_keras_loads_exported_weights(keras_dir: Path, tmp_path: Path) -> None:
     """The seed's own Keras code loads the export with load_weights and gives unetkit's logits."""
     keras = pytest.importorskip("keras")
     spec = importlib.util.spec_from_file_location(
-        "keras_reference", Path(__file__).parents[1] / "benchmarks" / "keras_reference.py")
+        "keras_reference", Path(__file__).parents[1] / "benchmarks" / "keras_reference.py"
+    )
     assert spec is not None and spec.loader is not None
     kr = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(kr)
@@ -342,8 +358,9 @@ def test_import_keras_cli_writes_a_run_that_predicts(keras_dir: Path, tmp_path: 
     names = tmp_path / "names.json"
     names.write_text(json.dumps([f"c{i}" for i in range(5)]))
     src = model_file(keras_dir, "rgb", CASES[0][1])
-    result = CliRunner().invoke(app, ["import-keras", str(src), "--out", str(tmp_path / "run"),
-                                      "--class-names", str(names)])
+    result = CliRunner().invoke(
+        app, ["import-keras", str(src), "--out", str(tmp_path / "run"), "--class-names", str(names)]
+    )
     assert result.exit_code == 0, result.output
     run = load_run(tmp_path / "run")
     assert run.config.class_names == [f"c{i}" for i in range(5)]
@@ -358,6 +375,7 @@ def test_import_keras_cli_writes_a_run_that_predicts(keras_dir: Path, tmp_path: 
     assert (tmp_path / "p" / "x.png").exists()
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(["a", "b"]))
-    result = CliRunner().invoke(app, ["import-keras", str(src), "--out", str(tmp_path / "r2"),
-                                      "--class-names", str(bad)])
+    result = CliRunner().invoke(
+        app, ["import-keras", str(src), "--out", str(tmp_path / "r2"), "--class-names", str(bad)]
+    )
     assert result.exit_code != 0 and "5" in result.output

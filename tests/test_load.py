@@ -19,9 +19,26 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the server's RSS from /proc")
 def test_load_zero_errors_and_memory_does_not_grow_across_rounds(tmp_path: Path) -> None:
     out = tmp_path / "load.json"
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "load_test.py"), "--arch", "tiny", "--requests", "800",
-                    "--concurrency", "32", "--rounds", "3", "--max-seconds", "120", "--json", str(out)],
-                   check=True, timeout=900)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "load_test.py"),
+            "--arch",
+            "tiny",
+            "--requests",
+            "800",
+            "--concurrency",
+            "32",
+            "--rounds",
+            "3",
+            "--max-seconds",
+            "120",
+            "--json",
+            str(out),
+        ],
+        check=True,
+        timeout=900,
+    )
     rounds = json.loads(out.read_text())["rounds"]
     for r in rounds:
         assert r["errors"] == {} and r["ok"] == r["requests"] == 800, r

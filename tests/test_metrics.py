@@ -14,11 +14,13 @@ from unetkit.metrics import BoundaryF1, ConfusionMatrix, _bincount_fixed, _scatt
 # 3 classes, 8 pixels. Truth row / prediction column:
 TARGET = torch.tensor([[0, 0, 0, 1], [1, 1, 2, 2]])
 PRED = torch.tensor([[0, 0, 1, 1], [1, 2, 2, 0]])
-EXPECTED = np.array([
-    [2, 1, 0],  # truth 0: two right, one called 1
-    [0, 2, 1],  # truth 1: two right, one called 2
-    [1, 0, 1],  # truth 2: one right, one called 0
-])
+EXPECTED = np.array(
+    [
+        [2, 1, 0],  # truth 0: two right, one called 1
+        [0, 2, 1],  # truth 1: two right, one called 2
+        [1, 0, 1],  # truth 2: one right, one called 0
+    ]
+)
 
 
 def _cm(pred: torch.Tensor, target: torch.Tensor, n: int = 3, **kw) -> ConfusionMatrix:

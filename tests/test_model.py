@@ -18,21 +18,40 @@ from unetkit.model import (
 
 # The Keras seed's model.summary() at the defaults: (layer, output shape (H, W, C), params)
 KERAS_SUMMARY = [
-    ("conv2d", (96, 128, 32), 896), ("conv2d_1", (96, 128, 32), 9248), ("max_pooling2d", (48, 64, 32), 0),
-    ("conv2d_2", (48, 64, 64), 18496), ("conv2d_3", (48, 64, 64), 36928), ("max_pooling2d_1", (24, 32, 64), 0),
-    ("conv2d_4", (24, 32, 128), 73856), ("conv2d_5", (24, 32, 128), 147584),
-    ("max_pooling2d_2", (12, 16, 128), 0), ("conv2d_6", (12, 16, 256), 295168),
-    ("conv2d_7", (12, 16, 256), 590080), ("dropout", (12, 16, 256), 0), ("max_pooling2d_3", (6, 8, 256), 0),
-    ("conv2d_8", (6, 8, 512), 1180160), ("conv2d_9", (6, 8, 512), 2359808), ("dropout_1", (6, 8, 512), 0),
-    ("conv2d_transpose", (12, 16, 256), 1179904), ("concatenate", (12, 16, 512), 0),
-    ("conv2d_10", (12, 16, 256), 1179904), ("conv2d_11", (12, 16, 256), 590080),
-    ("conv2d_transpose_1", (24, 32, 128), 295040), ("concatenate_1", (24, 32, 256), 0),
-    ("conv2d_12", (24, 32, 128), 295040), ("conv2d_13", (24, 32, 128), 147584),
-    ("conv2d_transpose_2", (48, 64, 64), 73792), ("concatenate_2", (48, 64, 128), 0),
-    ("conv2d_14", (48, 64, 64), 73792), ("conv2d_15", (48, 64, 64), 36928),
-    ("conv2d_transpose_3", (96, 128, 32), 18464), ("concatenate_3", (96, 128, 64), 0),
-    ("conv2d_16", (96, 128, 32), 18464), ("conv2d_17", (96, 128, 32), 9248),
-    ("conv2d_18", (96, 128, 32), 9248), ("conv2d_19", (96, 128, 23), 759),
+    ("conv2d", (96, 128, 32), 896),
+    ("conv2d_1", (96, 128, 32), 9248),
+    ("max_pooling2d", (48, 64, 32), 0),
+    ("conv2d_2", (48, 64, 64), 18496),
+    ("conv2d_3", (48, 64, 64), 36928),
+    ("max_pooling2d_1", (24, 32, 64), 0),
+    ("conv2d_4", (24, 32, 128), 73856),
+    ("conv2d_5", (24, 32, 128), 147584),
+    ("max_pooling2d_2", (12, 16, 128), 0),
+    ("conv2d_6", (12, 16, 256), 295168),
+    ("conv2d_7", (12, 16, 256), 590080),
+    ("dropout", (12, 16, 256), 0),
+    ("max_pooling2d_3", (6, 8, 256), 0),
+    ("conv2d_8", (6, 8, 512), 1180160),
+    ("conv2d_9", (6, 8, 512), 2359808),
+    ("dropout_1", (6, 8, 512), 0),
+    ("conv2d_transpose", (12, 16, 256), 1179904),
+    ("concatenate", (12, 16, 512), 0),
+    ("conv2d_10", (12, 16, 256), 1179904),
+    ("conv2d_11", (12, 16, 256), 590080),
+    ("conv2d_transpose_1", (24, 32, 128), 295040),
+    ("concatenate_1", (24, 32, 256), 0),
+    ("conv2d_12", (24, 32, 128), 295040),
+    ("conv2d_13", (24, 32, 128), 147584),
+    ("conv2d_transpose_2", (48, 64, 64), 73792),
+    ("concatenate_2", (48, 64, 128), 0),
+    ("conv2d_14", (48, 64, 64), 73792),
+    ("conv2d_15", (48, 64, 64), 36928),
+    ("conv2d_transpose_3", (96, 128, 32), 18464),
+    ("concatenate_3", (96, 128, 64), 0),
+    ("conv2d_16", (96, 128, 32), 18464),
+    ("conv2d_17", (96, 128, 32), 9248),
+    ("conv2d_18", (96, 128, 32), 9248),
+    ("conv2d_19", (96, 128, 23), 759),
 ]
 
 
@@ -98,10 +117,12 @@ def test_keras_initialisation():
     assert conv.weight.std().item() == pytest.approx(std, rel=0.03)
     assert conv.weight.abs().max().item() <= 2 * std / 0.87962566103423978 + 1e-6  # truncated at 2 sigma
     for layer in [model.decoder[0].up, model.conv10]:  # Keras defaults: Glorot uniform, zero bias
-        fan_in = layer.weight[0].numel() if not isinstance(layer, ConvTranspose2dSame) else \
-            layer.out_channels * 9
-        fan_out = layer.weight.shape[0] * 9 if isinstance(layer, ConvTranspose2dSame) else \
-            layer.out_channels * layer.weight[0, 0].numel()
+        fan_in = layer.weight[0].numel() if not isinstance(layer, ConvTranspose2dSame) else layer.out_channels * 9
+        fan_out = (
+            layer.weight.shape[0] * 9
+            if isinstance(layer, ConvTranspose2dSame)
+            else layer.out_channels * layer.weight[0, 0].numel()
+        )
         limit = math.sqrt(6 / (fan_in + fan_out))
         assert layer.weight.abs().max().item() <= limit
         assert layer.weight.abs().max().item() > 0.9 * limit

@@ -16,8 +16,10 @@ from unetkit.recipes import STRONG, STRONG_AUGMENT, STRONG_MODEL, apply_recipe
 
 def cli_config(**given: Any) -> RunConfig:
     """What `unetkit train` builds from the options in ``given`` (everything else left unset)."""
-    opts = {name: (p.default if p.default is not inspect.Parameter.empty else None)
-            for name, p in inspect.signature(cli.train).parameters.items()}
+    opts = {
+        name: (p.default if p.default is not inspect.Parameter.empty else None)
+        for name, p in inspect.signature(cli.train).parameters.items()
+    }
     opts.update(n_classes=3, channels=3)
     opts.update(given)
     return cli._train_config(**opts)
@@ -59,8 +61,13 @@ def test_unknown_recipe():
 
 def test_explicit_options_override_the_recipe():
     c = cli_config(recipe="strong", lr=5e-4, batch_size=16, loss="ce", schedule="constant", epochs=7)
-    assert (c.train.lr, c.train.batch_size, c.train.loss, c.train.schedule, c.train.epochs) == \
-        (5e-4, 16, "ce", "constant", 7)
+    assert (c.train.lr, c.train.batch_size, c.train.loss, c.train.schedule, c.train.epochs) == (
+        5e-4,
+        16,
+        "ce",
+        "constant",
+        7,
+    )
     assert c.train.optimizer == "adamw" and c.train.augment == STRONG_AUGMENT  # the rest stays strong
 
 

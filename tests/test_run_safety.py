@@ -57,6 +57,7 @@ def _edit(run: Path, change) -> None:
 def _set(section: str, key: str, value):
     def change(data: dict) -> None:
         data[section][key] = value
+
     return change
 
 
@@ -99,12 +100,15 @@ def test_edited_config_is_refused_with_a_message(run, what):
         assert message in str(e.value) and str(run / CONFIG) in str(e.value), str(e.value)
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"{not json", "is not valid JSON"),
-    (b"\xff\xfe\x00garbage", "is not valid JSON"),
-    (b"[]", "config must be an object"),
-    (b"", "is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"{not json", "is not valid JSON"),
+        (b"\xff\xfe\x00garbage", "is not valid JSON"),
+        (b"[]", "config must be an object"),
+        (b"", "is not valid JSON"),
+    ],
+)
 def test_unparsable_config_is_refused(run, content, message):
     (run / CONFIG).write_bytes(content)
     with pytest.raises(ConfigError, match=message):

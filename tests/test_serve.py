@@ -59,6 +59,7 @@ def picture(h: int, w: int, seed: int) -> np.ndarray:
 
 def bomb_png(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height pixels (a decompression-bomb shape)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
         return struct.pack(">I", len(data)) + kind + data + crc
@@ -70,8 +71,9 @@ def bomb_png(width: int, height: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = RunConfig(model=ModelConfig(input_size=(32, 32, 3), n_filters=4, n_classes=3),
-                       class_names=NAMES, palette=PALETTE)
+    config = RunConfig(
+        model=ModelConfig(input_size=(32, 32, 3), n_filters=4, n_classes=3), class_names=NAMES, palette=PALETTE
+    )
     model = unet_model((32, 32, 3), n_filters=4, n_classes=3)
     return save_run(tmp_path_factory.mktemp("serve") / "run", model, config)
 
@@ -83,14 +85,12 @@ def predictor(run_dir: Path) -> Predictor:
 
 @pytest.fixture(scope="module")
 def client(predictor: Predictor):
-    app = create_app(predictor, max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS, batch_window_ms=40,
-                     max_batch=8)
+    app = create_app(predictor, max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS, batch_window_ms=40, max_batch=8)
     with TestClient(app) as c:
         yield c
 
 
-def post(client: TestClient, data: bytes, fmt: str = "png", content_type: str = "image/png",
-         **params: object):
+def post(client: TestClient, data: bytes, fmt: str = "png", content_type: str = "image/png", **params: object):
     files = {"file": ("x.png", data, content_type)}
     return client.post("/predict", params={"format": fmt, **params}, files=files)
 
@@ -137,8 +137,9 @@ def test_every_format_keeps_the_original_size(client: TestClient, predictor: Pre
     colour = np.asarray(Image.open(io.BytesIO(post(client, png_bytes(image), "colour").content)))
     np.testing.assert_array_equal(colour, colorize(expected, PALETTE))
     over = post(client, png_bytes(image), "overlay", alpha=0.3)
-    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(over.content))),
-                                  overlay(image, expected, PALETTE, 0.3))
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(io.BytesIO(over.content))), overlay(image, expected, PALETTE, 0.3)
+    )
     body = post(client, png_bytes(image), "json").json()
     assert (body["width"], body["height"], body["n_classes"]) == (70, 45, 3)
     decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask_png_base64"]))))

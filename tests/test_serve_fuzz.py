@@ -23,8 +23,10 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
-pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:Generating overly large repr")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:Generating overly large repr"),
+]
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -47,8 +49,9 @@ STATUSES: Counter[str] = Counter()
 def report(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     capture = request.config.pluginmanager.get_plugin("capturemanager")
-    line = (f"\nserve fuzz: {sum(STATUSES.values())} requests: "
-            + ", ".join(f"{k} {v}" for k, v in sorted(STATUSES.items())))
+    line = f"\nserve fuzz: {sum(STATUSES.values())} requests: " + ", ".join(
+        f"{k} {v}" for k, v in sorted(STATUSES.items())
+    )
     with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
         print(line)
 
@@ -56,8 +59,9 @@ def report(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory):
     config = RunConfig(model=ModelConfig(input_size=(32, 32, 3), n_filters=4, n_classes=3))
-    run = save_run(tmp_path_factory.mktemp("serve-fuzz") / "run",
-                   unet_model((32, 32, 3), n_filters=4, n_classes=3), config)
+    run = save_run(
+        tmp_path_factory.mktemp("serve-fuzz") / "run", unet_model((32, 32, 3), n_filters=4, n_classes=3), config
+    )
     return create_app(run, max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS, batch_window_ms=0, device="cpu")
 
 
@@ -83,8 +87,9 @@ if schemathesis is not None:
     @pytest.fixture(scope="module")
     def api_schema(app):
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-        schema.config.generation.update(max_examples=int(os.environ.get("UNETKIT_SERVE_FUZZ_SCHEMA", "150")),
-                                        database="none")
+        schema.config.generation.update(
+            max_examples=int(os.environ.get("UNETKIT_SERVE_FUZZ_SCHEMA", "150")), database="none"
+        )
         return schema
 
     schema = schemathesis.pytest.from_fixture("api_schema")
@@ -126,24 +131,44 @@ def payloads(draw: st.DrawFn) -> tuple[bytes, str, int]:
         return data, kind, claimed
     data, fmt, mode, w, h, _ = draw(valid_images())
     if kind == "damaged":
-        data = mutate(data, draw(st.sampled_from(["truncate", "flip", "splice"])), draw(st.floats(0, 1)),
-                      draw(st.binary(min_size=1, max_size=16)))
+        data = mutate(
+            data,
+            draw(st.sampled_from(["truncate", "flip", "splice"])),
+            draw(st.floats(0, 1)),
+            draw(st.binary(min_size=1, max_size=16)),
+        )
         return data, kind, 0
     return data, kind, w * h
 
 
-CONTENT_TYPES = ["image/png"] * 3 + ["image/jpeg", "image/tiff", "application/octet-stream", "text/plain", "",
-                 "multipart/form-data", "multipart/form-data; boundary=", "image/png; charset=binary",
-                 "application/json"]
+CONTENT_TYPES = ["image/png"] * 3 + [
+    "image/jpeg",
+    "image/tiff",
+    "application/octet-stream",
+    "text/plain",
+    "",
+    "multipart/form-data",
+    "multipart/form-data; boundary=",
+    "image/png; charset=binary",
+    "application/json",
+]
 
 
 @settings(SETTINGS, max_examples=int(os.environ.get("UNETKIT_SERVE_FUZZ_UPLOADS", "300")))
-@given(payload=payloads(), envelope=st.sampled_from(["multipart", "multipart-other-field", "raw"]),
-       content_type=st.sampled_from(CONTENT_TYPES),
-       fmt=st.sampled_from(["png", "colour", "overlay", "json"] * 3 + ["x"]),
-       alpha=st.one_of(st.floats(0, 1), st.floats(0, 1), st.floats(0, 1), st.floats(allow_nan=True),
-                       st.sampled_from(["", "a", "1e999"])),
-       lie=st.sampled_from([None] * 6 + ["0", "-1", "abc", "99999999999999999999"]))
+@given(
+    payload=payloads(),
+    envelope=st.sampled_from(["multipart", "multipart-other-field", "raw"]),
+    content_type=st.sampled_from(CONTENT_TYPES),
+    fmt=st.sampled_from(["png", "colour", "overlay", "json"] * 3 + ["x"]),
+    alpha=st.one_of(
+        st.floats(0, 1),
+        st.floats(0, 1),
+        st.floats(0, 1),
+        st.floats(allow_nan=True),
+        st.sampled_from(["", "a", "1e999"]),
+    ),
+    lie=st.sampled_from([None] * 6 + ["0", "-1", "abc", "99999999999999999999"]),
+)
 def test_hostile_uploads_get_a_4xx_never_a_5xx(client, payload, envelope, content_type, fmt, alpha, lie):
     data, kind, claimed = payload
     params = {"format": fmt, "alpha": str(alpha)}
@@ -153,8 +178,9 @@ def test_hostile_uploads_get_a_4xx_never_a_5xx(client, payload, envelope, conten
         request = client.build_request("POST", "/predict", params=params, content=data, headers=headers)
     else:
         field = "file" if envelope == "multipart" else "upload"
-        request = client.build_request("POST", "/predict", params=params,
-                                       files={field: ("x.png", data, content_type or "image/png")})
+        request = client.build_request(
+            "POST", "/predict", params=params, files={field: ("x.png", data, content_type or "image/png")}
+        )
     if lie is not None:
         request.headers["content-length"] = lie
     try:

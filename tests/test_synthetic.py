@@ -116,8 +116,9 @@ def test_per_pixel_colour_is_not_enough(scenes: tuple[np.ndarray, np.ndarray]) -
     test_x, test_y = images[20:40].reshape(-1, 3).astype(np.float64), masks[20:40].ravel()
     seen = np.unique(fit_y)
     means = np.stack([fit_x[fit_y == c].mean(axis=0) for c in seen])
-    nearest = seen[np.argmin((means ** 2).sum(axis=1)[None, :] - 2 * test_x @ means.T, axis=1)]
+    nearest = seen[np.argmin((means**2).sum(axis=1)[None, :] - 2 * test_x @ means.T, axis=1)]
     assert (nearest == test_y).mean() < 0.7
+
     # a colour lookup table (16 levels per channel -> most frequent class) is the stronger baseline
     def code(x: np.ndarray) -> np.ndarray:
         q = x.astype(np.int64) // 16

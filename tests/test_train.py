@@ -29,11 +29,15 @@ def test_seed_recipe_learns_and_writes_a_complete_run(tmp_path, blobs):
     train, val = blobs
     config = tiny_config(epochs=14, batch_size=4)
     config.model = replace(config.model, n_filters=8)
-    result = fit(config, tmp_path / "run", train_data=train, val_data=val,
-                 progress=False, log=None)
+    result = fit(config, tmp_path / "run", train_data=train, val_data=val, progress=False, log=None)
     run = tmp_path / "run"
-    assert {p.name for p in run.iterdir()} >= {"config.json", "weights.safetensors", "last.safetensors",
-                                               "metrics.csv", "curves.png"}
+    assert {p.name for p in run.iterdir()} >= {
+        "config.json",
+        "weights.safetensors",
+        "last.safetensors",
+        "metrics.csv",
+        "curves.png",
+    }
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert len(rows) == 14
     assert set(rows[0]) >= {"epoch", "train_loss", "val_miou", "seconds", "images_per_s"}
@@ -103,8 +107,7 @@ def test_mask_values_out_of_range_rejected():
     masks[0, 0, 0] = 7
     with pytest.raises(DataError, match=r"\[7\]"):
         SegmentationData.from_arrays(images, masks, (32, 32, 3), n_classes=3)
-    SegmentationData.from_arrays(images, np.where(masks == 7, 255, masks), (32, 32, 3), n_classes=3,
-                                 ignore_index=255)
+    SegmentationData.from_arrays(images, np.where(masks == 7, 255, masks), (32, 32, 3), n_classes=3, ignore_index=255)
 
 
 def test_ignore_index_is_left_out_of_loss(tmp_path):
@@ -141,8 +144,9 @@ def _plain_and_fast_losses(train: SegmentationData, compile: str) -> tuple[list[
         for precision, channels_last, subpixel, comp in (("fp32", False, False, "off"), ("bf16", True, None, compile)):
             ConvTranspose2dSame.subpixel = subpixel  # None: the default (sub-pixel on the CPU)
             config = tiny_config(epochs=3, precision=precision, channels_last=channels_last, compile=comp)
-            losses.append([r["train_loss"] for r in fit(config, None, train_data=train, progress=False,
-                                                        log=None).history])
+            losses.append(
+                [r["train_loss"] for r in fit(config, None, train_data=train, progress=False, log=None).history]
+            )
     finally:
         ConvTranspose2dSame.subpixel = None
     return losses[0], losses[1]
@@ -173,8 +177,14 @@ def test_schedules():
 
 def test_early_stopping(tmp_path, blobs):
     train, val = blobs
-    result = fit(tiny_config(epochs=30, early_stopping=1, lr=1e-6), None, train_data=train, val_data=val,
-                 progress=False, log=None)
+    result = fit(
+        tiny_config(epochs=30, early_stopping=1, lr=1e-6),
+        None,
+        train_data=train,
+        val_data=val,
+        progress=False,
+        log=None,
+    )
     assert result.stopped_early and len(result.history) < 30
 
 

@@ -19,7 +19,25 @@ from .run import load_run, save_run
 from .train import fit
 
 __all__ = [
-    "AugmentConfig", "ConfigError", "DataConfig", "DataError", "ModelConfig", "Predictor", "PreprocessConfig",
-    "RunConfig", "RunError", "SegmentationData", "TrainConfig", "UnetkitError", "__version__", "conv_block",
-    "evaluate", "fcn_model", "fit", "load_run", "save_run", "unet_model", "upsampling_block",
+    "AugmentConfig",
+    "ConfigError",
+    "DataConfig",
+    "DataError",
+    "ModelConfig",
+    "Predictor",
+    "PreprocessConfig",
+    "RunConfig",
+    "RunError",
+    "SegmentationData",
+    "TrainConfig",
+    "UnetkitError",
+    "__version__",
+    "conv_block",
+    "evaluate",
+    "fcn_model",
+    "fit",
+    "load_run",
+    "save_run",
+    "unet_model",
+    "upsampling_block",
 ]

@@ -13,8 +13,12 @@ import typer
 
 from .errors import UnetkitError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="The seed's U-Net as a toolkit: train, evaluate, predict, export and serve.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="The seed's U-Net as a toolkit: train, evaluate, predict, export and serve.",
+)
 datasets_app = typer.Typer(no_args_is_help=True, help="Built-in data sets.")
 app.add_typer(datasets_app, name="datasets")
 
@@ -76,8 +80,14 @@ def info(
     if run is not None:
         cfg = RunConfig.load(run / "config.json").model
     else:
-        cfg = ModelConfig(name=model, input_size=input_size, n_filters=n_filters, n_classes=n_classes, depth=depth,
-                          batch_norm=batch_norm)
+        cfg = ModelConfig(
+            name=model,
+            input_size=input_size,
+            n_filters=n_filters,
+            n_classes=n_classes,
+            depth=depth,
+            batch_norm=batch_norm,
+        )
     console().print(f'Model: "{cfg.name}"')
     console().print(format_summary(build_model(cfg)))
 
@@ -117,29 +127,64 @@ def _train_config(**opts: Any):
         raise UnetkitError("give --n-classes N (or a --palette / --class-names file that lists the classes)")
     channels = opts["channels"] or _guess_channels(opts["images"])
     h, w = opts["input_size"] or (96, 128)
-    model = ModelConfig(name=opts["model"] or "unet", input_size=(h, w, channels),
-                        n_filters=opts["n_filters"] or 32, n_classes=n_classes)
-    data = DataConfig(images=_s(opts["images"]), masks=_s(opts["masks"]), val_images=_s(opts["val_images"]),
-                      val_masks=_s(opts["val_masks"]), val_fraction=opts["val_fraction"] or 0.0,
-                      mask_mode=opts["mask_mode"] or ("palette" if palette else "auto"),
-                      palette_file=_s(opts["palette"]), ignore_index=opts["ignore_index"])
-    config = RunConfig(model=model, preprocess=PreprocessConfig(), data=data, train=TrainConfig(),
-                       class_names=names, palette=palette)
+    model = ModelConfig(
+        name=opts["model"] or "unet",
+        input_size=(h, w, channels),
+        n_filters=opts["n_filters"] or 32,
+        n_classes=n_classes,
+    )
+    data = DataConfig(
+        images=_s(opts["images"]),
+        masks=_s(opts["masks"]),
+        val_images=_s(opts["val_images"]),
+        val_masks=_s(opts["val_masks"]),
+        val_fraction=opts["val_fraction"] or 0.0,
+        mask_mode=opts["mask_mode"] or ("palette" if palette else "auto"),
+        palette_file=_s(opts["palette"]),
+        ignore_index=opts["ignore_index"],
+    )
+    config = RunConfig(
+        model=model, preprocess=PreprocessConfig(), data=data, train=TrainConfig(), class_names=names, palette=palette
+    )
     config = apply_recipe(config, opts["recipe"])
-    t = {k: opts[k] for k in ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "warmup_epochs",
-                              "loss", "class_weights", "early_stopping", "precision", "device", "seed", "nan_policy")
-         if opts.get(k) is not None}
+    t = {
+        k: opts[k]
+        for k in (
+            "epochs",
+            "batch_size",
+            "lr",
+            "optimizer",
+            "weight_decay",
+            "schedule",
+            "warmup_epochs",
+            "loss",
+            "class_weights",
+            "early_stopping",
+            "precision",
+            "device",
+            "seed",
+            "nan_policy",
+        )
+        if opts.get(k) is not None
+    }
     if opts.get("compile") is not None:
         t["compile"] = "on" if opts["compile"] else "off"
     if opts.get("augment") is not None:  # off: none; on: the recipe's, or the strong recipe's if it has none
         from .recipes import STRONG_AUGMENT
 
-        t["augment"] = (config.train.augment if config.train.augment.enabled else STRONG_AUGMENT) \
-            if opts["augment"] else AugmentConfig()
+        t["augment"] = (
+            (config.train.augment if config.train.augment.enabled else STRONG_AUGMENT)
+            if opts["augment"]
+            else AugmentConfig()
+        )
     m = {k: opts[k] for k in ("depth", "dropout", "batch_norm") if opts.get(k) is not None}
     p = {k: opts[k] for k in ("resize",) if opts.get(k) is not None}
-    return replace(_data_options(config, opts), train=replace(config.train, **t), model=replace(config.model, **m),
-                   preprocess=replace(config.preprocess, **p))
+    return replace(
+        _data_options(config, opts),
+        train=replace(config.train, **t),
+        model=replace(config.model, **m),
+        preprocess=replace(config.preprocess, **p),
+    )
 
 
 def _data_options(config: Any, opts: dict[str, Any]) -> Any:
@@ -203,11 +248,20 @@ def train(
     seed: int | None = None,
     nan_policy: Annotated[str | None, typer.Option(help="stop or skip on a NaN/Inf loss")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue this run folder")] = None,
-    cache: Annotated[str | None, typer.Option(help="auto (stream when the uint8 cache would not fit in memory), "
-                                              "memory or stream (decode on DataLoader workers)")] = None,
+    cache: Annotated[
+        str | None,
+        typer.Option(
+            help="auto (stream when the uint8 cache would not fit in memory), "
+            "memory or stream (decode on DataLoader workers)"
+        ),
+    ] = None,
     num_workers: Annotated[int | None, typer.Option(help="DataLoader workers per process with --cache stream")] = None,
-    nproc: Annotated[int | None, typer.Option(help="run N processes on this machine via torchrun "
-                                              "(one per GPU; --batch-size stays the global batch)")] = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            help="run N processes on this machine via torchrun (one per GPU; --batch-size stays the global batch)"
+        ),
+    ] = None,
     progress: bool = True,
 ) -> None:
     """Train a model on a folder of images and a folder of masks; writes a run folder."""
@@ -239,8 +293,9 @@ def _after_training(result: Any) -> None:
     run_dir = result.run_dir
     best = f" best mIoU {result.best_miou:.4f}" if result.best_miou is not None else ""
     console().print(f"done:{best}. Run folder: {run_dir}")
-    console().print(f"next: unetkit evaluate {run_dir} --images DIR --masks DIR | unetkit predict {run_dir} "
-                    "IMAGES... --out DIR")
+    console().print(
+        f"next: unetkit evaluate {run_dir} --images DIR --masks DIR | unetkit predict {run_dir} IMAGES... --out DIR"
+    )
 
 
 @app.command()
@@ -257,8 +312,9 @@ def compare(
     input_size: Annotated[tuple[int, int] | None, typer.Option(help="H W (multiples of 16)")] = None,
     channels: Annotated[int | None, typer.Option(help="input channels (default: 1 for grayscale data, else 3)")] = None,
     n_filters: int | None = None,
-    batch_norm: Annotated[bool | None, typer.Option("--batch-norm/--no-batch-norm",
-                                                    help="batch norm in the conv blocks (strong: on)")] = None,
+    batch_norm: Annotated[
+        bool | None, typer.Option("--batch-norm/--no-batch-norm", help="batch norm in the conv blocks (strong: on)")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="epochs for each model")] = None,
     batch_size: int | None = None,
     lr: float | None = None,
@@ -333,8 +389,9 @@ def import_keras(
 
     run = import_run(model_file, out, class_names=class_names, input_size=input_size)
     console().print(f"imported {model_file} -> {run}")
-    console().print(f"next: unetkit predict {run} IMAGES... --out DIR | unetkit evaluate {run} --images DIR "
-                    "--masks DIR")
+    console().print(
+        f"next: unetkit predict {run} IMAGES... --out DIR | unetkit evaluate {run} --images DIR --masks DIR"
+    )
 
 
 @app.command()
@@ -385,13 +442,23 @@ def serve(
     try:
         from .serve import serve as run_server
     except ImportError as e:
-        raise UnetkitError(f"serving needs the serve extra ({e.name or e} is missing): "
-                           "pip install 'unetkit[serve]'") from None
+        raise UnetkitError(
+            f"serving needs the serve extra ({e.name or e} is missing): pip install 'unetkit[serve]'"
+        ) from None
     if host not in ("127.0.0.1", "localhost", "::1"):
         console().print(f"[yellow]note:[/] on {host}, anyone who can reach this machine can use the model")
     console().print(f"serving {model} at http://{host}:{port}/ (API reference: /docs); Ctrl-C stops")
-    run_server(model, host, port, max_upload_bytes=int(max_upload_mb * 1e6), max_pixels=max_pixels,
-               batch_window_ms=batch_window_ms, max_batch=max_batch, device=device, log_level=log_level)
+    run_server(
+        model,
+        host,
+        port,
+        max_upload_bytes=int(max_upload_mb * 1e6),
+        max_pixels=max_pixels,
+        batch_window_ms=batch_window_ms,
+        max_batch=max_batch,
+        device=device,
+        log_level=log_level,
+    )
 
 
 @app.command()
@@ -407,8 +474,15 @@ def demo(
     """Train the seed's U-Net on built-in driving scenes, evaluate on held-out scenes, show pictures."""
     from .demo import run_demo
 
-    run_demo(out, train_count=train_count, val_count=val_count, epochs=epochs, seed=seed, progress=progress,
-             log=console().print)
+    run_demo(
+        out,
+        train_count=train_count,
+        val_count=val_count,
+        epochs=epochs,
+        seed=seed,
+        progress=progress,
+        log=console().print,
+    )
 
 
 def main() -> None:

@@ -49,10 +49,17 @@ class ModelScore:
     best_epoch: int
 
     def to_dict(self, class_names: list[str]) -> dict[str, Any]:
-        return {"model": self.name, "pixel_accuracy": self.pixel_accuracy, "mean_iou": self.mean_iou,
-                "boundary_f1": self.boundary_f1, "parameters": self.parameters, "epochs": self.epochs,
-                "best_epoch": self.best_epoch, "train_seconds": self.train_seconds,
-                "per_class_iou": dict(zip(class_names, self.iou))}
+        return {
+            "model": self.name,
+            "pixel_accuracy": self.pixel_accuracy,
+            "mean_iou": self.mean_iou,
+            "boundary_f1": self.boundary_f1,
+            "parameters": self.parameters,
+            "epochs": self.epochs,
+            "best_epoch": self.best_epoch,
+            "train_seconds": self.train_seconds,
+            "per_class_iou": dict(zip(class_names, self.iou)),
+        }
 
 
 @dataclass
@@ -65,8 +72,11 @@ class Comparison:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"settings": self.settings, "boundary_tolerance_px": self.tolerance,
-                "models": [s.to_dict(self.class_names) for s in self.scores]}
+        return {
+            "settings": self.settings,
+            "boundary_tolerance_px": self.tolerance,
+            "models": [s.to_dict(self.class_names) for s in self.scores],
+        }
 
     def markdown(self) -> str:
         """The table: one column per model, rows for the summary metrics and each class's IoU."""
@@ -87,9 +97,15 @@ class Comparison:
         return "\n".join(lines)
 
 
-def score_model(model: nn.Module, data: SegmentationData, config: RunConfig, *,
-                device: torch.device | str = "cpu", tolerance: int = 2, batch_size: int = 16,
-                ) -> tuple[ConfusionMatrix, BoundaryF1]:
+def score_model(
+    model: nn.Module,
+    data: SegmentationData,
+    config: RunConfig,
+    *,
+    device: torch.device | str = "cpu",
+    tolerance: int = 2,
+    batch_size: int = 16,
+) -> tuple[ConfusionMatrix, BoundaryF1]:
     """Confusion matrix and boundary F1 of ``model`` on cached data, at the model's input size."""
     n, ignore = config.model.n_classes, config.data.ignore_index
     device = torch.device(device)
@@ -113,10 +129,18 @@ def predict_masks(model: nn.Module, images: torch.Tensor, device: torch.device |
         return model(to_float(images.to(device))).argmax(1).cpu().numpy().astype(np.uint8)
 
 
-def compare(config: RunConfig, out: str | Path, *, train_data: SegmentationData | None = None,
-            val_data: SegmentationData | None = None, models: tuple[str, ...] = MODELS, tolerance: int = 2,
-            examples: int = 4, progress: bool = True, log: Callable[[str], None] | None = print,
-            ) -> Comparison:
+def compare(
+    config: RunConfig,
+    out: str | Path,
+    *,
+    train_data: SegmentationData | None = None,
+    val_data: SegmentationData | None = None,
+    models: tuple[str, ...] = MODELS,
+    tolerance: int = 2,
+    examples: int = 4,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> Comparison:
     """Train each of ``models`` with ``config``'s recipe on the same data and write the study to ``out``.
 
     ``out/<model>/`` holds each run folder; ``out/compare.md``, ``out/compare.json`` and
@@ -149,22 +173,50 @@ def compare(config: RunConfig, out: str | Path, *, train_data: SegmentationData 
         m = cm.compute()
         best_epoch = max(result.history, key=lambda r: r.get("val_miou") or -1.0)["epoch"]
         iou = [None if math.isnan(v) else v for v in m.iou]
-        scores.append(ModelScore(name, m.pixel_accuracy, m.mean_iou, iou, bf.compute(),
-                                 count_parameters(model), len(result.history), round(seconds, 1), best_epoch))
+        scores.append(
+            ModelScore(
+                name,
+                m.pixel_accuracy,
+                m.mean_iou,
+                iou,
+                bf.compute(),
+                count_parameters(model),
+                len(result.history),
+                round(seconds, 1),
+                best_epoch,
+            )
+        )
         trained[name] = model
-    comparison = Comparison(scores, list(config.class_names or []), tolerance, settings={
-        "train_images": len(train_data), "val_images": len(val_data),
-        "input_size": list(config.model.input_size),
-        "n_filters": config.model.n_filters, "recipe": config.train.recipe, "epochs": config.train.epochs,
-        "batch_size": config.train.batch_size, "device": str(device)})
+    comparison = Comparison(
+        scores,
+        list(config.class_names or []),
+        tolerance,
+        settings={
+            "train_images": len(train_data),
+            "val_images": len(val_data),
+            "input_size": list(config.model.input_size),
+            "n_filters": config.model.n_filters,
+            "recipe": config.train.recipe,
+            "epochs": config.train.epochs,
+            "batch_size": config.train.batch_size,
+            "device": str(device),
+        },
+    )
     _write(comparison, trained, val_data, config, out, examples, device)
     log(comparison.markdown())
     log(f"wrote {out / 'compare.md'}, {out / 'compare.json'} and {out / 'compare.png'}")
     return comparison
 
 
-def _write(comparison: Comparison, models: dict[str, nn.Module], val_data: SegmentationData,
-           config: RunConfig, out: Path, examples: int, device: torch.device) -> None:
+def _write(
+    comparison: Comparison,
+    models: dict[str, nn.Module],
+    val_data: SegmentationData,
+    config: RunConfig,
+    out: Path,
+    examples: int,
+    device: torch.device,
+) -> None:
     from .plots import side_by_side
 
     out.mkdir(parents=True, exist_ok=True)

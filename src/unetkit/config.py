@@ -102,13 +102,15 @@ class DataConfig:
         _choice("mask_mode", self.mask_mode, ("auto", "index", "binary", "channels", "palette"))
         _choice("cache", self.cache, ("auto", "memory", "stream"))
         _check(0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        _check((self.val_images is None) == (self.val_masks is None),
-               "give both val_images and val_masks, or neither")
+        _check((self.val_images is None) == (self.val_masks is None), "give both val_images and val_masks, or neither")
         _check(not (self.val_images and self.val_fraction), "use validation folders or val_fraction, not both")
-        _check(self.mask_mode != "palette" or self.palette_file is not None,
-               "mask_mode 'palette' needs a palette file (JSON of class name -> [r, g, b])")
-        _check(self.ignore_index is None or self.ignore_index >= 0,
-               f"ignore_index must be >= 0, got {self.ignore_index}")
+        _check(
+            self.mask_mode != "palette" or self.palette_file is not None,
+            "mask_mode 'palette' needs a palette file (JSON of class name -> [r, g, b])",
+        )
+        _check(
+            self.ignore_index is None or self.ignore_index >= 0, f"ignore_index must be >= 0, got {self.ignore_index}"
+        )
         _check(self.num_workers >= 0, "num_workers must be >= 0")
 
 
@@ -125,8 +127,10 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         self.scale = tuple(float(v) for v in self.scale)  # type: ignore[assignment]
-        _check(len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1],
-               f"scale must be (min, max) with 0 < min <= max, got {self.scale}")
+        _check(
+            len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1],
+            f"scale must be (min, max) with 0 < min <= max, got {self.scale}",
+        )
         for name in ("rotate", "brightness", "contrast", "saturation"):
             _check(getattr(self, name) >= 0, f"augment.{name} must be >= 0")
 
@@ -167,16 +171,20 @@ class TrainConfig:
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0 and finite, got {self.lr}")
-        _check(self.eps > 0 and self.weight_decay >= 0 and self.warmup_epochs >= 0 and self.early_stopping >= 0,
-               "eps must be > 0; weight_decay, warmup_epochs and early_stopping must be >= 0")
+        _check(
+            self.eps > 0 and self.weight_decay >= 0 and self.warmup_epochs >= 0 and self.early_stopping >= 0,
+            "eps must be > 0; weight_decay, warmup_epochs and early_stopping must be >= 0",
+        )
         _choice("optimizer", self.optimizer, ("adam", "adamw"))
         _choice("schedule", self.schedule, ("constant", "cosine", "plateau"))
         _choice("loss", self.loss, ("ce", "dice", "ce+dice"))
         _choice("precision", self.precision, ("auto", "fp32", "bf16"))
         _choice("compile", self.compile, ("auto", "on", "off"))
         _choice("nan_policy", self.nan_policy, ("stop", "skip"))
-        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-               f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
+        _check(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            f"device must be auto, cpu or cuda[:N]; got {self.device!r}",
+        )
 
 
 @dataclass
@@ -200,11 +208,15 @@ class RunConfig:
             from .plots import default_palette
 
             self.palette = default_palette(n)
-        _check(len(self.palette) >= n and all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in self.palette),
-               "palette must hold one [r, g, b] (0-255) per class")
-        _check(self.data.ignore_index is None or self.data.ignore_index >= n,
-               f"ignore_index {self.data.ignore_index} is a real class id (n_classes is {n}); "
-               "choose a value >= n_classes, e.g. 255")
+        _check(
+            len(self.palette) >= n and all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in self.palette),
+            "palette must hold one [r, g, b] (0-255) per class",
+        )
+        _check(
+            self.data.ignore_index is None or self.data.ignore_index >= n,
+            f"ignore_index {self.data.ignore_index} is a real class id (n_classes is {n}); "
+            "choose a value >= n_classes, e.g. 255",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -13,8 +13,16 @@ from .plots import side_by_side
 from .predict import Predictor
 
 
-def run_demo(out: str | Path = "demo-run", *, train_count: int = 640, val_count: int = 128, epochs: int = 10,
-             seed: int = 0, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+def run_demo(
+    out: str | Path = "demo-run",
+    *,
+    train_count: int = 640,
+    val_count: int = 128,
+    epochs: int = 10,
+    seed: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Train on ``train_count`` scenes, pick the best epoch on ``val_count`` others, test on a third set."""
     from . import train as trainer
     from .data import synthetic
@@ -24,14 +32,20 @@ def run_demo(out: str | Path = "demo-run", *, train_count: int = 640, val_count:
     t0 = time.perf_counter()
     images, masks = synthetic.make_dataset(train_count + val_count, h, w, seed=seed)
     test_dir = synthetic.write_dataset(out / "test-scenes", val_count, h, w, seed=seed + 1)
-    log(f"generated {train_count + val_count} training/validation scenes and {val_count} test scenes "
-        f"({h}x{w}, {synthetic.N_CLASSES} classes) in {time.perf_counter() - t0:.1f}s")
+    log(
+        f"generated {train_count + val_count} training/validation scenes and {val_count} test scenes "
+        f"({h}x{w}, {synthetic.N_CLASSES} classes) in {time.perf_counter() - t0:.1f}s"
+    )
     n = synthetic.N_CLASSES
     data = SegmentationData.from_arrays(images, masks, (h, w, 3), n_classes=n)
     train_data = data.subset(range(train_count))
     val_data = data.subset(range(train_count, train_count + val_count))
-    config = RunConfig(model=ModelConfig(n_classes=n), train=TrainConfig(epochs=epochs, seed=seed),
-                       class_names=list(synthetic.CLASS_NAMES), palette=[list(c) for c in synthetic.PALETTE])
+    config = RunConfig(
+        model=ModelConfig(n_classes=n),
+        train=TrainConfig(epochs=epochs, seed=seed),
+        class_names=list(synthetic.CLASS_NAMES),
+        palette=[list(c) for c in synthetic.PALETTE],
+    )
     config.data.mask_mode = "index"
     log(config.describe())
     t1 = time.perf_counter()
@@ -51,8 +65,10 @@ def run_demo(out: str | Path = "demo-run", *, train_count: int = 640, val_count:
         rows.append((image, truth, predictor.predict(image)))
     side_by_side(rows, ["Input Image", "True Mask", "Predicted Mask"], config.palette or [], out / "examples.png")
     miou = report.metrics.mean_iou
-    log(f"\ntest mIoU {miou:.4f}, pixel accuracy {report.metrics.pixel_accuracy:.4f} on {val_count} held-out "
-        f"scenes after {len(result.history)} epochs ({train_seconds:.0f}s of training)")
+    log(
+        f"\ntest mIoU {miou:.4f}, pixel accuracy {report.metrics.pixel_accuracy:.4f} on {val_count} held-out "
+        f"scenes after {len(result.history)} epochs ({train_seconds:.0f}s of training)"
+    )
     log(f"run folder:  {out}/  (weights.safetensors, config.json, metrics.csv, curves.png)")
     log(f"pictures:    {out}/examples.png (input | truth | prediction), {out}/curves.png")
     log(f"test scenes: {test_dir}/image, {test_dir}/mask; metrics in {out}/test_metrics.json")

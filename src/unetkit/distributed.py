@@ -68,8 +68,10 @@ def env_info() -> DistInfo:
         local = int(os.environ.get("LOCAL_RANK", rank))
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     except ValueError:
-        raise ConfigError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (as torchrun sets them); got "
-                          + ", ".join(f"{k}={os.environ.get(k)!r}" for k in _ENV)) from None
+        raise ConfigError(
+            "RANK, WORLD_SIZE and LOCAL_RANK must be integers (as torchrun sets them); got "
+            + ", ".join(f"{k}={os.environ.get(k)!r}" for k in _ENV)
+        ) from None
     if not (0 <= rank < world):
         raise ConfigError(f"RANK {rank} is not in 0..WORLD_SIZE-1 (WORLD_SIZE {world})")
     return DistInfo(rank, world, local, local_world)
@@ -111,9 +113,11 @@ def process_group(device: str = "auto") -> Iterator[DistInfo]:
     try:  # device_id binds NCCL to this rank's GPU (and creates its communicator now, not lazily)
         dist.init_process_group("nccl" if use_cuda else "gloo", device_id=device_id)
     except Exception as e:  # bad MASTER_ADDR/PORT, a peer that never came, ...
-        raise UnetkitError(f"could not join the process group as rank {env.rank} of {env.world_size} "
-                           f"({type(e).__name__}: {e}); check MASTER_ADDR/MASTER_PORT and that every "
-                           "node runs the same torchrun command") from None
+        raise UnetkitError(
+            f"could not join the process group as rank {env.rank} of {env.world_size} "
+            f"({type(e).__name__}: {e}); check MASTER_ADDR/MASTER_PORT and that every "
+            "node runs the same torchrun command"
+        ) from None
     try:
         yield info()
     finally:
@@ -153,9 +157,11 @@ def local_batch_size(global_batch: int, world_size: int | None = None) -> int:
     world = info().world_size if world_size is None else world_size
     if global_batch % world:
         lower = max(world, global_batch - global_batch % world)
-        raise ConfigError(f"batch size {global_batch} does not divide evenly over {world} processes (the batch "
-                          f"size is global: each process takes batch/{world}); use a multiple of {world}, "
-                          f"e.g. {lower} or {lower + world}")
+        raise ConfigError(
+            f"batch size {global_batch} does not divide evenly over {world} processes (the batch "
+            f"size is global: each process takes batch/{world}); use a multiple of {world}, "
+            f"e.g. {lower} or {lower + world}"
+        )
     return global_batch // world
 
 
@@ -268,8 +274,17 @@ def torchrun_command(argv: Sequence[str], nproc: int) -> list[str]:
     """
     if nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            "-m", "unetkit", *strip_option(argv, "--nproc")]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "unetkit",
+        *strip_option(argv, "--nproc"),
+    ]
 
 
 def launch(argv: Sequence[str], nproc: int, *, log: Callable[[str], None] = print) -> int:

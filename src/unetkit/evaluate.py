@@ -39,8 +39,15 @@ class EvalReport:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=False))
 
 
-def evaluate(model: str | Path | Predictor, images: str | Path, masks: str | Path, *, mask_mode: str | None = None,
-             batch_size: int = 8, device: str = "auto") -> EvalReport:
+def evaluate(
+    model: str | Path | Predictor,
+    images: str | Path,
+    masks: str | Path,
+    *,
+    mask_mode: str | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+) -> EvalReport:
     """Evaluate a run folder (or a Predictor) on images/masks paired by file stem."""
     predictor = model if isinstance(model, Predictor) else Predictor.from_run(model, device=device)
     config = predictor.config
@@ -60,13 +67,15 @@ def evaluate(model: str | Path | Predictor, images: str | Path, masks: str | Pat
         if image.shape[:2] != mask.shape[:2]:
             from .errors import DataError
 
-            raise DataError(f"{img_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
-                            f"{mask.shape[1]}x{mask.shape[0]}; image and mask must have the same size")
+            raise DataError(
+                f"{img_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
+                f"{mask.shape[1]}x{mask.shape[0]}; image and mask must have the same size"
+            )
         return image, mask
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         for start in range(0, len(pairs), batch_size):
-            loaded = list(pool.map(load, pairs[start:start + batch_size]))
+            loaded = list(pool.map(load, pairs[start : start + batch_size]))
             preds = predictor.predict_batch([im for im, _ in loaded])
             for pred, (_, mask) in zip(preds, loaded):
                 cm.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(mask.astype(np.int64)))

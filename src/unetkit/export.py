@@ -76,12 +76,14 @@ class ExportReport:
     def summary(self) -> str:
         shapes = ", ".join("x".join(map(str, s)) for s in self.checked_shapes)
         dims = "x".join(map(str, self.input_shape))
-        return (f"wrote {self.path} ({self.size_bytes / 1e6:.2f} MB, opset {self.opset}, input {dims}"
-                f"{', dynamic' if self.dynamic else ''}) in {self.seconds:.1f} s\n"
-                f"parity with PyTorch on random inputs {shapes} (seed {self.seed}): max abs difference "
-                f"{self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g}, largest logit "
-                f"{self.max_abs_logit:.3g}), "
-                f"argmax agreement {self.argmax_agreement:.4%}")
+        return (
+            f"wrote {self.path} ({self.size_bytes / 1e6:.2f} MB, opset {self.opset}, input {dims}"
+            f"{', dynamic' if self.dynamic else ''}) in {self.seconds:.1f} s\n"
+            f"parity with PyTorch on random inputs {shapes} (seed {self.seed}): max abs difference "
+            f"{self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g}, largest logit "
+            f"{self.max_abs_logit:.3g}), "
+            f"argmax agreement {self.argmax_agreement:.4%}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -93,8 +95,7 @@ def _need(module: str) -> Any:
     try:
         return __import__(module)
     except ImportError:
-        raise ExportError(f"{module} is not installed; install the ONNX extra: "
-                          "pip install 'unetkit[onnx]'") from None
+        raise ExportError(f"{module} is not installed; install the ONNX extra: pip install 'unetkit[onnx]'") from None
 
 
 def _metadata(config: RunConfig, dynamic: bool, opset: int, source: str) -> dict[str, str]:
@@ -102,9 +103,14 @@ def _metadata(config: RunConfig, dynamic: bool, opset: int, source: str) -> dict
     multiple = config.model.size_multiple
     shape = f"(N, {c}, H, W), H and W multiples of {multiple}" if dynamic else f"(1, {c}, {h}, {w})"
     preprocess = {
-        "layout": "NCHW", "dtype": "float32", "scale": "uint8 / 255", "channels": c,
-        "resize": config.preprocess.resize, "predict_mode": config.preprocess.predict_mode,
-        "overlap": config.preprocess.overlap, "size_multiple": multiple,
+        "layout": "NCHW",
+        "dtype": "float32",
+        "scale": "uint8 / 255",
+        "channels": c,
+        "resize": config.preprocess.resize,
+        "predict_mode": config.preprocess.predict_mode,
+        "overlap": config.preprocess.overlap,
+        "size_multiple": multiple,
     }
     meta = {
         "metadata_version": METADATA_VERSION,
@@ -118,7 +124,7 @@ def _metadata(config: RunConfig, dynamic: bool, opset: int, source: str) -> dict
         "opset": str(opset),
         "source": source,
         "input": f"{INPUT_NAME}: float32 {shape}, {'gray' if c == 1 else 'RGB' if c == 3 else 'RGBA'} "
-                 f"in [0, 1] (uint8 / 255), resized {config.preprocess.resize} to the input size",
+        f"in [0, 1] (uint8 / 255), resized {config.preprocess.resize} to the input size",
         "output": f"{OUTPUT_NAME}: float32 (N, {config.model.n_classes}, H, W); class = argmax over axis 1",
     }
     return {META_PREFIX + k: v for k, v in meta.items()}
@@ -130,8 +136,14 @@ def _torch_export(model: torch.nn.Module, example: torch.Tensor, dynamic: bool, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notices
         torch.onnx.export(
-            model, (example,), buf, dynamo=False, opset_version=opset, do_constant_folding=True,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            model,
+            (example,),
+            buf,
+            dynamo=False,
+            opset_version=opset,
+            do_constant_folding=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes} if dynamic else None,
         )
     return buf.getvalue()
@@ -146,8 +158,9 @@ def _check_shapes(config: RunConfig, dynamic: bool) -> list[tuple[int, ...]]:
     return [(1, c, h, w), (2, c, h + m, w + 2 * m)]
 
 
-def compare(model: torch.nn.Module, session: Any, shapes: list[tuple[int, ...]], seed: int,
-            rtol: float = DEFAULT_RTOL) -> dict[str, float]:
+def compare(
+    model: torch.nn.Module, session: Any, shapes: list[tuple[int, ...]], seed: int, rtol: float = DEFAULT_RTOL
+) -> dict[str, float]:
     """Run PyTorch (float32) and onnxruntime on the same random inputs; the parity numbers."""
     gen = torch.Generator().manual_seed(seed)
     max_diff = max_logit = 0.0
@@ -159,8 +172,7 @@ def compare(model: torch.nn.Module, session: Any, shapes: list[tuple[int, ...]],
             ref = model(x).float().numpy()
         got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
         if got.shape != ref.shape:
-            raise ParityError(f"onnxruntime returned shape {got.shape} for input {shape}, "
-                              f"PyTorch {ref.shape}")
+            raise ParityError(f"onnxruntime returned shape {got.shape} for input {shape}, PyTorch {ref.shape}")
         pairs.append((ref, got))
         max_diff = max(max_diff, float(np.abs(got.astype(np.float64) - ref).max()))
         max_logit = max(max_logit, float(np.abs(ref).max()))
@@ -175,12 +187,25 @@ def compare(model: torch.nn.Module, session: Any, shapes: list[tuple[int, ...]],
             clear_flips += int(((got.argmax(1) != ref.argmax(1)) & (margin > 2 * tolerance)).sum())
     if not np.isfinite(max_diff):
         max_diff = float("inf")
-    return {"max_abs_diff": max_diff, "max_abs_logit": max_logit, "tolerance": tolerance,
-            "argmax_agreement": agree / max(total, 1), "clear_flips": float(clear_flips)}
+    return {
+        "max_abs_diff": max_diff,
+        "max_abs_logit": max_logit,
+        "tolerance": tolerance,
+        "argmax_agreement": agree / max(total, 1),
+        "clear_flips": float(clear_flips),
+    }
 
 
-def export_onnx(run_dir: str | Path, out: str | Path, *, dynamic: bool = False, opset: int | None = None,
-                weights: str = "best", rtol: float = DEFAULT_RTOL, seed: int | None = None) -> ExportReport:
+def export_onnx(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    dynamic: bool = False,
+    opset: int | None = None,
+    weights: str = "best",
+    rtol: float = DEFAULT_RTOL,
+    seed: int | None = None,
+) -> ExportReport:
     """Export a run folder's network to ONNX with its settings in the metadata; verify it; write it.
 
     ``seed`` fixes the random check inputs (default: fresh ones each time, reported). Nothing is
@@ -203,16 +228,17 @@ def export_onnx(run_dir: str | Path, out: str | Path, *, dynamic: bool = False, 
         raw = _torch_export(model, example, dynamic, opset)
     except Exception as e:  # unsupported opset, exporter limitations: one clear paragraph
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ExportError(f"exporting {run_dir} to ONNX with opset {opset} failed: {first}. Try another "
-                          f"--opset (default {DEFAULT_OPSET})") from None
+        raise ExportError(
+            f"exporting {run_dir} to ONNX with opset {opset} failed: {first}. Try another "
+            f"--opset (default {DEFAULT_OPSET})"
+        ) from None
     proto = onnx.load_from_string(raw)
     meta = _metadata(config, dynamic, opset, Path(run_dir).resolve().name)
     del proto.metadata_props[:]
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.doc_string = (f"unetkit {config.model.name}: {meta[META_PREFIX + 'input']} -> "
-                        f"{meta[META_PREFIX + 'output']}")
+    proto.doc_string = f"unetkit {config.model.name}: {meta[META_PREFIX + 'input']} -> {meta[META_PREFIX + 'output']}"
     proto.producer_name, proto.producer_version = "unetkit", __version__
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
@@ -228,19 +254,33 @@ def export_onnx(run_dir: str | Path, out: str | Path, *, dynamic: bool = False, 
             f"largest logit {numbers['max_abs_logit']:.3g})), "
             f"argmax agreement {numbers['argmax_agreement']:.4%} "
             f"({int(numbers['clear_flips'])} pixel(s) changed class away from a tie), check seed {seed}. "
-            f"{out} was not written; try another --opset or report it")
+            f"{out} was not written; try another --opset or report it"
+        )
     atomic_write_bytes(out, data)
-    return ExportReport(path=out, opset=opset, dynamic=dynamic, input_shape=shape, checked_shapes=shapes,
-                        max_abs_diff=numbers["max_abs_diff"], max_abs_logit=numbers["max_abs_logit"],
-                        tolerance=numbers["tolerance"], argmax_agreement=numbers["argmax_agreement"],
-                        seed=seed,
-                        size_bytes=len(data), seconds=time.perf_counter() - start, metadata=meta)
+    return ExportReport(
+        path=out,
+        opset=opset,
+        dynamic=dynamic,
+        input_shape=shape,
+        checked_shapes=shapes,
+        max_abs_diff=numbers["max_abs_diff"],
+        max_abs_logit=numbers["max_abs_logit"],
+        tolerance=numbers["tolerance"],
+        argmax_agreement=numbers["argmax_agreement"],
+        seed=seed,
+        size_bytes=len(data),
+        seconds=time.perf_counter() - start,
+        metadata=meta,
+    )
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The ``unetkit.*`` metadata of an exported file, without the prefix (needs only onnxruntime)."""
-    return {k[len(META_PREFIX):]: v for k, v in _session(Path(path), ["CPUExecutionProvider"])[1].items()
-            if k.startswith(META_PREFIX)}
+    return {
+        k[len(META_PREFIX) :]: v
+        for k, v in _session(Path(path), ["CPUExecutionProvider"])[1].items()
+        if k.startswith(META_PREFIX)
+    }
 
 
 def _session(path: Path, providers: list[str]) -> tuple[Any, dict[str, str]]:
@@ -271,13 +311,15 @@ class OnnxPredictor(PredictorBase):
         self.session, meta = _session(self.path, providers)
         key = META_PREFIX + "config"
         if key not in meta:
-            raise ExportError(f"{self.path} has no unetkit metadata (no '{key}'): it was not written by "
-                              "`unetkit export`; export the run folder with it")
+            raise ExportError(
+                f"{self.path} has no unetkit metadata (no '{key}'): it was not written by "
+                "`unetkit export`; export the run folder with it"
+            )
         try:
             self.config = RunConfig.from_dict(json.loads(meta[key]))
         except (json.JSONDecodeError, ConfigError) as e:
             raise ExportError(f"{self.path}: the stored config is invalid ({e}); export it again") from None
-        self.metadata = {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
+        self.metadata = {k[len(META_PREFIX) :]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
         inp = self.session.get_inputs()[0]
         self._input = inp.name
         self._batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
@@ -289,7 +331,7 @@ class OnnxPredictor(PredictorBase):
         step = self._batch or len(arr)
         outs = []
         for i in range(0, len(arr), step):
-            chunk = arr[i:i + step]
+            chunk = arr[i : i + step]
             n = len(chunk)
             if n < step:  # pad the last chunk of a fixed-batch file
                 chunk = np.concatenate([chunk, np.zeros((step - n,) + chunk.shape[1:], chunk.dtype)])

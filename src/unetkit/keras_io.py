@@ -31,16 +31,23 @@ from torch import nn
 from .errors import UnetkitError
 from .model import UNet, unet_model
 
-__all__ = ["KerasImportError", "KerasExportError", "read_keras_weights", "import_keras",
-           "export_keras_weights"]
+__all__ = ["KerasImportError", "KerasExportError", "read_keras_weights", "import_keras", "export_keras_weights"]
 
 SEED_HW = (96, 128)
 _CONV, _UP = "Conv2D", "Conv2DTranspose"
 # Keras 3 stores variables by position; these are their names for the layer types we may meet.
-_VAR_NAMES = {_CONV: ("kernel", "bias"), _UP: ("kernel", "bias"), "Dense": ("kernel", "bias"),
-              "BatchNormalization": ("gamma", "beta", "moving_mean", "moving_variance")}
-_CLASS_OF_KEY = {"conv2d": _CONV, "conv2d_transpose": _UP, "dense": "Dense",
-                 "batch_normalization": "BatchNormalization"}
+_VAR_NAMES = {
+    _CONV: ("kernel", "bias"),
+    _UP: ("kernel", "bias"),
+    "Dense": ("kernel", "bias"),
+    "BatchNormalization": ("gamma", "beta", "moving_mean", "moving_variance"),
+}
+_CLASS_OF_KEY = {
+    "conv2d": _CONV,
+    "conv2d_transpose": _UP,
+    "dense": "Dense",
+    "batch_normalization": "BatchNormalization",
+}
 # Layers without weights that the seed's model contains (anything else would change its outputs).
 _PASSIVE = {"InputLayer", "MaxPooling2D", "Dropout", "Concatenate"}
 
@@ -113,8 +120,9 @@ def _config_layers(config: dict[str, Any], source: str) -> list[dict[str, Any]]:
     layers = config.get("config", {}).get("layers") if isinstance(config, dict) else None
     if not isinstance(layers, list):
         kind = config.get("class_name") if isinstance(config, dict) else type(config).__name__
-        raise KerasImportError(f"{source}: the model config ({kind}) has no list of layers; "
-                               "the seed's U-Net is a functional Keras model")
+        raise KerasImportError(
+            f"{source}: the model config ({kind}) has no list of layers; the seed's U-Net is a functional Keras model"
+        )
     return layers
 
 
@@ -150,19 +158,22 @@ def _seed_order(layers: list[_Layer], source: str) -> list[_Layer]:
     others = [layer for layer in layers if layer.class_name not in (_CONV, _UP)]
     if others:
         what = others[0].class_name or "layer of unknown type"
-        raise KerasImportError(f"{source}: layer {others[0].name}: a {what} with weights, which the "
-                               "seed's U-Net does not have (it has only Conv2D and Conv2DTranspose)")
+        raise KerasImportError(
+            f"{source}: layer {others[0].name}: a {what} with weights, which the "
+            "seed's U-Net does not have (it has only Conv2D and Conv2DTranspose)"
+        )
     convs = [layer for layer in layers if layer.class_name == _CONV]
     ups = [layer for layer in layers if layer.class_name == _UP]
     d = len(ups) + 1
     if len(convs) != 4 * d:
         raise KerasImportError(
             f"{source}: {len(convs)} Conv2D and {len(ups)} Conv2DTranspose layers, but the seed's U-Net "
-            f"with {len(ups)} upsampling blocks (depth {d}) has {4 * d} Conv2D layers")
+            f"with {len(ups)} upsampling blocks (depth {d}) has {4 * d} Conv2D layers"
+        )
     order = convs[: 2 * d]
     for i in range(d - 1):
         order += [ups[i], convs[2 * d + 2 * i], convs[2 * d + 2 * i + 1]]
-    return order + convs[4 * d - 2:]
+    return order + convs[4 * d - 2 :]
 
 
 def _read_keras3(f: Any, source: str, config: dict[str, Any] | None) -> _Contents:
@@ -229,16 +240,20 @@ def _read_h5(f: Any, source: str) -> _Contents:
         return _read_legacy(f, source, None)
     if "layers" in f or "_layer_checkpoint_dependencies" in f:
         return _read_keras3(f, source, None)
-    raise KerasImportError(f"{source}: an HDF5 file, but without Keras weights (no 'layers' or "
-                           "'model_weights' group, no 'layer_names' attribute)")
+    raise KerasImportError(
+        f"{source}: an HDF5 file, but without Keras weights (no 'layers' or "
+        "'model_weights' group, no 'layer_names' attribute)"
+    )
 
 
 def _read(path: str | os.PathLike[str]) -> _Contents:
     p = Path(path)
     source = str(p)
     if p.is_dir():
-        raise KerasImportError(f"{source} is a directory (a TensorFlow SavedModel?); save the Keras model "
-                               "with model.save('model.keras') or model.save_weights('model.weights.h5')")
+        raise KerasImportError(
+            f"{source} is a directory (a TensorFlow SavedModel?); save the Keras model "
+            "with model.save('model.keras') or model.save_weights('model.weights.h5')"
+        )
     if not p.is_file():
         raise KerasImportError(f"{source}: no such file")
     h5py = _h5py()
@@ -247,9 +262,11 @@ def _read(path: str | os.PathLike[str]) -> _Contents:
             with zipfile.ZipFile(p) as z:
                 names = set(z.namelist())
                 if not {"config.json", "model.weights.h5"} <= names:
-                    raise KerasImportError(f"{source}: a zip archive, but not a Keras 3 .keras file (it "
-                                           "needs config.json and model.weights.h5; found "
-                                           f"{', '.join(sorted(names)[:5]) or 'nothing'})")
+                    raise KerasImportError(
+                        f"{source}: a zip archive, but not a Keras 3 .keras file (it "
+                        "needs config.json and model.weights.h5; found "
+                        f"{', '.join(sorted(names)[:5]) or 'nothing'})"
+                    )
                 config = json.loads(z.read("config.json"))
                 data = z.read("model.weights.h5")
             with h5py.File(io.BytesIO(data), "r") as f:
@@ -261,8 +278,10 @@ def _read(path: str | os.PathLike[str]) -> _Contents:
         raise
     except (OSError, KeyError, ValueError, TypeError, IndexError, AttributeError, zipfile.BadZipFile) as e:
         raise KerasImportError(f"{source}: not readable as a Keras model ({type(e).__name__}: {e})") from e
-    raise KerasImportError(f"{source} is neither an HDF5 file nor a zip archive, so not a Keras model: "
-                           "expected a .keras archive, a .weights.h5 or a legacy .h5 file")
+    raise KerasImportError(
+        f"{source} is neither an HDF5 file nor a zip archive, so not a Keras model: "
+        "expected a .keras archive, a .weights.h5 or a legacy .h5 file"
+    )
 
 
 def read_keras_weights(path: str | os.PathLike[str]) -> list[tuple[str, dict[str, np.ndarray]]]:
@@ -286,16 +305,22 @@ def _seed_layers(channels: int, n_filters: int, n_classes: int, depth: int) -> l
     f = [n_filters * 2**level for level in range(depth)]
     out, cin = [], channels
     for level in range(depth):
-        out += [_Expect(_CONV, (3, 3, cin, f[level]), f"cblock{level + 1}'s first conv", "relu"),
-                _Expect(_CONV, (3, 3, f[level], f[level]), f"cblock{level + 1}'s second conv", "relu")]
+        out += [
+            _Expect(_CONV, (3, 3, cin, f[level]), f"cblock{level + 1}'s first conv", "relu"),
+            _Expect(_CONV, (3, 3, f[level], f[level]), f"cblock{level + 1}'s second conv", "relu"),
+        ]
         cin = f[level]
     for i, level in enumerate(reversed(range(depth - 1))):
         block = f"ublock{depth + 1 + i}"
-        out += [_Expect(_UP, (3, 3, f[level], f[level + 1]), f"{block}'s transposed conv", "linear"),
-                _Expect(_CONV, (3, 3, 2 * f[level], f[level]), f"{block}'s first conv", "relu"),
-                _Expect(_CONV, (3, 3, f[level], f[level]), f"{block}'s second conv", "relu")]
-    return out + [_Expect(_CONV, (3, 3, n_filters, n_filters), "conv9", "relu"),
-                  _Expect(_CONV, (1, 1, n_filters, n_classes), "conv10 (the 1x1 classifier)", "linear")]
+        out += [
+            _Expect(_UP, (3, 3, f[level], f[level + 1]), f"{block}'s transposed conv", "linear"),
+            _Expect(_CONV, (3, 3, 2 * f[level], f[level]), f"{block}'s first conv", "relu"),
+            _Expect(_CONV, (3, 3, f[level], f[level]), f"{block}'s second conv", "relu"),
+        ]
+    return out + [
+        _Expect(_CONV, (3, 3, n_filters, n_filters), "conv9", "relu"),
+        _Expect(_CONV, (1, 1, n_filters, n_classes), "conv10 (the 1x1 classifier)", "linear"),
+    ]
 
 
 def _fmt(shape: tuple[int, ...]) -> str:
@@ -348,8 +373,10 @@ def _check_passive(contents: _Contents) -> None:
         if cls in (_CONV, _UP) or name in weighted:
             continue  # checked by _validate
         if cls not in _PASSIVE:
-            raise KerasImportError(f"{where}: the seed's U-Net has no such layer (only Conv2D, "
-                                   "Conv2DTranspose, MaxPooling2D, Dropout and Concatenate)")
+            raise KerasImportError(
+                f"{where}: the seed's U-Net has no such layer (only Conv2D, "
+                "Conv2DTranspose, MaxPooling2D, Dropout and Concatenate)"
+            )
         cfg = entry.get("config", {})
         if cls == "MaxPooling2D" and _pair(cfg.get("pool_size", 2)) != (2, 2):
             raise KerasImportError(f"{where}: pool_size {cfg.get('pool_size')}; the seed pools 2x2")
@@ -358,8 +385,10 @@ def _check_passive(contents: _Contents) -> None:
                 raise KerasImportError(f"{where}: axis {cfg.get('axis')}; the seed concatenates channels")
             inputs = _inbound(entry)
             if inputs and classes.get(inputs[0]) != _UP:
-                raise KerasImportError(f"{where}: concatenates [{', '.join(inputs)}]; the seed's "
-                                       "U-Net concatenates [transposed conv output, skip connection]")
+                raise KerasImportError(
+                    f"{where}: concatenates [{', '.join(inputs)}]; the seed's "
+                    "U-Net concatenates [transposed conv output, skip connection]"
+                )
 
 
 def _inbound(entry: dict[str, Any]) -> list[str]:
@@ -393,8 +422,9 @@ def _infer(contents: _Contents) -> tuple[int, int, int, int]:
         kernel = layer.weights.get("kernel")
         if kernel is None or kernel.ndim != 4:
             got = "no kernel" if kernel is None else f"a kernel of shape {_fmt(kernel.shape)}"
-            raise KerasImportError(f"{source}: layer {layer.name}: {got}, but the seed's U-Net starts and "
-                                   "ends with a Conv2D (4-d kernel)")
+            raise KerasImportError(
+                f"{source}: layer {layer.name}: {got}, but the seed's U-Net starts and ends with a Conv2D (4-d kernel)"
+            )
     channels, n_filters = layers[0].weights["kernel"].shape[2:]
     n_classes = layers[-1].weights["kernel"].shape[3]
     if all(layer.class_name is not None for layer in layers):
@@ -411,34 +441,44 @@ def _validate(contents: _Contents, expected: list[_Expect], settings: str) -> No
     for layer, exp in zip(contents.layers, expected):
         where = f"{source}: layer {layer.name}"
         if layer.class_name is not None and layer.class_name != exp.class_name:
-            raise KerasImportError(f"{where}: a {layer.class_name} where the seed's U-Net has a "
-                                   f"{exp.class_name} ({exp.role}; {settings})")
+            raise KerasImportError(
+                f"{where}: a {layer.class_name} where the seed's U-Net has a {exp.class_name} ({exp.role}; {settings})"
+            )
         kernel, bias = layer.weights.get("kernel"), layer.weights.get("bias")
         extra = sorted(set(layer.weights) - {"kernel", "bias"})
         n_out = exp.kernel[3] if exp.class_name == _CONV else exp.kernel[2]
         if kernel is None or bias is None or extra:
             have = ", ".join(f"{k} {_fmt(v.shape)}" for k, v in layer.weights.items()) or "no weights"
-            raise KerasImportError(f"{where}: {have}, but the seed's U-Net expects exactly a kernel "
-                                   f"{_fmt(exp.kernel)} and a bias ({n_out},) for {exp.role}")
+            raise KerasImportError(
+                f"{where}: {have}, but the seed's U-Net expects exactly a kernel "
+                f"{_fmt(exp.kernel)} and a bias ({n_out},) for {exp.role}"
+            )
         if kernel.shape != exp.kernel:
-            raise KerasImportError(f"{where}: kernel {_fmt(kernel.shape)} but the seed's U-Net expects "
-                                   f"{_fmt(exp.kernel)} for {exp.role} ({settings})")
+            raise KerasImportError(
+                f"{where}: kernel {_fmt(kernel.shape)} but the seed's U-Net expects "
+                f"{_fmt(exp.kernel)} for {exp.role} ({settings})"
+            )
         if bias.shape != (n_out,):
-            raise KerasImportError(f"{where}: bias {_fmt(bias.shape)} but the seed's U-Net expects "
-                                   f"({n_out},) for {exp.role}")
+            raise KerasImportError(
+                f"{where}: bias {_fmt(bias.shape)} but the seed's U-Net expects ({n_out},) for {exp.role}"
+            )
         for name, arr in (("kernel", kernel), ("bias", bias)):
             if not np.issubdtype(arr.dtype, np.floating):
                 raise KerasImportError(f"{where}: {name} has dtype {arr.dtype}, expected floats")
         _check_config(layer, exp, where)
     n_have, n_want = len(contents.layers), len(expected)
     if n_have > n_want:
-        raise KerasImportError(f"{source}: layer {contents.layers[n_want].name}: one layer with weights more "
-                               f"than the seed's U-Net has ({n_want}; {settings})")
+        raise KerasImportError(
+            f"{source}: layer {contents.layers[n_want].name}: one layer with weights more "
+            f"than the seed's U-Net has ({n_want}; {settings})"
+        )
     if n_have < n_want:
         exp = expected[n_have]
-        raise KerasImportError(f"{source}: the file ends after layer {contents.layers[-1].name}; the seed's "
-                               f"U-Net goes on with {exp.role}, a {exp.class_name} with kernel "
-                               f"{_fmt(exp.kernel)} ({settings})")
+        raise KerasImportError(
+            f"{source}: the file ends after layer {contents.layers[-1].name}; the seed's "
+            f"U-Net goes on with {exp.role}, a {exp.class_name} with kernel "
+            f"{_fmt(exp.kernel)} ({settings})"
+        )
 
 
 def _torch_layers(model: UNet) -> list[nn.Module]:
@@ -454,8 +494,9 @@ def _torch_layers(model: UNet) -> list[nn.Module]:
 # ------------------------------------------------------------------------------- import / export
 
 
-def import_keras(path: str | os.PathLike[str], *,
-                 input_size: tuple[int, int] | None = None) -> tuple[UNet, dict[str, Any]]:
+def import_keras(
+    path: str | os.PathLike[str], *, input_size: tuple[int, int] | None = None
+) -> tuple[UNet, dict[str, Any]]:
     """Build unetkit's U-Net from a Keras file of the seed's model; returns (model in eval mode, settings).
 
     n_filters, n_classes, input channels and depth come from the kernel shapes. Height and width come
@@ -464,8 +505,7 @@ def import_keras(path: str | os.PathLike[str], *,
     """
     contents = _read(path)
     channels, n_filters, n_classes, depth = _infer(contents)
-    settings = (f"inferred n_filters={n_filters}, {channels} input channels, {n_classes} classes, "
-                f"depth {depth}")
+    settings = f"inferred n_filters={n_filters}, {channels} input channels, {n_classes} classes, depth {depth}"
     _validate(contents, _seed_layers(channels, n_filters, n_classes, depth), settings)
     _check_passive(contents)
 
@@ -473,8 +513,9 @@ def import_keras(path: str | os.PathLike[str], *,
     if contents.input_shape is not None and len(contents.input_shape) == 3:
         ch, cw, cc = contents.input_shape
         if cc is not None and cc != channels:
-            raise KerasImportError(f"{contents.source}: the input layer has {cc} channels but the first "
-                                   f"kernel expects {channels}")
+            raise KerasImportError(
+                f"{contents.source}: the input layer has {cc} channels but the first kernel expects {channels}"
+            )
         if ch is not None and cw is not None:
             h, w = int(ch), int(cw)
     try:
@@ -489,8 +530,12 @@ def import_keras(path: str | os.PathLike[str], *,
             module.weight.copy_(torch.from_numpy(kernel).to(module.weight.dtype))
             assert module.bias is not None
             module.bias.copy_(torch.from_numpy(np.asarray(layer.weights["bias"])).to(module.bias.dtype))
-    return model.eval(), {"n_filters": n_filters, "n_classes": n_classes, "input_size": (h, w, channels),
-                          "depth": depth}
+    return model.eval(), {
+        "n_filters": n_filters,
+        "n_classes": n_classes,
+        "input_size": (h, w, channels),
+        "depth": depth,
+    }
 
 
 def export_keras_weights(model: UNet, path: str | os.PathLike[str]) -> Path:
@@ -499,11 +544,14 @@ def export_keras_weights(model: UNet, path: str | os.PathLike[str]) -> Path:
     Load it with ``keras_model.load_weights(path)`` into a freshly built seed model of the same size.
     """
     if not isinstance(model, UNet):
-        raise KerasExportError(f"only unetkit's U-Net can be exported for the seed's Keras code, "
-                               f"not {type(model).__name__}")
+        raise KerasExportError(
+            f"only unetkit's U-Net can be exported for the seed's Keras code, not {type(model).__name__}"
+        )
     if model.arch.batch_norm:
-        raise KerasExportError("this U-Net uses batch normalisation, which the seed's Keras U-Net does "
-                               "not have; train without --batch-norm to export it for Keras")
+        raise KerasExportError(
+            "this U-Net uses batch normalisation, which the seed's Keras U-Net does "
+            "not have; train without --batch-norm to export it for Keras"
+        )
     h5py = _h5py()
     depth = model.arch.depth
     counters: dict[str, int] = {}
@@ -535,9 +583,13 @@ def export_keras_weights(model: UNet, path: str | os.PathLike[str]) -> Path:
     return out
 
 
-def import_run(path: str | os.PathLike[str], out: str | os.PathLike[str], *,
-               class_names: str | os.PathLike[str] | None = None,
-               input_size: tuple[int, int] | None = None) -> Path:
+def import_run(
+    path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    class_names: str | os.PathLike[str] | None = None,
+    input_size: tuple[int, int] | None = None,
+) -> Path:
     """Import a Keras file and write a normal run folder (predict, evaluate, export and resume use it).
 
     ``class_names`` is a JSON list of names or a palette file ({name: [r, g, b]}), whose colours are
@@ -555,10 +607,19 @@ def import_run(path: str | os.PathLike[str], out: str | os.PathLike[str], *,
         if json.loads(Path(class_names).read_text()).__class__ is dict:
             names, palette = load_palette_file(class_names)
         if len(names) != settings["n_classes"]:
-            raise KerasImportError(f"{class_names} lists {len(names)} classes but {path} predicts "
-                                   f"{settings['n_classes']}; give one name per class")
-    config = RunConfig(model=ModelConfig(input_size=settings["input_size"], n_filters=settings["n_filters"],
-                                         n_classes=settings["n_classes"], depth=settings["depth"]),
-                       class_names=names, palette=palette)
+            raise KerasImportError(
+                f"{class_names} lists {len(names)} classes but {path} predicts "
+                f"{settings['n_classes']}; give one name per class"
+            )
+    config = RunConfig(
+        model=ModelConfig(
+            input_size=settings["input_size"],
+            n_filters=settings["n_filters"],
+            n_classes=settings["n_classes"],
+            depth=settings["depth"],
+        ),
+        class_names=names,
+        palette=palette,
+    )
     config.data.mask_mode = "index"
     return save_run(out, model, config)

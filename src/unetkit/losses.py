@@ -50,8 +50,9 @@ def _int_target(logits: Tensor, target: Tensor) -> Tensor:
 
 def _float_target(logits: Tensor, target: Tensor) -> Tensor:
     if target.shape != logits.shape:
-        raise ValueError(f"one-hot/probability target of shape {tuple(target.shape)} "
-                         f"must match logits {tuple(logits.shape)}")
+        raise ValueError(
+            f"one-hot/probability target of shape {tuple(target.shape)} must match logits {tuple(logits.shape)}"
+        )
     return target.float()
 
 
@@ -62,8 +63,14 @@ def _class_view(weight: Tensor, logits: Tensor) -> Tensor:
     return weight.to(logits.device, torch.float32).view(1, -1, *([1] * (logits.dim() - 2)))
 
 
-def cross_entropy(logits: Tensor, target: Tensor, *, weight: Tensor | None = None,
-                  ignore_index: int | None = None, label_smoothing: float = 0.0) -> Tensor:
+def cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    weight: Tensor | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+) -> Tensor:
     """Mean pixel cross-entropy of (N, C, ...) logits, in fp32.
 
     ``target`` is either integer class ids (N, ...) -- the seed's sparse form -- or float one-hot or
@@ -87,7 +94,11 @@ def cross_entropy(logits: Tensor, target: Tensor, *, weight: Tensor | None = Non
     if weight is not None:
         weight = weight.to(logits.device, torch.float32)
     per_pixel = F.cross_entropy(
-        logits, target, weight=weight, reduction="none", label_smoothing=label_smoothing,
+        logits,
+        target,
+        weight=weight,
+        reduction="none",
+        label_smoothing=label_smoothing,
         ignore_index=-100 if ignore_index is None else ignore_index,
     )
     valid = target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
@@ -99,8 +110,14 @@ def cross_entropy(logits: Tensor, target: Tensor, *, weight: Tensor | None = Non
     return per_pixel.sum() / denom.clamp_min(1e-12)
 
 
-def dice_loss(logits: Tensor, target: Tensor, *, ignore_index: int | None = None, smooth: float = 1.0,
-              classes_present_only: bool = True) -> Tensor:
+def dice_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int | None = None,
+    smooth: float = 1.0,
+    classes_present_only: bool = True,
+) -> Tensor:
     """Soft multi-class Dice loss, ``1 - Dice`` of softmax probabilities against the labels, in fp32.
 
     Each class's Dice is taken over the whole batch (all images and pixels together), then averaged
@@ -143,8 +160,15 @@ class SegmentationLoss(nn.Module):
 
     weight: Tensor | None
 
-    def __init__(self, kind: str = "ce", *, n_classes: int, weight: Tensor | None = None,
-                 ignore_index: int | None = None, dice_weight: float = 1.0):
+    def __init__(
+        self,
+        kind: str = "ce",
+        *,
+        n_classes: int,
+        weight: Tensor | None = None,
+        ignore_index: int | None = None,
+        dice_weight: float = 1.0,
+    ):
         super().__init__()
         if kind not in LOSS_KINDS:
             raise ConfigError(f"loss must be one of {', '.join(LOSS_KINDS)}; got {kind!r}")
@@ -243,18 +267,24 @@ def load_class_weights(path: str | Path, n_classes: int, class_names: list[str] 
         weights = [number(v, f"class {i}") for i, v in enumerate(data)]
     elif isinstance(data, dict):
         if class_names is None:
-            raise ConfigError(f"{path} maps class names to weights, but the class names are unknown; "
-                              "give a list of one weight per class instead")
+            raise ConfigError(
+                f"{path} maps class names to weights, but the class names are unknown; "
+                "give a list of one weight per class instead"
+            )
         unknown = sorted(set(data) - set(class_names))
         if unknown:
-            raise ConfigError(f"{path} names unknown class(es) {', '.join(map(repr, unknown))}; "
-                              f"the classes are {', '.join(class_names)}")
+            raise ConfigError(
+                f"{path} names unknown class(es) {', '.join(map(repr, unknown))}; "
+                f"the classes are {', '.join(class_names)}"
+            )
         weights = [number(data[name], repr(name)) if name in data else 1.0 for name in class_names]
         if len(weights) != n_classes:
             raise ConfigError(f"{len(class_names)} class names for {n_classes} classes")
     else:
-        raise ConfigError(f"{path} must hold a list of {n_classes} weights or an object of "
-                          f"class name -> weight, not a {type(data).__name__}")
+        raise ConfigError(
+            f"{path} must hold a list of {n_classes} weights or an object of "
+            f"class name -> weight, not a {type(data).__name__}"
+        )
     if not any(weights):
         raise ConfigError(f"{path}: every class weight is 0; at least one must be positive")
     return torch.tensor(weights, dtype=torch.float32)

@@ -129,8 +129,7 @@ class SegmentationMetrics:
             )
         false_only = [names[c] for c in range(self.n_classes) if self.support[c] == 0 and predicted[c] > 0]
         if false_only:
-            lines.append("counted with IoU 0, predicted but absent from the ground truth: "
-                         + ", ".join(false_only))
+            lines.append("counted with IoU 0, predicted but absent from the ground truth: " + ", ".join(false_only))
         return "\n".join(lines)
 
 
@@ -142,8 +141,7 @@ class ConfusionMatrix:
     or a host sync, and counted in ``invalid`` so the caller can check for them.
     """
 
-    def __init__(self, n_classes: int, ignore_index: int | None = None,
-                 device: torch.device | str | None = None):
+    def __init__(self, n_classes: int, ignore_index: int | None = None, device: torch.device | str | None = None):
         if n_classes < 1:
             raise ValueError(f"n_classes must be >= 1, got {n_classes}")
         self.n_classes = n_classes
@@ -289,8 +287,14 @@ class BoundaryF1:
     neither boundaries nor neighbours. With no boundary in truth or prediction the score is 1.
     """
 
-    def __init__(self, n_classes: int, tolerance: int = 2, ignore_index: int | None = None,
-                 connectivity: int = 4, device: torch.device | str | None = None):
+    def __init__(
+        self,
+        n_classes: int,
+        tolerance: int = 2,
+        ignore_index: int | None = None,
+        connectivity: int = 4,
+        device: torch.device | str | None = None,
+    ):
         if tolerance < 0:
             raise ValueError(f"tolerance must be >= 0, got {tolerance}")
         _neighbour_offsets(connectivity)
@@ -305,8 +309,9 @@ class BoundaryF1:
     def update(self, pred: Tensor, target: Tensor) -> None:
         """Add predicted and true class ids of shape (N, H, W) or (H, W)."""
         if pred.shape != target.shape or pred.dim() not in (2, 3):
-            raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} "
-                             "must both be (N, H, W) or (H, W)")
+            raise ValueError(
+                f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must both be (N, H, W) or (H, W)"
+            )
         n = self.n_classes
         device = self.counts.device
         pred = pred.to(device, torch.int64).reshape(-1, *pred.shape[-2:])
@@ -316,12 +321,14 @@ class BoundaryF1:
             valid &= target != self.ignore_index
         pred_b = _boundary_labels(pred, valid & (pred >= 0) & (pred < n), self.connectivity)
         true_b = _boundary_labels(target, valid, self.connectivity)
-        for row, labels in enumerate((
-            pred_b,
-            torch.where(_matched(pred_b, true_b, self.tolerance), pred_b, -1),
-            true_b,
-            torch.where(_matched(true_b, pred_b, self.tolerance), true_b, -1),
-        )):
+        for row, labels in enumerate(
+            (
+                pred_b,
+                torch.where(_matched(pred_b, true_b, self.tolerance), pred_b, -1),
+                true_b,
+                torch.where(_matched(true_b, pred_b, self.tolerance), true_b, -1),
+            )
+        ):
             self.counts[row] += _bincount_fixed(torch.where(labels >= 0, labels, n), n + 1)[:n]
 
     def reset(self) -> None:
@@ -352,8 +359,14 @@ class BoundaryF1:
         ]
 
 
-def boundary_f1(pred: Tensor, target: Tensor, n_classes: int, tolerance: int = 2,
-                ignore_index: int | None = None, connectivity: int = 4) -> float:
+def boundary_f1(
+    pred: Tensor,
+    target: Tensor,
+    n_classes: int,
+    tolerance: int = 2,
+    ignore_index: int | None = None,
+    connectivity: int = 4,
+) -> float:
     """Boundary F1 of one batch of (N, H, W) class ids; see ``BoundaryF1`` (use it to cover a whole set)."""
     acc = BoundaryF1(n_classes, tolerance, ignore_index, connectivity, device=pred.device)
     acc.update(pred, target)

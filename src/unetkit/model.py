@@ -40,8 +40,9 @@ def check_size(height: int, width: int, multiple: int) -> None:
     """Raise a ValueError naming the nearest valid sizes when H or W is not a multiple of ``multiple``."""
     bad = [(name, v) for name, v in (("height", height), ("width", width)) if v <= 0 or v % multiple]
     if bad:
-        hints = ", ".join(f"{name} {v} -> {' or '.join(map(str, sorted(set(valid_sizes_near(v, multiple)))))}"
-                          for name, v in bad)
+        hints = ", ".join(
+            f"{name} {v} -> {' or '.join(map(str, sorted(set(valid_sizes_near(v, multiple)))))}" for name, v in bad
+        )
         raise ValueError(
             f"input size {height}x{width} is not divisible by {multiple} (the U-Net halves it "
             f"{int(math.log2(multiple))} times); nearest valid sizes: {hints}"
@@ -105,8 +106,9 @@ def _subpixel_taps() -> torch.Tensor:
 _TAPS = _subpixel_taps()
 
 
-def subpixel_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                            taps: torch.Tensor | None = None) -> torch.Tensor:
+def subpixel_conv_transpose(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, taps: torch.Tensor | None = None
+) -> torch.Tensor:
     """``conv_transpose2d(x, weight, bias, stride=2)`` (3x3 kernel) cropped to 2H x 2W, as sub-pixel phases.
 
     The same products and sums as the transposed convolution (a different summation order only): the
@@ -138,8 +140,14 @@ class Concatenate(nn.Module):
 class ConvBlock(nn.Module):
     """Two 3x3 convs + ReLU, optional dropout and 2x2 max pooling. Returns (next_layer, skip)."""
 
-    def __init__(self, in_channels: int, n_filters: int = 32, dropout_prob: float = 0.0,
-                 max_pooling: bool = True, batch_norm: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        n_filters: int = 32,
+        dropout_prob: float = 0.0,
+        max_pooling: bool = True,
+        batch_norm: bool = False,
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, n_filters, 3, padding=1, bias=not batch_norm)
         self.bn1 = nn.BatchNorm2d(n_filters) if batch_norm else None
@@ -182,14 +190,16 @@ def _conv_bn_relu(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -
     return F.relu(x)
 
 
-def conv_block(in_channels: int, n_filters: int = 32, dropout_prob: float = 0.0,
-               max_pooling: bool = True, batch_norm: bool = False) -> ConvBlock:
+def conv_block(
+    in_channels: int, n_filters: int = 32, dropout_prob: float = 0.0, max_pooling: bool = True, batch_norm: bool = False
+) -> ConvBlock:
     """The seed's encoder block (PyTorch needs ``in_channels`` up front where Keras infers it)."""
     return ConvBlock(in_channels, n_filters, dropout_prob, max_pooling, batch_norm)
 
 
-def upsampling_block(in_channels: int, skip_channels: int, n_filters: int = 32,
-                     batch_norm: bool = False) -> UpsamplingBlock:
+def upsampling_block(
+    in_channels: int, skip_channels: int, n_filters: int = 32, batch_norm: bool = False
+) -> UpsamplingBlock:
     """The seed's decoder block."""
     return UpsamplingBlock(in_channels, skip_channels, n_filters, batch_norm)
 
@@ -223,8 +233,15 @@ class _Segmenter(nn.Module):
         blocks, in_ch = [], c
         for level, f in enumerate(self.filters):
             deep = level >= arch.depth - 2  # the seed drops out in its last two blocks
-            blocks.append(conv_block(in_ch, f, arch.dropout if deep else 0.0,
-                                     max_pooling=level < arch.depth - 1, batch_norm=arch.batch_norm))
+            blocks.append(
+                conv_block(
+                    in_ch,
+                    f,
+                    arch.dropout if deep else 0.0,
+                    max_pooling=level < arch.depth - 1,
+                    batch_norm=arch.batch_norm,
+                )
+            )
             in_ch = f
         self.encoder = nn.ModuleList(blocks)
 
@@ -315,8 +332,15 @@ def _bilinear_kernel(channels: int, size: int) -> torch.Tensor:
     return weight
 
 
-def unet_model(input_size: tuple[int, int, int] = (96, 128, 3), n_filters: int = 32, n_classes: int = 23,
-               *, depth: int = 5, dropout: float = 0.3, batch_norm: bool = False) -> UNet:
+def unet_model(
+    input_size: tuple[int, int, int] = (96, 128, 3),
+    n_filters: int = 32,
+    n_classes: int = 23,
+    *,
+    depth: int = 5,
+    dropout: float = 0.3,
+    batch_norm: bool = False,
+) -> UNet:
     """The seed's U-Net. The defaults are the seed's exactly (8,640,471 parameters).
 
     ``depth`` (levels, 5 in the seed), ``dropout`` (0.3 in the last two encoder blocks) and
@@ -325,8 +349,15 @@ def unet_model(input_size: tuple[int, int, int] = (96, 128, 3), n_filters: int =
     return UNet(_Arch(tuple(input_size), n_filters, n_classes, depth, dropout, batch_norm))
 
 
-def fcn_model(input_size: tuple[int, int, int] = (96, 128, 3), n_filters: int = 32, n_classes: int = 23,
-              *, depth: int = 5, dropout: float = 0.3, batch_norm: bool = False) -> FCN:
+def fcn_model(
+    input_size: tuple[int, int, int] = (96, 128, 3),
+    n_filters: int = 32,
+    n_classes: int = 23,
+    *,
+    depth: int = 5,
+    dropout: float = 0.3,
+    batch_norm: bool = False,
+) -> FCN:
     """The FCN baseline the seed contrasts U-Net with: same encoder, one final upsampling."""
     return FCN(_Arch(tuple(input_size), n_filters, n_classes, depth, dropout, batch_norm))
 
@@ -371,8 +402,11 @@ def layer_summary(model: _Segmenter, height: int | None = None, width: int | Non
         n = counters.get(base, 0)
         counters[base] = n + 1
         shape = tuple(output.shape[2:]) + (output.shape[1],)
-        rows.append(LayerInfo(base if n == 0 else f"{base}_{n}", kind, shape,
-                              sum(p.numel() for p in module.parameters(recurse=False))))
+        rows.append(
+            LayerInfo(
+                base if n == 0 else f"{base}_{n}", kind, shape, sum(p.numel() for p in module.parameters(recurse=False))
+            )
+        )
 
     for m in model.modules():
         if type(m) in _KERAS_NAMES:
@@ -396,6 +430,9 @@ def format_summary(model: _Segmenter) -> str:
     for r in rows:
         shape = "(None, " + ", ".join(map(str, r.output_shape)) + ")"
         lines.append(f"{r.name + ' (' + r.kind + ')':<42}{shape:<26}{r.params:>12,}")
-    lines += ["=" * 80, f"Total params: {count_parameters(model):,}",
-              f"Trainable params: {sum(p.numel() for p in model.parameters() if p.requires_grad):,}"]
+    lines += [
+        "=" * 80,
+        f"Total params: {count_parameters(model):,}",
+        f"Trainable params: {sum(p.numel() for p in model.parameters() if p.requires_grad):,}",
+    ]
     return "\n".join(lines)

@@ -73,8 +73,9 @@ def plot_curves(history: list[dict], path: str | Path) -> None:
     _save(fig, path)
 
 
-def side_by_side(rows: list[tuple[np.ndarray, ...]], titles: list[str], palette: list[list[int]],
-                 path: str | Path) -> None:
+def side_by_side(
+    rows: list[tuple[np.ndarray, ...]], titles: list[str], palette: list[list[int]], path: str | Path
+) -> None:
     """A grid like the tutorial's display(): each row is (input, mask, mask, ...); masks are coloured."""
     n, k = len(rows), len(titles)
     fig = _figure(3.2 * k, 2.6 * n + 0.4)
@@ -84,8 +85,11 @@ def side_by_side(rows: list[tuple[np.ndarray, ...]], titles: list[str], palette:
             if item.ndim == 2 and c > 0:
                 ax.imshow(colorize(item, palette), interpolation="nearest")
             else:
-                ax.imshow(item.squeeze(), cmap="gray" if item.ndim == 2 or item.shape[-1] == 1 else None,
-                          interpolation="nearest")
+                ax.imshow(
+                    item.squeeze(),
+                    cmap="gray" if item.ndim == 2 or item.shape[-1] == 1 else None,
+                    interpolation="nearest",
+                )
             if r == 0:
                 ax.set_title(titles[c])
             ax.axis("off")

@@ -73,8 +73,13 @@ class PredictorBase:
         from .tiling import sliding_window_logits
 
         h, w, c = self.input_size
-        return sliding_window_logits(self._forward, image_to_tensor(image, c), (h, w),
-                                     self.config.preprocess.overlap, self.config.model.size_multiple)
+        return sliding_window_logits(
+            self._forward,
+            image_to_tensor(image, c),
+            (h, w),
+            self.config.preprocess.overlap,
+            self.config.model.size_multiple,
+        )
 
     def _model_size_logits(self, images: list[np.ndarray]) -> torch.Tensor:
         """One forward pass over images of any sizes, each resized to the model's input size."""
@@ -108,7 +113,7 @@ class PredictorBase:
         arrays = [as_image(im) for im in images]
         masks = []
         for start in range(0, len(arrays), batch_size):
-            chunk = arrays[start:start + batch_size]
+            chunk = arrays[start : start + batch_size]
             if self.config.preprocess.predict_mode == "sliding":
                 masks += [self._ids(self._sliding(im).argmax(0)) for im in chunk]
                 continue
@@ -134,14 +139,21 @@ class PredictorBase:
         if images.ndim != 4:
             raise ValueError(f"expected an (N, H, W[, C]) array of images, got shape {images.shape}")
         h, w, c = self.input_size
-        if images.shape[1:3] != (h, w) or self.config.preprocess.predict_mode == "sliding" \
-                or images.shape[-1] != c or images.dtype != np.uint8:
-            return np.stack(self.predict_batch(list(images), batch_size)) if len(images) else \
-                np.zeros((0,) + images.shape[1:3], np.uint8)
+        if (
+            images.shape[1:3] != (h, w)
+            or self.config.preprocess.predict_mode == "sliding"
+            or images.shape[-1] != c
+            or images.dtype != np.uint8
+        ):
+            return (
+                np.stack(self.predict_batch(list(images), batch_size))
+                if len(images)
+                else np.zeros((0,) + images.shape[1:3], np.uint8)
+            )
         out: list[np.ndarray] = []
         pending: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
         for i in range(0, len(images), batch_size):
-            ids = self._forward(torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2)).argmax(1)
+            ids = self._forward(torch.from_numpy(images[i : i + batch_size]).permute(0, 3, 1, 2)).argmax(1)
             ids = ids.to(self._ids_dtype())
             if ids.is_cuda:  # copy back without waiting; wait only for the batch before this one
                 host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
@@ -170,8 +182,7 @@ class PredictorBase:
         if (h, w) == size:
             return self._ids(logits.argmax(0))
         if k * size[0] * size[1] <= self.band_elements:
-            return self._ids(F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
-                             .argmax(0))
+            return self._ids(F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0].argmax(0))
         # Separable bilinear (align_corners=False, as F.interpolate): widths first at the model's height,
         # then each band of output rows blends its two source rows.
         rows = F.interpolate(logits[None], size=(h, size[1]), mode="bilinear", align_corners=False)[0]
@@ -194,8 +205,9 @@ class Predictor(PredictorBase):
 
     backend = "pytorch"
 
-    def __init__(self, model: nn.Module, config: RunConfig, *, device: str | torch.device = "auto",
-                 precision: str = "auto"):
+    def __init__(
+        self, model: nn.Module, config: RunConfig, *, device: str | torch.device = "auto", precision: str = "auto"
+    ):
         self.device = resolve_device(device)
         if self.device.type == "cpu":
             perf.tune_cpu()
@@ -204,8 +216,9 @@ class Predictor(PredictorBase):
         self.dtype = resolve_precision(precision, self.device)
 
     @classmethod
-    def from_run(cls, path: str | Path, *, device: str | torch.device = "auto", weights: str = "best",
-                 precision: str = "auto") -> Predictor:
+    def from_run(
+        cls, path: str | Path, *, device: str | torch.device = "auto", weights: str = "best", precision: str = "auto"
+    ) -> Predictor:
         run = load_run(path, weights=weights)
         return cls(run.model, run.config, device=device, precision=precision)
 
@@ -216,6 +229,8 @@ class Predictor(PredictorBase):
         x = to_float(x.to(self.device, non_blocking=True))
         if self.config.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
-                                             enabled=self.dtype is not None):
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None),
+        ):
             return self.model(x).float()

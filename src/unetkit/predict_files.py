@@ -46,8 +46,15 @@ def load_predictor(model: str | Path, device: str = "auto") -> Predictor:
     return Predictor.from_run(path, device=device)
 
 
-def predict_files(model: str | Path, inputs: list[str], out: str | Path, *, masks: str | Path | None = None,
-                  mode: str | None = None, device: str = "auto") -> int:
+def predict_files(
+    model: str | Path,
+    inputs: list[str],
+    out: str | Path,
+    *,
+    masks: str | Path | None = None,
+    mode: str | None = None,
+    device: str = "auto",
+) -> int:
     """Predict every image named by ``inputs`` (files, folders, globs) into ``out``; returns the count."""
     predictor = load_predictor(model, device)
     if mode is not None:
@@ -74,8 +81,18 @@ def predict_files(model: str | Path, inputs: list[str], out: str | Path, *, mask
             if mask_file is None:
                 raise DataError(f"no mask named {file.stem}.* in {masks} for {file}; masks pair with images by stem")
             mode_used = predictor.config.data.mask_mode
-            truth = decode_mask(read_mask(mask_file), "index" if mode_used == "auto" else mode_used, n,
-                                palette=palette, ignore_index=predictor.config.data.ignore_index, path=mask_file)
-            side_by_side([(image, truth, pred)], ["Input Image", "True Mask", "Predicted Mask"], palette,
-                         out / f"{stem}_compare.png")
+            truth = decode_mask(
+                read_mask(mask_file),
+                "index" if mode_used == "auto" else mode_used,
+                n,
+                palette=palette,
+                ignore_index=predictor.config.data.ignore_index,
+                path=mask_file,
+            )
+            side_by_side(
+                [(image, truth, pred)],
+                ["Input Image", "True Mask", "Predicted Mask"],
+                palette,
+                out / f"{stem}_compare.png",
+            )
     return len(files)

@@ -46,8 +46,16 @@ RECIPES = ("seed", "strong")
 STRONG_AUGMENT = AugmentConfig(hflip=True, scale=(0.8, 1.25), brightness=0.1, contrast=0.1, saturation=0.1)
 
 # TrainConfig fields the strong recipe sets; everything else keeps the seed's value.
-STRONG = dict(optimizer="adamw", lr=5e-3, weight_decay=1e-2, schedule="cosine", warmup_epochs=1,
-              loss="ce+dice", batch_size=8, augment=STRONG_AUGMENT)
+STRONG = dict(
+    optimizer="adamw",
+    lr=5e-3,
+    weight_decay=1e-2,
+    schedule="cosine",
+    warmup_epochs=1,
+    loss="ce+dice",
+    batch_size=8,
+    augment=STRONG_AUGMENT,
+)
 # ModelConfig fields the strong recipe sets (options beyond the seed, documented above).
 STRONG_MODEL = dict(batch_norm=True)
 
@@ -57,6 +65,7 @@ def apply_recipe(config: RunConfig, name: str) -> RunConfig:
     if name == "seed":
         return replace(config, train=replace(config.train, recipe="seed"))
     if name == "strong":
-        return replace(config, train=replace(config.train, recipe="strong", **STRONG),
-                       model=replace(config.model, **STRONG_MODEL))
+        return replace(
+            config, train=replace(config.train, recipe="strong", **STRONG), model=replace(config.model, **STRONG_MODEL)
+        )
     raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")

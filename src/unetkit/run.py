@@ -42,8 +42,18 @@ CURVES = "curves.png"
 
 TMP_SUFFIX = ".tmp"  # atomic writes go to ".NAME.PID.RANDOM.tmp" first
 
-METRIC_FIELDS = ["epoch", "train_loss", "train_accuracy", "train_miou", "val_loss", "val_accuracy", "val_miou",
-                 "lr", "seconds", "images_per_s"]
+METRIC_FIELDS = [
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "train_miou",
+    "val_loss",
+    "val_accuracy",
+    "val_miou",
+    "lr",
+    "seconds",
+    "images_per_s",
+]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -141,15 +151,23 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     except FileNotFoundError:
         raise RunError(f"{path} does not exist") from None
     except (SafetensorError, OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
-        raise RunError(f"{path} is not a readable safetensors file ({e}); it may be truncated or "
-                       "corrupt: retrain, or resume from an intact copy") from None
+        raise RunError(
+            f"{path} is not a readable safetensors file ({e}); it may be truncated or "
+            "corrupt: retrain, or resume from an intact copy"
+        ) from None
     return tensors, meta
 
 
 def build_model(config: ModelConfig) -> nn.Module:
     """The network a ModelConfig describes, freshly initialised."""
-    return MODELS[config.name](config.input_size, config.n_filters, config.n_classes,
-                               depth=config.depth, dropout=config.dropout, batch_norm=config.batch_norm)
+    return MODELS[config.name](
+        config.input_size,
+        config.n_filters,
+        config.n_classes,
+        depth=config.depth,
+        dropout=config.dropout,
+        batch_norm=config.batch_norm,
+    )
 
 
 def write_metrics(path: str | Path, rows: list[dict[str, Any]]) -> None:
@@ -186,8 +204,9 @@ def read_metrics(path: str | Path) -> list[dict[str, float | int | None]]:
     return rows
 
 
-def save_run(run_dir: str | Path, model: nn.Module, config: RunConfig, *,
-             metrics: list[dict[str, Any]] | None = None) -> Path:
+def save_run(
+    run_dir: str | Path, model: nn.Module, config: RunConfig, *, metrics: list[dict[str, Any]] | None = None
+) -> Path:
     """Write a loadable run folder from a model and its config (used by import and by notebooks)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -218,22 +237,27 @@ def load_run(path: str | Path, *, weights: str = "best", device: str | torch.dev
     if weights == "best" and not file.exists() and (path / LAST).exists():
         file = path / LAST
     tensors, _ = load_tensors(file)
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")} or tensors
+    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")} or tensors
     with torch.device("meta"):  # shapes only: a config.json edited to a huge model allocates nothing
         expected = {k: tuple(v.shape) for k, v in build_model(config.model).state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
     if expected != found:
         key = min(set(expected) ^ set(found), default=None) or min(k for k in expected if expected[k] != found[k])
-        detail = (f"{key}: {found[key]} in the weights, {expected[key]} in the config" if key in expected and
-                  key in found else f"{key} only in the {'config' if key in expected else 'weights'}")
-        raise RunError(f"{file} does not match {path / CONFIG} ({detail}); the two files come from different "
-                       "runs") from None
+        detail = (
+            f"{key}: {found[key]} in the weights, {expected[key]} in the config"
+            if key in expected and key in found
+            else f"{key} only in the {'config' if key in expected else 'weights'}"
+        )
+        raise RunError(
+            f"{file} does not match {path / CONFIG} ({detail}); the two files come from different runs"
+        ) from None
     model = build_model(config.model)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise RunError(f"{file} does not match {path / CONFIG} ({first}); the two files come from "
-                       "different runs") from None
+        raise RunError(
+            f"{file} does not match {path / CONFIG} ({first}); the two files come from different runs"
+        ) from None
     model.to(device).eval()
     return Run(path, config, model, read_metrics(path / METRICS))

@@ -24,6 +24,7 @@ def _starts(size: int, window: int, stride: int) -> list[int]:
 
 def blend_weight(h: int, w: int) -> torch.Tensor:
     """A separable tent from 1 at the centre to a small floor at the edges."""
+
     def ramp(n: int) -> torch.Tensor:
         pos = (torch.arange(n, dtype=torch.float32) + 0.5) / n
         return (1.0 - (2.0 * pos - 1.0).abs()).clamp_min(0.05)
@@ -31,9 +32,14 @@ def blend_weight(h: int, w: int) -> torch.Tensor:
     return ramp(h)[:, None] * ramp(w)[None, :]
 
 
-def sliding_window_logits(forward: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
-                          window: tuple[int, int], overlap: float = 0.25, multiple: int = 16,
-                          batch_size: int = 8) -> torch.Tensor:
+def sliding_window_logits(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    window: tuple[int, int],
+    overlap: float = 0.25,
+    multiple: int = 16,
+    batch_size: int = 8,
+) -> torch.Tensor:
     """Blend ``forward`` over windows of a (1, C, H, W) uint8 image; returns (K, H, W) logits."""
     _, _, height, width = image.shape
     wh, ww = window
@@ -49,13 +55,13 @@ def sliding_window_logits(forward: Callable[[torch.Tensor], torch.Tensor], image
     total = None
     norm = torch.zeros(ph, pw)
     for i in range(0, len(boxes), batch_size):
-        chunk = boxes[i:i + batch_size]
-        crops = torch.cat([image[:, :, y:y + wh, x:x + ww] for y, x in chunk])
+        chunk = boxes[i : i + batch_size]
+        crops = torch.cat([image[:, :, y : y + wh, x : x + ww] for y, x in chunk])
         logits = forward(crops).float().cpu()
         if total is None:
             total = torch.zeros(logits.shape[1], ph, pw)
         for (y, x), lg in zip(chunk, logits):
-            total[:, y:y + wh, x:x + ww] += lg * weight
-            norm[y:y + wh, x:x + ww] += weight
+            total[:, y : y + wh, x : x + ww] += lg * weight
+            norm[y : y + wh, x : x + ww] += weight
     assert total is not None
     return (total / norm)[:, :height, :width]

@@ -160,8 +160,14 @@ class _Checkpointer:
         self._plotted_at = -math.inf
         self._plotted_rows = 0
 
-    def save(self, model: nn.Module, opt: torch.optim.Optimizer, history: list[dict[str, Any]],
-             state: dict[str, Any], is_best: bool) -> None:
+    def save(
+        self,
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        history: list[dict[str, Any]],
+        state: dict[str, Any],
+        is_best: bool,
+    ) -> None:
         if self.run_dir is None:
             return
         weights = runio.model_state(model)
@@ -176,9 +182,11 @@ class _Checkpointer:
             runio.write_metrics(self.run_dir / METRICS, history)
             runio.save_tensors(self.run_dir / LAST, tensors, state | opt_meta)
         except OSError as e:
-            raise RunError(f"could not write the checkpoint in {self.run_dir} ({e.strerror or e}); the previous "
-                           f"checkpoint is intact. Free space or fix permissions, then resume with "
-                           f"`unetkit train --resume {self.run_dir}`") from None
+            raise RunError(
+                f"could not write the checkpoint in {self.run_dir} ({e.strerror or e}); the previous "
+                f"checkpoint is intact. Free space or fix permissions, then resume with "
+                f"`unetkit train --resume {self.run_dir}`"
+            ) from None
         if time.perf_counter() - self._plotted_at >= self.plot_interval_s:
             self.plot(history)
 
@@ -224,9 +232,16 @@ class _SigintGuard:
             signal.signal(signal.SIGINT, self._old)
 
 
-def evaluate_data(model: nn.Module, data: SegmentationData, config: RunConfig, *, device: torch.device,
-                  dtype: torch.dtype | None, loss_fn: SegmentationLoss | None = None,
-                  batch_size: int | None = None) -> tuple[ConfusionMatrix, float | None]:
+def evaluate_data(
+    model: nn.Module,
+    data: SegmentationData,
+    config: RunConfig,
+    *,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    loss_fn: SegmentationLoss | None = None,
+    batch_size: int | None = None,
+) -> tuple[ConfusionMatrix, float | None]:
     """Confusion matrix (and mean loss) of ``model`` on cached data, at the model's input size."""
     cm = ConfusionMatrix(config.model.n_classes, config.data.ignore_index, device=device)
     loss_sum = torch.zeros((), device=device)
@@ -248,10 +263,17 @@ def evaluate_data(model: nn.Module, data: SegmentationData, config: RunConfig, *
 
 
 @distributed.with_process_group
-def fit(config: RunConfig, out: str | Path | None = None, *, train_data: SegmentationData | None = None,
-        val_data: SegmentationData | None = None, resume: bool = False, progress: bool = True,
-        log: Callable[[str], None] | None = print, epoch_callback: Callable[[dict[str, Any]], None] | None = None,
-        ) -> TrainResult:
+def fit(
+    config: RunConfig,
+    out: str | Path | None = None,
+    *,
+    train_data: SegmentationData | None = None,
+    val_data: SegmentationData | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+    epoch_callback: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
     """Train the model described by ``config`` and write the run folder ``out`` (None: nothing written).
 
     Data comes from ``train_data``/``val_data`` when given, else from the folders in ``config.data``.
@@ -308,9 +330,11 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
             history = runio.read_metrics(run_dir / METRICS)[:start_epoch]
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             detail = (str(e).splitlines() or [""])[0]
-            raise RunError(f"{run_dir / LAST} does not hold a usable training state for {run_dir / CONFIG} "
-                           f"({type(e).__name__}: {detail}); restore an intact copy of the run folder, or train "
-                           "again") from None
+            raise RunError(
+                f"{run_dir / LAST} does not hold a usable training state for {run_dir / CONFIG} "
+                f"({type(e).__name__}: {detail}); restore an intact copy of the run folder, or train "
+                "again"
+            ) from None
         if start_epoch >= t.epochs:
             log(f"{run_dir} already has {start_epoch} epochs; ask for more with --epochs")
     if run_dir is not None and dist_info.is_main:
@@ -319,8 +343,10 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
             runio.remove_stale_temps(run_dir)  # left by a killed run
             runio.atomic_write_text(run_dir / CONFIG, config.to_json())
         except OSError as e:
-            raise RunError(f"could not write {run_dir / CONFIG} ({e.strerror or e}); free space or fix "
-                           "permissions, or choose another --out") from None
+            raise RunError(
+                f"could not write {run_dir / CONFIG} ({e.strerror or e}); free space or fix "
+                "permissions, or choose another --out"
+            ) from None
 
     compiled = resolve_compile(t.compile, device)
     step_model = model
@@ -347,9 +373,11 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
     steps_per_epoch = math.ceil(math.ceil(len(train_data) / dist_info.world_size) / batch_size)
     if dist_info.enabled:
         log(f"{dist_info.world_size} processes: global batch {t.batch_size} = {batch_size} per process")
-    log(f"training {config.model.name} on {len(train_data)} images"
+    log(
+        f"training {config.model.name} on {len(train_data)} images"
         + (f", validating on {len(val_data)}" if val_data is not None else "")
-        + f" | device {device}, precision {'bf16' if dtype else 'fp32'}, compile {'on' if compiled else 'off'}")
+        + f" | device {device}, precision {'bf16' if dtype else 'fp32'}, compile {'on' if compiled else 'off'}"
+    )
 
     augment = None
     if t.augment.enabled:
@@ -363,16 +391,27 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
             model.train()
             distributed.seed_rank(t.seed, epoch)
             gen = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
-            aug_gen = torch.Generator(device=device).manual_seed(t.seed * 100_019 + epoch + 7_919 * dist_info.rank) \
-                if augment else None  # per rank: ranks must not draw the same augmentations for their samples
+            aug_gen = (
+                torch.Generator(device=device).manual_seed(t.seed * 100_019 + epoch + 7_919 * dist_info.rank)
+                if augment
+                else None
+            )  # per rank: ranks must not draw the same augmentations for their samples
             cm = ConfusionMatrix(config.model.n_classes, ignore, device=device)
             loss_sum = torch.zeros((), device=device)
             first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a NaN/Inf loss
             seen = 0
             task = bar.add_task(f"epoch {epoch + 1}/{t.epochs}", total=steps_per_epoch, info="") if bar else None
             t0 = last_refresh = time.perf_counter()
-            for step, (x, y) in enumerate(train_data.batches(batch_size, device=device, shuffle=True, generator=gen,
-                                                             rank=dist_info.rank, world_size=dist_info.world_size)):
+            for step, (x, y) in enumerate(
+                train_data.batches(
+                    batch_size,
+                    device=device,
+                    shuffle=True,
+                    generator=gen,
+                    rank=dist_info.rank,
+                    world_size=dist_info.world_size,
+                )
+            ):
                 if sigint.hit:
                     raise TrainingInterrupted(_interrupt_message(run_dir, epoch))
                 factor = lr_factor(config, epoch + step / steps_per_epoch) * plateau.factor
@@ -380,8 +419,9 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
                     group["lr"] = t.lr * factor
                 x = to_float(x)
                 if augment is not None:
-                    x, y = augment(x, y, t.augment, ignore_index=ignore if ignore is not None else 255,
-                                   generator=aug_gen)
+                    x, y = augment(
+                        x, y, t.augment, ignore_index=ignore if ignore is not None else 255, generator=aug_gen
+                    )
                 x = x.contiguous(memory_format=memory)
                 with autocast(device, dtype):
                     logits = step_model(x)
@@ -402,23 +442,34 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
                     mean_loss = loss_sum.item() / max(seen, 1)
                     _check_finite(mean_loss, epoch, step, run_dir, first_bad)
                     m = cm.compute()
-                    bar.update(task, completed=step + 1, info=f"loss {mean_loss:.4f} acc {m.pixel_accuracy:.4f} "
-                               f"mIoU {m.mean_iou:.4f} {seen / (now - t0):.1f} img/s")
+                    bar.update(
+                        task,
+                        completed=step + 1,
+                        info=f"loss {mean_loss:.4f} acc {m.pixel_accuracy:.4f} "
+                        f"mIoU {m.mean_iou:.4f} {seen / (now - t0):.1f} img/s",
+                    )
             seen = distributed.reduce_train_sums(loss_sum, cm, seen)  # over ranks, in place
             if seen == 0:
-                raise NonFiniteLoss(f"every step of epoch {epoch + 1} had a non-finite loss; lower the learning "
-                                    "rate or check the data")
+                raise NonFiniteLoss(
+                    f"every step of epoch {epoch + 1} had a non-finite loss; lower the learning rate or check the data"
+                )
             train_seconds = time.perf_counter() - t0
             train_loss = loss_sum.item() / seen
             _check_finite(train_loss, epoch, steps_per_epoch - 1, run_dir, first_bad)
             tm = cm.compute()
-            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": tm.pixel_accuracy,
-                                   "train_miou": tm.mean_iou, "lr": opt.param_groups[0]["lr"],
-                                   "images_per_s": seen / train_seconds}
+            row: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "train_accuracy": tm.pixel_accuracy,
+                "train_miou": tm.mean_iou,
+                "lr": opt.param_groups[0]["lr"],
+                "images_per_s": seen / train_seconds,
+            }
             score = tm.mean_iou
             if val_data is not None and len(val_data):
-                vcm, vloss = evaluate_data(eval_model, val_part, config, device=device, dtype=dtype, loss_fn=loss_fn,
-                                           batch_size=batch_size)
+                vcm, vloss = evaluate_data(
+                    eval_model, val_part, config, device=device, dtype=dtype, loss_fn=loss_fn, batch_size=batch_size
+                )
                 vcm.all_reduce()
                 vloss = distributed.weighted_mean(vloss, len(val_part), device)
                 vm = vcm.compute()
@@ -454,35 +505,47 @@ def fit(config: RunConfig, out: str | Path | None = None, *, train_data: Segment
     return TrainResult(run_dir, model, history, best if best >= 0 else None, stopped_early)
 
 
-def _check_finite(value: float, epoch: int, step: int, run_dir: Path | None,
-                  first_bad: torch.Tensor | None = None) -> None:
+def _check_finite(
+    value: float, epoch: int, step: int, run_dir: Path | None, first_bad: torch.Tensor | None = None
+) -> None:
     """Raise NonFiniteLoss naming the epoch and the first bad step (``first_bad``, else ``step``)."""
     if not math.isfinite(value):
         if first_bad is not None and int(first_bad) >= 0:
             step = int(first_bad)
         where = f"epoch {epoch + 1}, step {step + 1}"
         keep = f"; the last good checkpoint in {run_dir} is kept" if run_dir else ""
-        raise NonFiniteLoss(f"the loss became {value} at {where}{keep}. Lower the learning rate (--lr), "
-                            "use --precision fp32, or pass --nan-policy skip to skip such steps")
+        raise NonFiniteLoss(
+            f"the loss became {value} at {where}{keep}. Lower the learning rate (--lr), "
+            "use --precision fp32, or pass --nan-policy skip to skip such steps"
+        )
 
 
 def _interrupt_message(run_dir: Path | None, epoch: int) -> str:
     if run_dir is None:
         return f"interrupted during epoch {epoch + 1}: nothing was saved (no --out)"
     if not epoch:
-        return (f"interrupted during epoch 1: no epoch had finished, so {run_dir} holds nothing to resume; "
-                "run the same command again to start over")
+        return (
+            f"interrupted during epoch 1: no epoch had finished, so {run_dir} holds nothing to resume; "
+            "run the same command again to start over"
+        )
     done = f"{epoch} finished epoch(s) are saved in {run_dir}"
     hint = f"; continue with `unetkit train --resume {run_dir}`"
     return f"interrupted during epoch {epoch + 1}: {done}{hint}"
 
 
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:
-    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['train_loss']:.4f}", f"acc {row['train_accuracy']:.4f}",
-             f"mIoU {row['train_miou']:.4f}"]
+    parts = [
+        f"epoch {row['epoch']}/{epochs}",
+        f"loss {row['train_loss']:.4f}",
+        f"acc {row['train_accuracy']:.4f}",
+        f"mIoU {row['train_miou']:.4f}",
+    ]
     if row.get("val_miou") is not None:
-        parts += [f"val_loss {row['val_loss']:.4f}", f"val_acc {row['val_accuracy']:.4f}",
-                  f"val_mIoU {row['val_miou']:.4f}"]
+        parts += [
+            f"val_loss {row['val_loss']:.4f}",
+            f"val_acc {row['val_accuracy']:.4f}",
+            f"val_mIoU {row['val_miou']:.4f}",
+        ]
     parts += [f"{row['images_per_s']:.1f} img/s", f"{row['seconds']:.1f}s"]
     return " | ".join(parts)
 
@@ -492,12 +555,21 @@ def _progress(enabled: bool):
         return nullcontext(None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.fields[info]}"), transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        transient=True,
+    )
 
 
-def load_data(config: RunConfig, *, log: Callable[[str], None] = print,
-              ) -> tuple[SegmentationData, SegmentationData | None, str]:
+def load_data(
+    config: RunConfig,
+    *,
+    log: Callable[[str], None] = print,
+) -> tuple[SegmentationData, SegmentationData | None, str]:
     """Read the train (and validation) folders named in ``config.data`` into the uint8 cache.
 
     Returns the training data, the validation data (or None) and the mask mode used (detected
@@ -511,18 +583,26 @@ def load_data(config: RunConfig, *, log: Callable[[str], None] = print,
     if folder_cache_mode(config, local_world_size=distributed.env_info().local_world_size, log=log) == "stream":
         return load_streaming(config, log=log)  # type: ignore[return-value]  # same interface, decoded lazily
     palette = config.palette if d.mask_mode == "palette" else None
-    common = dict(n_classes=m.n_classes, mask_mode=d.mask_mode, palette=palette, ignore_index=d.ignore_index,
-                  resize=config.preprocess.resize)
+    common = dict(
+        n_classes=m.n_classes,
+        mask_mode=d.mask_mode,
+        palette=palette,
+        ignore_index=d.ignore_index,
+        resize=config.preprocess.resize,
+    )
     t0 = time.perf_counter()
     train, mode = SegmentationData.from_folders(d.images, d.masks, m.input_size, **common)
     val = None
     if d.val_images and d.val_masks:
-        val, _ = SegmentationData.from_folders(d.val_images, d.val_masks, m.input_size,
-                                               **(common | {"mask_mode": mode}))
+        val, _ = SegmentationData.from_folders(
+            d.val_images, d.val_masks, m.input_size, **(common | {"mask_mode": mode})
+        )
     elif d.val_fraction:
         train, val = train.split(d.val_fraction, d.split_seed)
-    log(f"read {len(train) + (len(val) if val else 0)} image/mask pairs ({mode} masks) in "
-        f"{time.perf_counter() - t0:.1f}s, {(train.nbytes + (val.nbytes if val else 0)) / 2**20:.1f} MiB cached")
+    log(
+        f"read {len(train) + (len(val) if val else 0)} image/mask pairs ({mode} masks) in "
+        f"{time.perf_counter() - t0:.1f}s, {(train.nbytes + (val.nbytes if val else 0)) / 2**20:.1f} MiB cached"
+    )
     return train, val, mode
 
 
@@ -532,4 +612,3 @@ def resume_config(run_dir: str | Path, epochs: int | None = None) -> RunConfig:
     if epochs is not None:
         config = replace(config, train=replace(config.train, epochs=epochs))
     return config
-

@@ -36,18 +36,25 @@ def effective_ignore_index(ignore_index: int | None, cfg: AugmentConfig, n_class
     return max(255, n_classes)
 
 
-def augment_batch(images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, *, ignore_index: int,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augment_batch(
+    images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, *, ignore_index: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment float images (N, C, H, W) in [0, 1] and integer masks (N, H, W) jointly.
 
     Random draws come from ``generator`` only (on the tensors' device), in a fixed order, so a batch
     augments the same way for the same generator state. A config with everything off returns the
     inputs themselves.
     """
-    if images.dim() != 4 or masks.dim() != 3 or images.shape[0] != masks.shape[0] \
-            or images.shape[2:] != masks.shape[1:]:
-        raise ValueError(f"expected images (N, C, H, W) and masks (N, H, W) of the same size, got "
-                         f"{tuple(images.shape)} and {tuple(masks.shape)}")
+    if (
+        images.dim() != 4
+        or masks.dim() != 3
+        or images.shape[0] != masks.shape[0]
+        or images.shape[2:] != masks.shape[1:]
+    ):
+        raise ValueError(
+            f"expected images (N, C, H, W) and masks (N, H, W) of the same size, got "
+            f"{tuple(images.shape)} and {tuple(masks.shape)}"
+        )
     if not cfg.enabled or images.shape[0] == 0:
         return images, masks
     n = images.shape[0]
@@ -62,12 +69,12 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig,
         return images, masks
     theta = _affine(cfg, u[:, :5], images.shape[2], images.shape[3])
     grid = F.affine_grid(theta, [n, 1, images.shape[2], images.shape[3]], align_corners=False)
-    out_images = F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros",
-                               align_corners=False)
+    out_images = F.grid_sample(
+        images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     # Masks as float ids + 1: out of bounds samples 0, which becomes ignore_index; ids stay exact in fp32.
     shifted = (masks.to(torch.float32) + 1.0).unsqueeze(1)
-    sampled = F.grid_sample(shifted, grid.float(), mode="nearest", padding_mode="zeros",
-                            align_corners=False)[:, 0]
+    sampled = F.grid_sample(shifted, grid.float(), mode="nearest", padding_mode="zeros", align_corners=False)[:, 0]
     out_masks = torch.where(sampled > 0, sampled - 1.0, float(ignore_index)).round_().to(masks.dtype)
     return out_images, out_masks
 

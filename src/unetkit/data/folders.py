@@ -65,8 +65,10 @@ def list_images(folder: str | Path) -> list[Path]:
         if others:
             found.append(f"other files ({_listing(others, 5)})")
         holds = f"; it holds {' and '.join(found)}" if found else "; it is empty"
-        raise DataError(f"folder {folder} has no images (looked for {_EXTS}){holds}. "
-                        "Give the folder that directly holds the image files")
+        raise DataError(
+            f"folder {folder} has no images (looked for {_EXTS}){holds}. "
+            "Give the folder that directly holds the image files"
+        )
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
@@ -86,9 +88,11 @@ def _by_stem(files: Sequence[Path], keys: Sequence[str], what: str, folder: Path
     dupes = [group for group in out.values() if len(group) > 1]
     if dupes:
         listed = "; ".join(" and ".join(p.name for p in g) for g in dupes[:10])
-        raise DataError(f"{what} folder {folder} has files that differ only in extension or mask suffix "
-                        f"({listed}{' ...' if len(dupes) > 10 else ''}), so pairing is ambiguous; "
-                        "keep one file per name")
+        raise DataError(
+            f"{what} folder {folder} has files that differ only in extension or mask suffix "
+            f"({listed}{' ...' if len(dupes) > 10 else ''}), so pairing is ambiguous; "
+            "keep one file per name"
+        )
     return {k: g[0] for k, g in out.items()}
 
 
@@ -104,9 +108,11 @@ def pair_files(images_dir: str | Path, masks_dir: str | Path) -> list[Pair]:
         masks = [p for p in images if _mask_base(p.stem) is not None]
         images = [p for p in images if _mask_base(p.stem) is None]
         if not masks or not images:
-            raise DataError(f"images and masks share the folder {images_dir}, so masks must be named like "
-                            f"the image plus a suffix ({', '.join(MASK_SUFFIXES)}); found "
-                            f"{len(images)} images and {len(masks)} masks. Give separate folders instead")
+            raise DataError(
+                f"images and masks share the folder {images_dir}, so masks must be named like "
+                f"the image plus a suffix ({', '.join(MASK_SUFFIXES)}); found "
+                f"{len(images)} images and {len(masks)} masks. Give separate folders instead"
+            )
     by_image = _by_stem(images, [p.stem for p in images], "image", images_dir)
     keys = []
     for m in masks:
@@ -118,11 +124,15 @@ def pair_files(images_dir: str | Path, masks_dir: str | Path) -> list[Pair]:
     if lonely_images or lonely_masks:
         parts = []
         if lonely_images:
-            parts.append(f"{len(lonely_images)} image(s) in {images_dir} without a mask: "
-                         f"{_listing(sorted(lonely_images, key=natural_key))}")
+            parts.append(
+                f"{len(lonely_images)} image(s) in {images_dir} without a mask: "
+                f"{_listing(sorted(lonely_images, key=natural_key))}"
+            )
         if lonely_masks:
-            parts.append(f"{len(lonely_masks)} mask(s) in {masks_dir} without an image: "
-                         f"{_listing(sorted(lonely_masks, key=natural_key))}")
+            parts.append(
+                f"{len(lonely_masks)} mask(s) in {masks_dir} without an image: "
+                f"{_listing(sorted(lonely_masks, key=natural_key))}"
+            )
         raise DataError(
             "unpaired files: " + "; ".join(parts) + ". Masks pair with images by file name without "
             "extension (a.jpg with a.png or a_mask.png); rename or remove the unpaired files"
@@ -149,8 +159,10 @@ def split_pairs(pairs: Sequence[Pair], val_fraction: float, seed: int = 0) -> tu
         return ordered, []
     n = len(ordered)
     if n < 2:
-        raise DataError(f"cannot split {n} image/mask pair(s) into training and validation; "
-                        "add data, give validation folders, or set val_fraction to 0")
+        raise DataError(
+            f"cannot split {n} image/mask pair(s) into training and validation; "
+            "add data, give validation folders, or set val_fraction to 0"
+        )
     n_val = min(max(1, round(n * val_fraction)), n - 1)
     chosen = set(random.Random(seed).sample(range(n), n_val))
     train = [p for i, p in enumerate(ordered) if i not in chosen]
@@ -173,15 +185,15 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
             found = [p]
         elif any(ch in text for ch in "*?["):
             matches = [Path(m) for m in glob.glob(text, recursive=True)]
-            found = sorted((m for m in matches if m.is_file() and is_image_file(m)),
-                           key=lambda m: natural_key(str(m)))
+            found = sorted((m for m in matches if m.is_file() and is_image_file(m)), key=lambda m: natural_key(str(m)))
             if not found:
                 extra = f" ({len(matches)} non-image matches)" if matches else ""
-                raise DataError(f"the pattern {item!r} matches no image files{extra} (looked for {_EXTS}); "
-                                "check the pattern (quote it so the shell does not expand it)")
+                raise DataError(
+                    f"the pattern {item!r} matches no image files{extra} (looked for {_EXTS}); "
+                    "check the pattern (quote it so the shell does not expand it)"
+                )
         else:
-            raise DataError(f"input {item!r} does not exist (not a file, folder or glob pattern); "
-                            "check the path")
+            raise DataError(f"input {item!r} does not exist (not a file, folder or glob pattern); check the path")
         for f in found:
             if f not in seen:
                 seen.add(f)
@@ -217,8 +229,9 @@ def load_pairs(
     if mask_mode != "auto" and mask_mode not in MASK_MODES:
         raise DataError(f"unknown mask mode {mask_mode!r}; choose auto or one of {', '.join(MASK_MODES)}")
     if mask_mode == "palette" and not palette:
-        raise DataError("mask mode 'palette' needs a palette: pass --palette colours.json "
-                        "(JSON of class name -> [r, g, b])")
+        raise DataError(
+            "mask mode 'palette' needs a palette: pass --palette colours.json (JSON of class name -> [r, g, b])"
+        )
     h, w, c = (int(v) for v in input_size)
     n = len(pairs)
     problems: dict[int, list[str]] = {}
@@ -233,11 +246,14 @@ def load_pairs(
                 pass  # reported with the other problems below
         if not cache:
             bad = ", ".join(str(pairs[i][1]) for i in samples[:5])
-            raise DataError(f"none of the masks looked at to detect the mask mode could be read ({bad}); "
-                            "fix or remove them, or check that the masks folder is right")
+            raise DataError(
+                f"none of the masks looked at to detect the mask mode could be read ({bad}); "
+                "fix or remove them, or check that the masks folder is right"
+            )
         used = list(cache)
-        mask_mode = detect_mask_mode([cache[i] for i in used], n_classes, ignore_index=ignore_index,
-                                     paths=[pairs[i][1] for i in used])
+        mask_mode = detect_mask_mode(
+            [cache[i] for i in used], n_classes, ignore_index=ignore_index, paths=[pairs[i][1] for i in used]
+        )
 
     images = torch.empty((n, c, h, w), dtype=torch.uint8)
     mask_torch_dtype = torch.uint8 if mask_dtype(n_classes, ignore_index) == np.uint8 else torch.int32
@@ -258,12 +274,13 @@ def load_pairs(
         if image is None or raw is None:
             return errors
         if image.shape[:2] != raw.shape[:2]:
-            return [f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
-                    f"{raw.shape[1]}x{raw.shape[0]} (width x height); a mask must match its image's size: "
-                    "re-export the mask or remove the pair"]
+            return [
+                f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
+                f"{raw.shape[1]}x{raw.shape[0]} (width x height); a mask must match its image's size: "
+                "re-export the mask or remove the pair"
+            ]
         try:
-            ids = decode_mask(raw, mask_mode, n_classes, palette=palette, ignore_index=ignore_index,
-                              path=mask_path)
+            ids = decode_mask(raw, mask_mode, n_classes, palette=palette, ignore_index=ignore_index, path=mask_path)
         except DataError as e:
             return [str(e)]
         images[i] = preprocess_image(image, (h, w, c), resize)[0]
@@ -291,6 +308,8 @@ def load_pairs(
         messages = [m for i in sorted(problems) for m in problems[i]]
         listed = "\n".join(f"  - {m}" for m in messages[:MAX_LISTED])
         more = f"\n  ... and {len(messages) - MAX_LISTED} more" if len(messages) > MAX_LISTED else ""
-        raise DataError(f"{len(problems)} of {n} image/mask pairs could not be loaded "
-                        f"(mask mode {mask_mode}):\n{listed}{more}\nFix or remove these files and run again.")
+        raise DataError(
+            f"{len(problems)} of {n} image/mask pairs could not be loaded "
+            f"(mask mode {mask_mode}):\n{listed}{more}\nFix or remove these files and run again."
+        )
     return images, masks, mask_mode

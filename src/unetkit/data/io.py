@@ -75,9 +75,7 @@ def _open(path: Path, what: str) -> Image.Image:
     except DataError:
         raise
     except Image.DecompressionBombError as e:
-        raise DataError(
-            f"{what} {path} is too large to decode safely ({e}); downscale or tile it"
-        ) from None
+        raise DataError(f"{what} {path} is too large to decode safely ({e}); downscale or tile it") from None
     except FileNotFoundError:
         raise DataError(f"{what} {path} does not exist; check the path") from None
     except PermissionError:
@@ -140,9 +138,7 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         return _image_array(im)
     except Exception as e:
-        raise DataError(
-            f"image {path} (mode {im.mode}) could not be converted ({e}); {_FIX_REEXPORT}"
-        ) from None
+        raise DataError(f"image {path} (mode {im.mode}) could not be converted ({e}); {_FIX_REEXPORT}") from None
 
 
 def read_mask(path: str | Path) -> np.ndarray:

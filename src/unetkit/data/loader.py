@@ -28,8 +28,10 @@ def split_indices(n: int, val_fraction: float, seed: int = 0) -> tuple[torch.Ten
     """Sorted (train, validation) indices of a seeded random split; at least one sample on each side."""
     n_val = max(1, round(n * val_fraction))
     if n_val >= n:
-        raise DataError(f"cannot hold out {val_fraction:.0%} of {n} samples and keep any for training; "
-                        "lower --val-fraction or add data")
+        raise DataError(
+            f"cannot hold out {val_fraction:.0%} of {n} samples and keep any for training; "
+            "lower --val-fraction or add data"
+        )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
@@ -43,10 +45,14 @@ class SegmentationData:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise DataError(f"images must be a (N, C, H, W) uint8 tensor, got {tuple(self.images.shape)} "
-                            f"{self.images.dtype}")
-        if self.masks.dim() != 3 or self.masks.shape[0] != self.images.shape[0] \
-                or self.masks.shape[1:] != self.images.shape[2:]:
+            raise DataError(
+                f"images must be a (N, C, H, W) uint8 tensor, got {tuple(self.images.shape)} {self.images.dtype}"
+            )
+        if (
+            self.masks.dim() != 3
+            or self.masks.shape[0] != self.images.shape[0]
+            or self.masks.shape[1:] != self.images.shape[2:]
+        ):
             raise DataError(f"masks {tuple(self.masks.shape)} do not match images {tuple(self.images.shape)}")
 
     def __len__(self) -> int:
@@ -72,9 +78,17 @@ class SegmentationData:
         m = self.masks.reshape(-1).long()
         return torch.bincount(m[m < n_classes], minlength=n_classes)[:n_classes]
 
-    def batches(self, batch_size: int, *, device: torch.device | str, shuffle: bool = False,
-                generator: torch.Generator | None = None, rank: int = 0, world_size: int = 1,
-                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | str,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (uint8 images, int64 masks) batches on ``device``.
 
         With several ranks each takes every world_size-th sample of the shared permutation, so the
@@ -93,7 +107,7 @@ class SegmentationData:
         if on_device:
             order = order.to(device)  # once per epoch: a copy per batch would make the host wait for the GPU
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             if drop_last and len(idx) < batch_size:
                 break
             if on_device:
@@ -105,8 +119,16 @@ class SegmentationData:
                 yield x.to(device, non_blocking=True), y.to(device, non_blocking=True).long()
 
     @classmethod
-    def from_arrays(cls, images: np.ndarray, masks: np.ndarray, input_size: tuple[int, int, int], *,
-                    n_classes: int, ignore_index: int | None = None, resize: str = "bilinear") -> SegmentationData:
+    def from_arrays(
+        cls,
+        images: np.ndarray,
+        masks: np.ndarray,
+        input_size: tuple[int, int, int],
+        *,
+        n_classes: int,
+        ignore_index: int | None = None,
+        resize: str = "bilinear",
+    ) -> SegmentationData:
         """From numpy arrays as a notebook holds them: images (N, H, W[, C]) uint8 or floats in [0, 1];
         masks (N, H, W[, 1]) class ids, or one-hot (N, H, W, n_classes) as the seed's
         CategoricalCrossentropy remark allows (converted to ids: for hard one-hot labels the two
@@ -131,16 +153,33 @@ class SegmentationData:
         return cls(resize_images(x.contiguous(), (h, w), resize), resize_masks(y, (h, w)))
 
     @classmethod
-    def from_folders(cls, images: str | Path, masks: str | Path, input_size: tuple[int, int, int], *,
-                     n_classes: int, mask_mode: str = "auto", palette: list[list[int]] | None = None,
-                     ignore_index: int | None = None, resize: str = "bilinear", progress=None,
-                     ) -> tuple[SegmentationData, str]:
+    def from_folders(
+        cls,
+        images: str | Path,
+        masks: str | Path,
+        input_size: tuple[int, int, int],
+        *,
+        n_classes: int,
+        mask_mode: str = "auto",
+        palette: list[list[int]] | None = None,
+        ignore_index: int | None = None,
+        resize: str = "bilinear",
+        progress=None,
+    ) -> tuple[SegmentationData, str]:
         """Read and validate a folder pair; returns the data and the mask mode used."""
         from .folders import load_pairs, pair_files
 
         pairs = pair_files(images, masks)
-        x, y, mode = load_pairs(pairs, input_size, n_classes=n_classes, mask_mode=mask_mode, palette=palette,
-                                ignore_index=ignore_index, resize=resize, progress=progress)
+        x, y, mode = load_pairs(
+            pairs,
+            input_size,
+            n_classes=n_classes,
+            mask_mode=mask_mode,
+            palette=palette,
+            ignore_index=ignore_index,
+            resize=resize,
+            progress=progress,
+        )
         return cls(x, y), mode
 
 
@@ -149,8 +188,10 @@ def _mask_ids(masks: np.ndarray, n_classes: int) -> np.ndarray:
         return masks[..., 0]
     if masks.ndim == 4 and masks.shape[-1] == n_classes and n_classes > 1:
         if not (np.isin(masks, (0, 1)).all() and (masks.sum(-1) == 1).all()):
-            raise DataError("4-D masks are read as one-hot (N, H, W, n_classes) and must hold exactly one 1 "
-                            "per pixel; pass class ids (N, H, W) otherwise")
+            raise DataError(
+                "4-D masks are read as one-hot (N, H, W, n_classes) and must hold exactly one 1 "
+                "per pixel; pass class ids (N, H, W) otherwise"
+            )
         return masks.argmax(-1)
     if masks.ndim != 3:
         raise DataError(f"masks must be (N, H, W) class ids or (N, H, W, n_classes) one-hot, got {masks.shape}")
@@ -164,5 +205,7 @@ def _check_values(masks: np.ndarray, n_classes: int, ignore_index: int | None, w
     values = np.unique(masks)
     bad = [int(v) for v in values if (v < 0 or v >= n_classes) and v != ignore_index]
     if bad:
-        raise DataError(f"{where} holds values {bad[:10]} outside 0..{n_classes - 1}; set n_classes to cover "
-                        "them, or mark them with ignore_index")
+        raise DataError(
+            f"{where} holds values {bad[:10]} outside 0..{n_classes - 1}; set n_classes to cover "
+            "them, or mark them with ignore_index"
+        )

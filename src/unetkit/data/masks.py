@@ -75,22 +75,25 @@ def _gray(raw: np.ndarray) -> np.ndarray | None:
 
 def _check_shape(raw: np.ndarray, path: str | Path | None) -> None:
     if raw.ndim not in (2, 3) or (raw.ndim == 3 and raw.shape[2] not in (1, 2, 3, 4)) or 0 in raw.shape:
-        raise DataError(f"{_name(path)} has an unsupported shape {tuple(raw.shape)}; "
-                        "expected (H, W) or (H, W, 1/3/4): re-export it as a PNG")
+        raise DataError(
+            f"{_name(path)} has an unsupported shape {tuple(raw.shape)}; "
+            "expected (H, W) or (H, W, 1/3/4): re-export it as a PNG"
+        )
 
 
 def _colour_summary(rgb: np.ndarray, limit: int = 5) -> str:
     codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
     values, counts = np.unique(codes.ravel(), return_counts=True)
     order = np.argsort(-counts, kind="stable")
-    parts = [f"({v >> 16}, {(v >> 8) & 255}, {v & 255}) x {c} px" for v, c in
-             zip(values[order][:limit].tolist(), counts[order][:limit].tolist(), strict=True)]
+    parts = [
+        f"({v >> 16}, {(v >> 8) & 255}, {v & 255}) x {c} px"
+        for v, c in zip(values[order][:limit].tolist(), counts[order][:limit].tolist(), strict=True)
+    ]
     more = f" and {len(values) - limit} more" if len(values) > limit else ""
     return ", ".join(parts) + more
 
 
-def _check_range(ids: np.ndarray, n_classes: int, ignore_index: int | None, path: str | Path | None,
-                 mode: str) -> None:
+def _check_range(ids: np.ndarray, n_classes: int, ignore_index: int | None, path: str | Path | None, mode: str) -> None:
     bad = (ids < 0) | (ids >= n_classes)
     if ignore_index is not None:
         bad &= ids != ignore_index
@@ -103,8 +106,15 @@ def _check_range(ids: np.ndarray, n_classes: int, ignore_index: int | None, path
         )
 
 
-def decode_mask(raw: np.ndarray, mode: str, n_classes: int, *, palette: Sequence[Sequence[int]] | None = None,
-                ignore_index: int | None = None, path: str | Path | None = None) -> np.ndarray:
+def decode_mask(
+    raw: np.ndarray,
+    mode: str,
+    n_classes: int,
+    *,
+    palette: Sequence[Sequence[int]] | None = None,
+    ignore_index: int | None = None,
+    path: str | Path | None = None,
+) -> np.ndarray:
     """Turn a raw mask from ``io.read_mask`` into an (H, W) class-id map (dtype from ``mask_dtype``).
 
     ``path`` only names the file in error messages.
@@ -166,8 +176,9 @@ def _binary(gray: np.ndarray, ignore_index: int | None, path: str | Path | None)
 def _palette(raw: np.ndarray, palette: Sequence[Sequence[int]] | None, path: str | Path | None) -> np.ndarray:
     """Map [r, g, b] colours to their index in ``palette``; unknown colours are an error."""
     if palette is None or len(palette) == 0:
-        raise DataError("mask mode 'palette' needs a palette: pass --palette colours.json "
-                        "(JSON of class name -> [r, g, b])")
+        raise DataError(
+            "mask mode 'palette' needs a palette: pass --palette colours.json (JSON of class name -> [r, g, b])"
+        )
     try:
         colours = np.asarray(palette, dtype=np.int64)
     except (TypeError, ValueError, OverflowError):  # ragged or non-numeric lists
@@ -182,26 +193,36 @@ def _palette(raw: np.ndarray, palette: Sequence[Sequence[int]] | None, path: str
     if single:
         a = np.repeat(a[:, :, None], 3, axis=2)
     if a.max() > 255:
-        raise DataError(f"{_name(path)} holds values over 255, which are not RGB colours; "
-                        "use --mask-mode index for 16-bit class-id masks")
+        raise DataError(
+            f"{_name(path)} holds values over 255, which are not RGB colours; "
+            "use --mask-mode index for 16-bit class-id masks"
+        )
     codes = (a[..., 0].astype(np.int64) << 16) | (a[..., 1].astype(np.int64) << 8) | a[..., 2]
     order = np.argsort(codes_p)
     sorted_codes = codes_p[order]
     pos = np.clip(np.searchsorted(sorted_codes, codes), 0, len(sorted_codes) - 1)
     known = sorted_codes[pos] == codes
     if not known.all():
-        hint = (" This mask has a single channel (a palette PNG keeps its indices, which are class ids): "
-                "try --mask-mode index." if single else "")
+        hint = (
+            " This mask has a single channel (a palette PNG keeps its indices, which are class ids): "
+            "try --mask-mode index."
+            if single
+            else ""
+        )
         raise DataError(
             f"{_name(path)} holds colours that are not in the palette: {_colour_summary(a[~known][:, None])}"
-            f"{_jpeg_hint(path)}; add them to the --palette file (one [r, g, b] per class), or fix the mask."
-            + hint
+            f"{_jpeg_hint(path)}; add them to the --palette file (one [r, g, b] per class), or fix the mask." + hint
         )
     return order[pos]
 
 
-def detect_mask_mode(raw_samples: list[np.ndarray], n_classes: int, *, ignore_index: int | None = None,
-                     paths: Sequence[str | Path] | None = None) -> str:
+def detect_mask_mode(
+    raw_samples: list[np.ndarray],
+    n_classes: int,
+    *,
+    ignore_index: int | None = None,
+    paths: Sequence[str | Path] | None = None,
+) -> str:
     """Choose "binary", "index" or "channels" from a few raw masks, where that is unambiguous.
 
     - all masks gray (or RGB with equal channels) with values in {0, 255} and n_classes == 2: "binary";
@@ -226,8 +247,11 @@ def detect_mask_mode(raw_samples: list[np.ndarray], n_classes: int, *, ignore_in
             real = a[a != ignore_index] if ignore_index is not None else a
             colour_max.append(int(real.max()) if real.size else 0)
             colour_example = raw if colour_example is None else colour_example
-    values = np.unique(np.concatenate([np.unique(g).astype(np.int64) for g in grays])) if grays \
+    values = (
+        np.unique(np.concatenate([np.unique(g).astype(np.int64) for g in grays]))
+        if grays
         else np.array([], dtype=np.int64)
+    )
     if ignore_index is not None:
         values = values[values != ignore_index]
     named = ""
@@ -244,8 +268,10 @@ def detect_mask_mode(raw_samples: list[np.ndarray], n_classes: int, *, ignore_in
         if np.isin(values, (0, 255)).all():
             advice = "for binary 0/255 masks use --n-classes 2 (or --mask-mode binary)"
         else:
-            advice = (f"use --n-classes {vmax + 1} or more if these are class ids, --ignore-index for a "
-                      "'void' value, or --mask-mode binary/palette")
+            advice = (
+                f"use --n-classes {vmax + 1} or more if these are class ids, --ignore-index for a "
+                "'void' value, or --mask-mode binary/palette"
+            )
         raise DataError(
             f"cannot tell the mask mode: the masks hold values {_list_values(values)}, not all class ids for "
             f"n_classes={n_classes}{named}; {advice}"
@@ -291,15 +317,21 @@ def load_palette_file(path: str | Path) -> tuple[list[str], list[list[int]]]:
     colours: list[list[int]] = []
     seen: dict[tuple[int, ...], str] = {}
     for name, colour in data.items():
-        ok = (isinstance(colour, list) and len(colour) == 3
-              and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in colour))
+        ok = (
+            isinstance(colour, list)
+            and len(colour) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in colour)
+        )
         if not ok:
-            raise DataError(f"palette file {path}: class {name!r} has colour {colour!r}, "
-                            f"not [r, g, b] with integers 0-255; {fix}")
+            raise DataError(
+                f"palette file {path}: class {name!r} has colour {colour!r}, not [r, g, b] with integers 0-255; {fix}"
+            )
         key = tuple(colour)
         if key in seen:
-            raise DataError(f"palette file {path}: classes {seen[key]!r} and {name!r} share the colour "
-                            f"{colour}; give each class its own colour")
+            raise DataError(
+                f"palette file {path}: classes {seen[key]!r} and {name!r} share the colour "
+                f"{colour}; give each class its own colour"
+            )
         seen[key] = name
         names.append(str(name))
         colours.append([int(v) for v in colour])
@@ -314,12 +346,11 @@ def load_class_names(path: str | Path) -> list[str]:
     except FileNotFoundError:
         raise DataError(f"class-names file {path} does not exist; check the path") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"class-names file {path} is not readable JSON ({e}); expected [\"road\", \"car\", ...]") \
-            from None
+        raise DataError(f'class-names file {path} is not readable JSON ({e}); expected ["road", "car", ...]') from None
     if isinstance(data, dict):
         return load_palette_file(path)[0]
     if not isinstance(data, list) or not data or not all(isinstance(n, str) and n for n in data):
-        raise DataError(f"class-names file {path} must be a non-empty JSON list of strings, e.g. [\"road\", \"car\"]")
+        raise DataError(f'class-names file {path} must be a non-empty JSON list of strings, e.g. ["road", "car"]')
     if len(set(data)) != len(data):
         raise DataError(f"class-names file {path} lists a name twice; give each class once")
     return list(data)

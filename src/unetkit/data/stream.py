@@ -38,9 +38,17 @@ Pair = tuple[Path, Path]
 MEMORY_FRACTION = 0.5  # of the available host memory the "auto" cache may take (shared by local ranks)
 
 
-def decode_pair(image_path: Path, mask_path: Path, input_size: tuple[int, int, int], *, n_classes: int,
-                mask_mode: str, palette: Sequence[Sequence[int]] | None = None, ignore_index: int | None = None,
-                resize: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
+def decode_pair(
+    image_path: Path,
+    mask_path: Path,
+    input_size: tuple[int, int, int],
+    *,
+    n_classes: int,
+    mask_mode: str,
+    palette: Sequence[Sequence[int]] | None = None,
+    ignore_index: int | None = None,
+    resize: str = "bilinear",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One pair -> (uint8 (C, H, W) image, (H, W) class ids) at the model's size; DataError on failure.
 
     The same steps as the in-memory loader (``folders.load_pairs``), so both modes see equal tensors.
@@ -49,9 +57,11 @@ def decode_pair(image_path: Path, mask_path: Path, input_size: tuple[int, int, i
     image = read_image(image_path)
     raw = read_mask(mask_path)
     if image.shape[:2] != raw.shape[:2]:
-        raise DataError(f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
-                        f"{raw.shape[1]}x{raw.shape[0]} (width x height); a mask must match its image's size: "
-                        "re-export the mask or remove the pair")
+        raise DataError(
+            f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
+            f"{raw.shape[1]}x{raw.shape[0]} (width x height); a mask must match its image's size: "
+            "re-export the mask or remove the pair"
+        )
     ids = decode_mask(raw, mask_mode, n_classes, palette=palette, ignore_index=ignore_index, path=mask_path)
     x = preprocess_image(image, (h, w, c), resize)[0]
     y = resize_masks(torch.from_numpy(ids)[None], (h, w))[0]
@@ -61,13 +71,22 @@ def decode_pair(image_path: Path, mask_path: Path, input_size: tuple[int, int, i
 class PairDataset(Dataset):
     """A map-style Dataset over (image, mask) files; item i -> (image, mask, error message or "")."""
 
-    def __init__(self, pairs: Sequence[Pair], input_size: tuple[int, int, int], *, n_classes: int, mask_mode: str,
-                 palette: Sequence[Sequence[int]] | None = None, ignore_index: int | None = None,
-                 resize: str = "bilinear"):
+    def __init__(
+        self,
+        pairs: Sequence[Pair],
+        input_size: tuple[int, int, int],
+        *,
+        n_classes: int,
+        mask_mode: str,
+        palette: Sequence[Sequence[int]] | None = None,
+        ignore_index: int | None = None,
+        resize: str = "bilinear",
+    ):
         self.pairs = list(pairs)
         self.input_size = tuple(int(v) for v in input_size)
-        self.kwargs: dict[str, Any] = dict(n_classes=n_classes, mask_mode=mask_mode, palette=palette,
-                                           ignore_index=ignore_index, resize=resize)
+        self.kwargs: dict[str, Any] = dict(
+            n_classes=n_classes, mask_mode=mask_mode, palette=palette, ignore_index=ignore_index, resize=resize
+        )
         self.mask_torch_dtype = torch.uint8 if mask_dtype(n_classes, ignore_index) == np.uint8 else torch.int32
 
     def __len__(self) -> int:
@@ -93,8 +112,9 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers decode one image each; threads per worker would oversubscribe
 
 
-def shard_order(n: int, *, shuffle: bool, generator: torch.Generator | None, rank: int = 0,
-                world_size: int = 1) -> torch.Tensor:
+def shard_order(
+    n: int, *, shuffle: bool, generator: torch.Generator | None, rank: int = 0, world_size: int = 1
+) -> torch.Tensor:
     """The sample order of one epoch on one rank, exactly as ``SegmentationData.batches`` makes it."""
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     if world_size > 1:
@@ -131,9 +151,15 @@ class StreamingData:
     @property
     def dataset(self) -> PairDataset:
         if self._dataset is None:
-            self._dataset = PairDataset(self.pairs, self.input_size, n_classes=self.n_classes,
-                                        mask_mode=self.mask_mode, palette=self.palette,
-                                        ignore_index=self.ignore_index, resize=self.resize)
+            self._dataset = PairDataset(
+                self.pairs,
+                self.input_size,
+                n_classes=self.n_classes,
+                mask_mode=self.mask_mode,
+                palette=self.palette,
+                ignore_index=self.ignore_index,
+                resize=self.resize,
+            )
         return self._dataset
 
     @property
@@ -165,16 +191,30 @@ class StreamingData:
     def loader(self, batch_index: list[list[int]], device: torch.device) -> DataLoader:
         """A DataLoader yielding (images, masks, errors) for the given batches of sample indices."""
         workers = self.num_workers
-        return DataLoader(self.dataset, batch_sampler=batch_index, num_workers=workers, collate_fn=_collate,
-                          pin_memory=device.type == "cuda", worker_init_fn=_worker_init if workers else None,
-                          prefetch_factor=self.prefetch_factor if workers else None)
+        return DataLoader(
+            self.dataset,
+            batch_sampler=batch_index,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=device.type == "cuda",
+            worker_init_fn=_worker_init if workers else None,
+            prefetch_factor=self.prefetch_factor if workers else None,
+        )
 
-    def batches(self, batch_size: int, *, device: torch.device | str, shuffle: bool = False,
-                generator: torch.Generator | None = None, rank: int = 0, world_size: int = 1,
-                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | str,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (uint8 images, int64 masks) batches on ``device``, as ``SegmentationData.batches`` does."""
         order = shard_order(len(self), shuffle=shuffle, generator=generator, rank=rank, world_size=world_size)
-        index = [order[s:s + batch_size].tolist() for s in range(0, len(order), batch_size)]
+        index = [order[s : s + batch_size].tolist() for s in range(0, len(order), batch_size)]
         if drop_last and index and len(index[-1]) < batch_size:
             index.pop()
         if not index:
@@ -183,16 +223,27 @@ class StreamingData:
         for step, (x, y, errors) in enumerate(self.loader(index, device)):
             if errors:
                 listed = "\n".join(f"  - {m}" for m in errors[:20])
-                raise DataError(f"{len(errors)} image/mask pair(s) of batch {step + 1} could not be read "
-                                f"(streaming, mask mode {self.mask_mode}):\n{listed}\n"
-                                "Fix or remove these files and run again.")
+                raise DataError(
+                    f"{len(errors)} image/mask pair(s) of batch {step + 1} could not be read "
+                    f"(streaming, mask mode {self.mask_mode}):\n{listed}\n"
+                    "Fix or remove these files and run again."
+                )
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True).long()
 
     @classmethod
-    def from_folders(cls, images: str | Path, masks: str | Path, input_size: tuple[int, int, int], *,
-                     n_classes: int, mask_mode: str = "auto", palette: list[list[int]] | None = None,
-                     ignore_index: int | None = None, resize: str = "bilinear", num_workers: int = 2,
-                     ) -> tuple[StreamingData, str]:
+    def from_folders(
+        cls,
+        images: str | Path,
+        masks: str | Path,
+        input_size: tuple[int, int, int],
+        *,
+        n_classes: int,
+        mask_mode: str = "auto",
+        palette: list[list[int]] | None = None,
+        ignore_index: int | None = None,
+        resize: str = "bilinear",
+        num_workers: int = 2,
+    ) -> tuple[StreamingData, str]:
         """Pair a folder of images with a folder of masks (decoding nothing yet); returns data and mask mode."""
         from .folders import pair_files
 
@@ -201,8 +252,14 @@ class StreamingData:
         return cls(pairs, input_size, n_classes, mode, palette, ignore_index, resize, num_workers), mode
 
 
-def resolve_mask_mode(pairs: Sequence[Pair], mask_mode: str, *, n_classes: int,
-                      palette: Sequence[Sequence[int]] | None = None, ignore_index: int | None = None) -> str:
+def resolve_mask_mode(
+    pairs: Sequence[Pair],
+    mask_mode: str,
+    *,
+    n_classes: int,
+    palette: Sequence[Sequence[int]] | None = None,
+    ignore_index: int | None = None,
+) -> str:
     """The mask mode to use: ``mask_mode`` itself, or for "auto" the one detected from a few masks."""
     from .folders import DETECT_SAMPLES
 
@@ -212,8 +269,9 @@ def resolve_mask_mode(pairs: Sequence[Pair], mask_mode: str, *, n_classes: int,
         if mask_mode not in MASK_MODES:
             raise DataError(f"unknown mask mode {mask_mode!r}; choose auto or one of {', '.join(MASK_MODES)}")
         if mask_mode == "palette" and not palette:
-            raise DataError("mask mode 'palette' needs a palette: pass --palette colours.json "
-                            "(JSON of class name -> [r, g, b])")
+            raise DataError(
+                "mask mode 'palette' needs a palette: pass --palette colours.json (JSON of class name -> [r, g, b])"
+            )
         return mask_mode
     n = len(pairs)
     picks = sorted({int(i) for i in np.linspace(0, n - 1, num=min(n, DETECT_SAMPLES))})
@@ -226,8 +284,10 @@ def resolve_mask_mode(pairs: Sequence[Pair], mask_mode: str, *, n_classes: int,
             pass
     if not raws:
         bad = ", ".join(str(pairs[i][1]) for i in picks[:5])
-        raise DataError(f"none of the masks looked at to detect the mask mode could be read ({bad}); "
-                        "fix or remove them, or check that the masks folder is right")
+        raise DataError(
+            f"none of the masks looked at to detect the mask mode could be read ({bad}); "
+            "fix or remove them, or check that the masks folder is right"
+        )
     return detect_mask_mode(raws, n_classes, ignore_index=ignore_index, paths=paths)
 
 
@@ -257,7 +317,7 @@ def memory_budget(local_world_size: int = 1) -> int:
 
 
 def choose_cache(mode: str, nbytes: int, budget: int | None = None, local_world_size: int = 1) -> str:
-    """"memory" or "stream": ``mode`` itself unless "auto", which streams when ``nbytes`` exceeds the budget."""
+    """ "memory" or "stream": ``mode`` itself unless "auto", which streams when ``nbytes`` exceeds the budget."""
     if mode in ("memory", "stream"):
         return mode
     if mode != "auto":
@@ -266,14 +326,22 @@ def choose_cache(mode: str, nbytes: int, budget: int | None = None, local_world_
     return "memory" if nbytes <= budget else "stream"
 
 
-def load_streaming(config: Any, *, log: Callable[[str], None] = print,
-                   ) -> tuple[StreamingData, StreamingData | None, str]:
+def load_streaming(
+    config: Any,
+    *,
+    log: Callable[[str], None] = print,
+) -> tuple[StreamingData, StreamingData | None, str]:
     """The streaming twin of ``train.load_data``: (train, validation or None, mask mode), nothing decoded."""
     d, m = config.data, config.model
     palette = config.palette if d.mask_mode == "palette" else None
-    common: dict[str, Any] = dict(n_classes=m.n_classes, mask_mode=d.mask_mode, palette=palette,
-                                  ignore_index=d.ignore_index, resize=config.preprocess.resize,
-                                  num_workers=d.num_workers)
+    common: dict[str, Any] = dict(
+        n_classes=m.n_classes,
+        mask_mode=d.mask_mode,
+        palette=palette,
+        ignore_index=d.ignore_index,
+        resize=config.preprocess.resize,
+        num_workers=d.num_workers,
+    )
     t0 = time.perf_counter()
     train, mode = StreamingData.from_folders(d.images, d.masks, m.input_size, **common)
     val = None
@@ -282,8 +350,10 @@ def load_streaming(config: Any, *, log: Callable[[str], None] = print,
     elif d.val_fraction:
         train, val = train.split(d.val_fraction, d.split_seed)
     total = len(train) + (len(val) if val else 0)
-    log(f"streaming {total} image/mask pairs ({mode} masks; paired in {time.perf_counter() - t0:.1f}s), "
-        f"decoded by {d.num_workers} DataLoader worker(s) per process")
+    log(
+        f"streaming {total} image/mask pairs ({mode} masks; paired in {time.perf_counter() - t0:.1f}s), "
+        f"decoded by {d.num_workers} DataLoader worker(s) per process"
+    )
     return train, val, mode
 
 
@@ -301,6 +371,8 @@ def folder_cache_mode(config: Any, *, local_world_size: int = 1, log: Callable[[
     budget = memory_budget(local_world_size)
     mode = choose_cache("auto", need, budget)
     if mode == "stream":
-        log(f"the uint8 cache would take {need / 2**30:.1f} GiB, over this process's budget of "
-            f"{budget / 2**30:.1f} GiB; streaming from disk instead (force with --cache memory)")
+        log(
+            f"the uint8 cache would take {need / 2**30:.1f} GiB, over this process's budget of "
+            f"{budget / 2**30:.1f} GiB; streaming from disk instead (force with --cache memory)"
+        )
     return mode

@@ -33,29 +33,64 @@ import numpy as np
 from PIL import Image
 
 CLASS_NAMES: list[str] = [
-    "unlabeled", "sky", "road", "lane_marking", "sidewalk", "building", "fence", "vegetation",
-    "terrain", "pole", "traffic_sign", "pedestrian", "vehicle",
+    "unlabeled",
+    "sky",
+    "road",
+    "lane_marking",
+    "sidewalk",
+    "building",
+    "fence",
+    "vegetation",
+    "terrain",
+    "pole",
+    "traffic_sign",
+    "pedestrian",
+    "vehicle",
 ]
 # CARLA / Cityscapes colours, one [r, g, b] per class
 PALETTE: list[list[int]] = [
-    [0, 0, 0], [70, 130, 180], [128, 64, 128], [157, 234, 50], [244, 35, 232], [70, 70, 70],
-    [190, 153, 153], [107, 142, 35], [152, 251, 152], [153, 153, 153], [220, 220, 0], [220, 20, 60],
+    [0, 0, 0],
+    [70, 130, 180],
+    [128, 64, 128],
+    [157, 234, 50],
+    [244, 35, 232],
+    [70, 70, 70],
+    [190, 153, 153],
+    [107, 142, 35],
+    [152, 251, 152],
+    [153, 153, 153],
+    [220, 220, 0],
+    [220, 20, 60],
     [0, 0, 142],
 ]
 N_CLASSES: int = len(CLASS_NAMES)
 
-(VOID, SKY, ROAD, LANE, SIDEWALK, BUILDING, FENCE, VEGETATION, TERRAIN, POLE, SIGN, PERSON,
- VEHICLE) = range(N_CLASSES)
+(VOID, SKY, ROAD, LANE, SIDEWALK, BUILDING, FENCE, VEGETATION, TERRAIN, POLE, SIGN, PERSON, VEHICLE) = range(N_CLASSES)
 
 Colour = tuple[float, float, float]
 
 # Materials only steer the texture (noise amplitudes) added at the end; they are not classes.
-(_M_FLAT, _M_SKY, _M_ASPHALT, _M_PAINT, _M_PAVING, _M_WALL, _M_GLASS, _M_LEAF, _M_GRASS, _M_METAL,
- _M_CLOTH, _M_SKIN, _M_DIRT) = range(13)
+(
+    _M_FLAT,
+    _M_SKY,
+    _M_ASPHALT,
+    _M_PAINT,
+    _M_PAVING,
+    _M_WALL,
+    _M_GLASS,
+    _M_LEAF,
+    _M_GRASS,
+    _M_METAL,
+    _M_CLOTH,
+    _M_SKIN,
+    _M_DIRT,
+) = range(13)
 #                    flat  sky  asph paint pave wall glass leaf grass metal cloth skin dirt
-_FINE = np.array([.02, .01, .08, .05, .06, .04, .03, .2, .15, .03, .05, .02, .13], np.float32)  # per pixel
-_MID = np.array([.02, .0, .04, .03, .04, .04, .05, .18, .1, .02, .03, .01, .09], np.float32)  # blotches
-_LOW = np.array([.03, .0, .05, .04, .05, .05, .05, .06, .07, .02, .02, .0, .08], np.float32)  # large patches
+_FINE = np.array([0.02, 0.01, 0.08, 0.05, 0.06, 0.04, 0.03, 0.2, 0.15, 0.03, 0.05, 0.02, 0.13], np.float32)  # per pixel
+_MID = np.array([0.02, 0.0, 0.04, 0.03, 0.04, 0.04, 0.05, 0.18, 0.1, 0.02, 0.03, 0.01, 0.09], np.float32)  # blotches
+_LOW = np.array(
+    [0.03, 0.0, 0.05, 0.04, 0.05, 0.05, 0.05, 0.06, 0.07, 0.02, 0.02, 0.0, 0.08], np.float32
+)  # large patches
 
 
 def _cum(weights: list[float]) -> list[float]:
@@ -64,54 +99,134 @@ def _cum(weights: list[float]) -> list[float]:
 
 # Base colours (0..1, before per-image lighting); hues shared across classes are deliberate.
 _CAR_PAINTS: list[Colour] = [
-    (.9, .9, .9), (.07, .07, .08), (.62, .63, .65), (.36, .37, .39), (.1, .14, .32), (.62, .08, .08),
-    (.2, .34, .68), (.16, .34, .2), (.86, .7, .15), (.42, .3, .2), (.58, .53, .43), (.45, .47, .42)]
-_CAR_CUM = _cum([4, 4, 4, 4, 1.5, 1.5, 1.5, 1, .6, .8, 1, 1.5])
+    (0.9, 0.9, 0.9),
+    (0.07, 0.07, 0.08),
+    (0.62, 0.63, 0.65),
+    (0.36, 0.37, 0.39),
+    (0.1, 0.14, 0.32),
+    (0.62, 0.08, 0.08),
+    (0.2, 0.34, 0.68),
+    (0.16, 0.34, 0.2),
+    (0.86, 0.7, 0.15),
+    (0.42, 0.3, 0.2),
+    (0.58, 0.53, 0.43),
+    (0.45, 0.47, 0.42),
+]
+_CAR_CUM = _cum([4, 4, 4, 4, 1.5, 1.5, 1.5, 1, 0.6, 0.8, 1, 1.5])
 _BUILDING: list[Colour] = [
-    (.5, .5, .5), (.7, .7, .68), (.76, .68, .55), (.56, .31, .23), (.45, .36, .29), (.86, .85, .82),
-    (.85, .78, .55), (.8, .62, .58), (.3, .3, .32), (.36, .45, .55), (.5, .55, .45), (.62, .58, .52)]
-_FENCE: list[Colour] = [(.45, .45, .47), (.25, .26, .27), (.15, .3, .2), (.45, .32, .2), (.82, .82, .8),
-                        (.6, .6, .58)]
-_LEAVES: list[Colour] = [(.18, .32, .1), (.25, .4, .15), (.12, .25, .12), (.35, .45, .2), (.08, .17, .08),
-                         (.3, .36, .18), (.55, .45, .15), (.5, .3, .12)]
-_LEAF_CUM = _cum([3, 3, 3, 2, 2, 2, .7, .5])
-_TERRAIN: list[Colour] = [(.3, .45, .18), (.55, .5, .3), (.45, .36, .26), (.5, .48, .45), (.25, .48, .2),
-                          (.4, .42, .22)]
-_ROAD: list[Colour] = [(.32, .32, .33), (.42, .42, .42), (.24, .24, .26), (.5, .49, .47), (.36, .34, .33)]
-_SIDEWALK: list[Colour] = [(.62, .62, .6), (.7, .68, .62), (.6, .43, .38), (.45, .45, .46), (.7, .62, .5),
-                           (.52, .5, .48)]
-_POLE: list[Colour] = [(.45, .45, .47), (.25, .25, .27), (.66, .66, .66), (.15, .28, .2), (.38, .28, .18),
-                       (.72, .62, .12)]
-_SIGN: list[Colour] = [(.78, .08, .1), (.1, .25, .66), (.9, .78, .1), (.1, .45, .25), (.9, .9, .9),
-                       (.92, .5, .1)]
-_SKIN: list[Colour] = [(.95, .8, .68), (.85, .65, .5), (.6, .42, .3), (.4, .27, .18)]
-_HAIR: list[Colour] = [(.08, .06, .05), (.35, .22, .12), (.7, .6, .4), (.5, .5, .5)]
-_TROUSERS: list[Colour] = [(.15, .2, .35), (.07, .07, .08), (.4, .4, .42), (.6, .55, .42), (.35, .25, .18),
-                           (.2, .3, .2)]
-_BARK: list[Colour] = [(.3, .22, .15), (.4, .36, .3), (.2, .17, .13)]
-_CLUTTER: list[Colour] = [(.15, .35, .2), (.6, .1, .1), (.3, .3, .32), (.55, .45, .2), (.2, .25, .5)]
-_GLASS: list[Colour] = [(.12, .14, .18), (.3, .36, .45), (.55, .6, .65), (.2, .2, .2)]
-_BLACK: Colour = (.05, .05, .055)
-_WHITE: Colour = (.88, .88, .86)
-_YELLOW: Colour = (.88, .72, .18)
-_RED_LAMP: Colour = (.8, .05, .05)
-_HEAD_LAMP: Colour = (1.0, .95, .8)
+    (0.5, 0.5, 0.5),
+    (0.7, 0.7, 0.68),
+    (0.76, 0.68, 0.55),
+    (0.56, 0.31, 0.23),
+    (0.45, 0.36, 0.29),
+    (0.86, 0.85, 0.82),
+    (0.85, 0.78, 0.55),
+    (0.8, 0.62, 0.58),
+    (0.3, 0.3, 0.32),
+    (0.36, 0.45, 0.55),
+    (0.5, 0.55, 0.45),
+    (0.62, 0.58, 0.52),
+]
+_FENCE: list[Colour] = [
+    (0.45, 0.45, 0.47),
+    (0.25, 0.26, 0.27),
+    (0.15, 0.3, 0.2),
+    (0.45, 0.32, 0.2),
+    (0.82, 0.82, 0.8),
+    (0.6, 0.6, 0.58),
+]
+_LEAVES: list[Colour] = [
+    (0.18, 0.32, 0.1),
+    (0.25, 0.4, 0.15),
+    (0.12, 0.25, 0.12),
+    (0.35, 0.45, 0.2),
+    (0.08, 0.17, 0.08),
+    (0.3, 0.36, 0.18),
+    (0.55, 0.45, 0.15),
+    (0.5, 0.3, 0.12),
+]
+_LEAF_CUM = _cum([3, 3, 3, 2, 2, 2, 0.7, 0.5])
+_TERRAIN: list[Colour] = [
+    (0.3, 0.45, 0.18),
+    (0.55, 0.5, 0.3),
+    (0.45, 0.36, 0.26),
+    (0.5, 0.48, 0.45),
+    (0.25, 0.48, 0.2),
+    (0.4, 0.42, 0.22),
+]
+_ROAD: list[Colour] = [
+    (0.32, 0.32, 0.33),
+    (0.42, 0.42, 0.42),
+    (0.24, 0.24, 0.26),
+    (0.5, 0.49, 0.47),
+    (0.36, 0.34, 0.33),
+]
+_SIDEWALK: list[Colour] = [
+    (0.62, 0.62, 0.6),
+    (0.7, 0.68, 0.62),
+    (0.6, 0.43, 0.38),
+    (0.45, 0.45, 0.46),
+    (0.7, 0.62, 0.5),
+    (0.52, 0.5, 0.48),
+]
+_POLE: list[Colour] = [
+    (0.45, 0.45, 0.47),
+    (0.25, 0.25, 0.27),
+    (0.66, 0.66, 0.66),
+    (0.15, 0.28, 0.2),
+    (0.38, 0.28, 0.18),
+    (0.72, 0.62, 0.12),
+]
+_SIGN: list[Colour] = [
+    (0.78, 0.08, 0.1),
+    (0.1, 0.25, 0.66),
+    (0.9, 0.78, 0.1),
+    (0.1, 0.45, 0.25),
+    (0.9, 0.9, 0.9),
+    (0.92, 0.5, 0.1),
+]
+_SKIN: list[Colour] = [(0.95, 0.8, 0.68), (0.85, 0.65, 0.5), (0.6, 0.42, 0.3), (0.4, 0.27, 0.18)]
+_HAIR: list[Colour] = [(0.08, 0.06, 0.05), (0.35, 0.22, 0.12), (0.7, 0.6, 0.4), (0.5, 0.5, 0.5)]
+_TROUSERS: list[Colour] = [
+    (0.15, 0.2, 0.35),
+    (0.07, 0.07, 0.08),
+    (0.4, 0.4, 0.42),
+    (0.6, 0.55, 0.42),
+    (0.35, 0.25, 0.18),
+    (0.2, 0.3, 0.2),
+]
+_BARK: list[Colour] = [(0.3, 0.22, 0.15), (0.4, 0.36, 0.3), (0.2, 0.17, 0.13)]
+_CLUTTER: list[Colour] = [(0.15, 0.35, 0.2), (0.6, 0.1, 0.1), (0.3, 0.3, 0.32), (0.55, 0.45, 0.2), (0.2, 0.25, 0.5)]
+_GLASS: list[Colour] = [(0.12, 0.14, 0.18), (0.3, 0.36, 0.45), (0.55, 0.6, 0.65), (0.2, 0.2, 0.2)]
+_BLACK: Colour = (0.05, 0.05, 0.055)
+_WHITE: Colour = (0.88, 0.88, 0.86)
+_YELLOW: Colour = (0.88, 0.72, 0.18)
+_RED_LAMP: Colour = (0.8, 0.05, 0.05)
+_HEAD_LAMP: Colour = (1.0, 0.95, 0.8)
 
 _TIMES = ("day", "overcast", "dusk", "night", "fog")
-_TIMES_CUM = _cum([.45, .22, .15, .1, .08])
+_TIMES_CUM = _cum([0.45, 0.22, 0.15, 0.1, 0.08])
 _STYLES = ("city", "suburb", "rural")
-_STYLES_CUM = _cum([.45, .35, .2])
+_STYLES_CUM = _cum([0.45, 0.35, 0.2])
 _VEHICLES = ("car",) * 6 + ("van", "van", "truck", "bus", "bike")
 
 # roadside block kinds: building, tree row, hedge, wall, fence (open ground is no block)
 _BUILDING_K, _TREES_K, _HEDGE_K, _WALL_K, _FENCE_K, _OPEN_K = range(6)
-_FRONT_CUM = {"city": _cum([.55, .05, .07, .1, .1, .13]), "suburb": _cum([.3, .15, .15, .1, .15, .15]),
-              "rural": _cum([.05, .25, .1, .05, .3, .25])}
-_BACK_CUM = {"city": _cum([.85, .05, 0, 0, 0, .1]), "suburb": _cum([.4, .45, 0, 0, 0, .15]),
-             "rural": _cum([.08, .6, 0, 0, 0, .32])}
-_BLOCK_H = {style: (np.array([1.2, 1.5, .25, .2, .25]), np.array([tall, 4.5, .6, .7, .55]))
-            for style, tall in (("city", 12.0), ("suburb", 4.0), ("rural", 3.0))}
-_BLOCK_DEPTH = (np.array([1.5, .3, .3, .1, .05]), np.array([5.0, 2.0, .6, .1, .05]))
+_FRONT_CUM = {
+    "city": _cum([0.55, 0.05, 0.07, 0.1, 0.1, 0.13]),
+    "suburb": _cum([0.3, 0.15, 0.15, 0.1, 0.15, 0.15]),
+    "rural": _cum([0.05, 0.25, 0.1, 0.05, 0.3, 0.25]),
+}
+_BACK_CUM = {
+    "city": _cum([0.85, 0.05, 0, 0, 0, 0.1]),
+    "suburb": _cum([0.4, 0.45, 0, 0, 0, 0.15]),
+    "rural": _cum([0.08, 0.6, 0, 0, 0, 0.32]),
+}
+_BLOCK_H = {
+    style: (np.array([1.2, 1.5, 0.25, 0.2, 0.25]), np.array([tall, 4.5, 0.6, 0.7, 0.55]))
+    for style, tall in (("city", 12.0), ("suburb", 4.0), ("rural", 3.0))
+}
+_BLOCK_DEPTH = (np.array([1.5, 0.3, 0.3, 0.1, 0.05]), np.array([5.0, 2.0, 0.6, 0.1, 0.05]))
 _BLOCK_CLS = np.array([BUILDING, VEGETATION, VEGETATION, FENCE, FENCE])
 _BLOCK_MAT = np.array([_M_WALL, _M_LEAF, _M_LEAF, _M_WALL, _M_METAL])
 _BLOCK_PAL = [np.array(_BUILDING), np.array(_LEAVES[:6]), np.array(_FENCE)]  # walls share building colours
@@ -123,17 +238,20 @@ def _choose(rng: np.random.Generator, cum: list[float]) -> int:
     return min(bisect.bisect_right(cum, rng.random() * cum[-1]), len(cum) - 1)
 
 
-def _pick(rng: np.random.Generator, colours: list[Colour], jitter: float = .08,
-          cum: list[float] | None = None) -> Colour:
+def _pick(
+    rng: np.random.Generator, colours: list[Colour], jitter: float = 0.08, cum: list[float] | None = None
+) -> Colour:
     """One of ``colours`` with brightness and hue jitter."""
     r = rng.random(5).tolist()
     n = len(colours)
     i = min(int(r[0] * n), n - 1) if cum is None else min(bisect.bisect_right(cum, r[0] * cum[-1]), n - 1)
     base = colours[i]
     g = 1 + 1.5 * jitter * (2 * r[1] - 1)
-    return (min(max(base[0] * g + jitter * (r[2] - .5), 0.0), 1.0),
-            min(max(base[1] * g + jitter * (r[3] - .5), 0.0), 1.0),
-            min(max(base[2] * g + jitter * (r[4] - .5), 0.0), 1.0))
+    return (
+        min(max(base[0] * g + jitter * (r[2] - 0.5), 0.0), 1.0),
+        min(max(base[1] * g + jitter * (r[3] - 0.5), 0.0), 1.0),
+        min(max(base[2] * g + jitter * (r[4] - 0.5), 0.0), 1.0),
+    )
 
 
 def _hsv_colour(rng: np.random.Generator) -> Colour:
@@ -184,8 +302,13 @@ class _Canvas:
             return None
         return i0, i1, j0, j1
 
-    def fill(self, b: tuple[int, int, int, int], m: np.ndarray | None, cid: int | np.ndarray,
-             bright: float | np.ndarray = 1.0) -> None:
+    def fill(
+        self,
+        b: tuple[int, int, int, int],
+        m: np.ndarray | None,
+        cid: int | np.ndarray,
+        bright: float | np.ndarray = 1.0,
+    ) -> None:
         """Set id and brightness in box ``b`` where ``m`` holds (None: everywhere); arrays broadcast."""
         i0, i1, j0, j1 = b
         c, s = self.cid[i0:i1, j0:j1], self.bright[i0:i1, j0:j1]
@@ -229,8 +352,9 @@ class _Canvas:
         m = np.abs(self.xs[None, j0:j1] - (left + right) * 0.5) < np.maximum(right - left, 1.0) * 0.5
         self.fill(b, m, cid)
 
-    def ellipse(self, cx: float, cy: float, rx: float, ry: float, cid: int,
-                rough: np.ndarray | None = None, amp: float = 0.0) -> None:
+    def ellipse(
+        self, cx: float, cy: float, rx: float, ry: float, cid: int, rough: np.ndarray | None = None, amp: float = 0.0
+    ) -> None:
         """Filled ellipse; a noise field ``rough`` frays the outline (foliage)."""
         rx, ry = max(rx, 0.5), max(ry, 0.5)
         b = self.box(cx - rx, cy - ry, cx + rx, cy + ry)
@@ -260,8 +384,7 @@ class _Camera:
     after it, so its far end has a vanishing point of its own.
     """
 
-    def __init__(self, h: int, w: int, fov: float, pitch: float, yaw: float, c: float, k: float,
-                 dcap: float) -> None:
+    def __init__(self, h: int, w: int, fov: float, pitch: float, yaw: float, c: float, k: float, dcap: float) -> None:
         self.f = 0.5 * max(w, h * 4 / 3) / math.tan(math.radians(fov) / 2)
         self.yh = h / 2 + pitch * self.f
         self.xv = w / 2 + yaw * self.f
@@ -315,7 +438,7 @@ def _blur(img: np.ndarray, r: int) -> np.ndarray:
         pad[axis] = (r + 1, r)
         c = np.cumsum(np.pad(img, pad, mode="edge"), axis=axis, dtype=np.float32)
         size = img.shape[axis]
-        img = (np.take(c, np.arange(n, n + size), axis=axis) - np.take(c, np.arange(size), axis=axis))
+        img = np.take(c, np.arange(n, n + size), axis=axis) - np.take(c, np.arange(size), axis=axis)
         img *= np.float32(1 / n)
     return img
 
@@ -345,20 +468,27 @@ class _Scene:
         self.style = _STYLES[_choose(rng, _STYLES_CUM)]
         heading = 0.0 if rng.random() < 0.45 else rng.uniform(-0.5, 0.5)
         dcap = rng.uniform(12, 40)
-        self.cam = _Camera(self.h, self.w, fov=rng.uniform(75, 100), pitch=rng.uniform(-0.14, 0.07),
-                           yaw=rng.uniform(-0.18, 0.18), c=rng.uniform(0.36, 0.55),
-                           k=heading / (2 * dcap), dcap=dcap)
+        self.cam = _Camera(
+            self.h,
+            self.w,
+            fov=rng.uniform(75, 100),
+            pitch=rng.uniform(-0.14, 0.07),
+            yaw=rng.uniform(-0.18, 0.18),
+            c=rng.uniform(0.36, 0.55),
+            k=heading / (2 * dcap),
+            dcap=dcap,
+        )
         self.n_lanes = n = (1, 2, 2, 3, 3, 4, 4, 5)[int(rng.integers(8))]
         self.lw = rng.uniform(0.9, 1.1)
         own = int(rng.integers(n))  # the camera's lane
         self.XL = -(own + rng.uniform(0.35, 0.65)) * self.lw
         self.XR = self.XL + n * self.lw
         self.n_left = n // 2 if n >= 3 and rng.random() < 0.5 else (int(rng.integers(n)) if n > 1 else 0)
-        sw_p = {"city": .95, "suburb": .85, "rural": .35}[self.style]
+        sw_p = {"city": 0.95, "suburb": 0.85, "rural": 0.35}[self.style]
         self.sw = [rng.uniform(0.4, 1.3) if rng.random() < sw_p else 0.0 for _ in range(2)]
         lo, hi = (0.0, 0.4) if self.style == "city" else (0.2, 2.0)
         self.setback = [rng.uniform(lo, hi) for _ in range(2)]
-        paved = {"city": .6, "suburb": .2, "rural": 0.0}[self.style]
+        paved = {"city": 0.6, "suburb": 0.2, "rural": 0.0}[self.style]
         self.setback_paved = [rng.random() < paved for _ in range(2)]
         self.light_setup()
 
@@ -367,31 +497,31 @@ class _Scene:
         rng, tod = self.rng, self.tod
         u = rng.uniform
         if tod == "day":
-            zen = np.array([.2, .4, .78]) + u(-.08, .08, 3)
-            hor = np.array([.62, .76, .92]) + u(-.08, .06, 3)
-            self.gain, self.tint, self.sat = u(0.9, 1.2), 1 + u(-.06, .06, 3), u(0.85, 1.3)
+            zen = np.array([0.2, 0.4, 0.78]) + u(-0.08, 0.08, 3)
+            hor = np.array([0.62, 0.76, 0.92]) + u(-0.08, 0.06, 3)
+            self.gain, self.tint, self.sat = u(0.9, 1.2), 1 + u(-0.06, 0.06, 3), u(0.85, 1.3)
         elif tod == "overcast":
-            g = u(.55, .85)
-            zen = np.full(3, g * u(.8, .95)) + u(-.03, .03, 3)
-            hor = np.full(3, g) + u(-.03, .03, 3)
-            self.gain, self.tint, self.sat = u(0.75, 1.0), 1 + u(-.04, .04, 3), u(0.55, 0.85)
+            g = u(0.55, 0.85)
+            zen = np.full(3, g * u(0.8, 0.95)) + u(-0.03, 0.03, 3)
+            hor = np.full(3, g) + u(-0.03, 0.03, 3)
+            self.gain, self.tint, self.sat = u(0.75, 1.0), 1 + u(-0.04, 0.04, 3), u(0.55, 0.85)
         elif tod == "dusk":
-            zen = np.array([.22, .22, .45]) + u(-.08, .08, 3)
-            hor = np.array([.95, .6, .35]) + u(-.1, .05, 3)
-            self.gain, self.sat = u(0.6, 0.85), u(.8, 1.2)
-            self.tint = np.array([1.12, .92, .75]) + u(-.05, .05, 3)
+            zen = np.array([0.22, 0.22, 0.45]) + u(-0.08, 0.08, 3)
+            hor = np.array([0.95, 0.6, 0.35]) + u(-0.1, 0.05, 3)
+            self.gain, self.sat = u(0.6, 0.85), u(0.8, 1.2)
+            self.tint = np.array([1.12, 0.92, 0.75]) + u(-0.05, 0.05, 3)
         elif tod == "night":
-            zen = np.array([.02, .03, .08]) + u(0, .03, 3)
-            hor = np.array([.15, .15, .22]) + u(-.04, .08, 3)
-            self.gain, self.sat = u(0.5, 0.7), u(.6, 1.0)
-            self.tint = np.array([.85, .92, 1.15]) + u(-.05, .05, 3)
+            zen = np.array([0.02, 0.03, 0.08]) + u(0, 0.03, 3)
+            hor = np.array([0.15, 0.15, 0.22]) + u(-0.04, 0.08, 3)
+            self.gain, self.sat = u(0.5, 0.7), u(0.6, 1.0)
+            self.tint = np.array([0.85, 0.92, 1.15]) + u(-0.05, 0.05, 3)
         else:  # fog
-            zen = hor = np.full(3, u(.6, .85)) + u(-.02, .02, 3)
-            self.gain, self.tint, self.sat = u(0.8, 1.0), 1 + u(-.03, .03, 3), u(0.5, 0.8)
+            zen = hor = np.full(3, u(0.6, 0.85)) + u(-0.02, 0.02, 3)
+            self.gain, self.tint, self.sat = u(0.8, 1.0), 1 + u(-0.03, 0.03, 3), u(0.5, 0.8)
         self.zen = np.clip(zen, 0, 1).astype(np.float32)
         self.hor = np.clip(hor, 0, 1).astype(np.float32)
         self.contrast = u(0.75, 1.25)
-        self.haze = {"fog": u(.6, .85), "overcast": u(.2, .45)}.get(tod, u(.1, .35))
+        self.haze = {"fog": u(0.6, 0.85), "overcast": u(0.2, 0.45)}.get(tod, u(0.1, 0.35))
         self.sun_side = 1 if rng.random() < 0.5 else -1
         self.sunny = tod == "day" and rng.random() < 0.8
         self.lit = tod in ("night", "dusk")
@@ -417,16 +547,15 @@ class _Scene:
             edges = np.sort(rng.uniform(-3, 3, 120))
             tall = 0.11 if self.style == "city" else 0.05
             heights = rng.uniform(0.01, tall, 121) * (rng.random(121) < 0.85)
-            colour = _pick(rng, _BUILDING, .1)
+            colour = _pick(rng, _BUILDING, 0.1)
             layers.append((heights[np.searchsorted(edges, grid)], BUILDING, colour, _M_WALL))
         if rng.random() < 0.75:
             ph = rng.uniform(0, 6, 3)
-            wave = (0.5 * np.sin(grid * 23 + ph[0]) + 0.3 * np.sin(grid * 61 + ph[1])
-                    + 0.2 * np.sin(grid * 140 + ph[2]))
+            wave = 0.5 * np.sin(grid * 23 + ph[0]) + 0.3 * np.sin(grid * 61 + ph[1]) + 0.2 * np.sin(grid * 140 + ph[2])
             prof = rng.uniform(0.01, 0.04) * (1 + wave)
             if rng.random() < 0.3:  # hills
                 prof = prof + rng.uniform(0.02, 0.06) * (1 + np.sin(grid * rng.uniform(2, 5) + ph[0]))
-            layers.append((prof, VEGETATION, _pick(rng, _LEAVES, .1, _LEAF_CUM), _M_LEAF))
+            layers.append((prof, VEGETATION, _pick(rng, _LEAVES, 0.1, _LEAF_CUM), _M_LEAF))
         haze = rng.uniform(0.35, 0.7)
         for prof, cls, colour, mat in layers:
             top = cam.yh - cam.f * np.interp(angle, grid, prof)
@@ -451,18 +580,22 @@ class _Scene:
         def paint(m: np.ndarray, colour: Colour, cls: int, mat: int) -> None:
             cid[m] = self.add(colour, cls, mat)
 
-        terrain = _pick(rng, _TERRAIN, .1)
+        terrain = _pick(rng, _TERRAIN, 0.1)
         cid[:] = self.add(terrain, TERRAIN, _M_GRASS if terrain[1] > terrain[0] else _M_DIRT)
         bright[:] = 1.0
         XL, XR, sw = self.XL, self.XR, self.sw
-        pave = _pick(rng, _SIDEWALK, .08)
+        pave = _pick(rng, _SIDEWALK, 0.08)
         for k, side in enumerate((-1, 1)):
             edge = XL if side < 0 else XR
             outer = edge + side * sw[k]
             far = outer + side * self.setback[k]
             if self.setback_paved[k]:
-                paint((X >= min(outer, far)) & (X < max(outer, far)), _scale(pave, rng.uniform(.9, 1.05)),
-                      SIDEWALK, _M_PAVING)
+                paint(
+                    (X >= min(outer, far)) & (X < max(outer, far)),
+                    _scale(pave, rng.uniform(0.9, 1.05)),
+                    SIDEWALK,
+                    _M_PAVING,
+                )
             if sw[k] > 0:
                 m = (X >= min(edge, outer)) & (X < max(edge, outer))
                 paint(m, pave, SIDEWALK, _M_PAVING)
@@ -472,16 +605,16 @@ class _Scene:
                 paint(m & (np.abs(X - edge) < 0.06), _scale(pave, 1.2), SIDEWALK, _M_PAVING)  # curb
             elif rng.random() < 0.5:  # gravel shoulder
                 a, b = sorted((edge, edge + side * 0.3))
-                paint((X >= a) & (X < b), _pick(rng, _TERRAIN[2:4], .08), TERRAIN, _M_DIRT)
-        asphalt = _pick(rng, _ROAD, .08)
+                paint((X >= a) & (X < b), _pick(rng, _TERRAIN[2:4], 0.08), TERRAIN, _M_DIRT)
+        asphalt = _pick(rng, _ROAD, 0.08)
         road = (X >= XL) & (X < XR)
         paint(road, asphalt, ROAD, _M_ASPHALT)
         track = np.abs(((X - XL) * (1 / self.lw)) % 1.0 - 0.5)
-        bright[road & (track > 0.14) & (track < 0.3)] = rng.uniform(.85, .97)  # tyre tracks
+        bright[road & (track > 0.14) & (track < 0.3)] = rng.uniform(0.85, 0.97)  # tyre tracks
         # lane markings
         worn = rng.uniform(0, 0.35)
-        white = _mix(_scale(_WHITE, rng.uniform(.8, 1.0)), asphalt, worn)
-        yellow = _mix(_scale(_YELLOW, rng.uniform(.8, 1.0)), asphalt, worn)
+        white = _mix(_scale(_WHITE, rng.uniform(0.8, 1.0)), asphalt, worn)
+        yellow = _mix(_scale(_YELLOW, rng.uniform(0.8, 1.0)), asphalt, worn)
         half = np.maximum(rng.uniform(0.025, 0.04), 0.4 * px)[:, None]
         period = rng.uniform(2.2, 3.5)
         dash = (((d / period) + rng.uniform(0, 1)) % 1.0 < rng.uniform(0.3, 0.5))[:, None]
@@ -555,23 +688,37 @@ class _Scene:
         h = (lo[k] + (hi[k] - lo[k]) * U[:, 0]) * np.where(back & (k == _BUILDING_K), 1.4, 1.0)
         depth = _BLOCK_DEPTH[0][k] + (_BLOCK_DEPTH[1][k] - _BLOCK_DEPTH[0][k]) * U[:, 1]
         pal = np.where((k == _TREES_K) | (k == _HEDGE_K), 1, np.where(k == _FENCE_K, 2, 0))
-        cols = np.stack([_BLOCK_PAL[p][np.minimum((U[:, 2 + p] * len(_BLOCK_PAL[p])).astype(int),
-                                                  len(_BLOCK_PAL[p]) - 1)] for p in range(3)], axis=1)
+        cols = np.stack(
+            [
+                _BLOCK_PAL[p][np.minimum((U[:, 2 + p] * len(_BLOCK_PAL[p])).astype(int), len(_BLOCK_PAL[p]) - 1)]
+                for p in range(3)
+            ],
+            axis=1,
+        )
         col = np.clip(cols[np.arange(n), pal] * (0.88 + 0.24 * U[:, 5:6]) + 0.08 * (U[:, 6:9] - 0.5), 0, 1)
         glass = np.array(_GLASS)[np.minimum((U[:, 9] * len(_GLASS)).astype(int), len(_GLASS) - 1)]
         glass = glass * (0.85 + 0.3 * U[:, 10:11]) + self.hor * 0.15
         if self.lit:  # lit windows at dusk and night
-            warm = np.array([1.0, .85, .55]) * (0.8 + 0.4 * U[:, 11:12])
+            warm = np.array([1.0, 0.85, 0.55]) * (0.8 + 0.4 * U[:, 11:12])
             glass = np.where(U[:, 10:11] < 0.5, warm, glass)
         f32 = np.float32
         return {
-            "start": np.array(starts), "end": np.array(ends), "h": h.astype(f32), "depth": depth,
-            "cls": _BLOCK_CLS[k], "mat": _BLOCK_MAT[k], "col": col, "glass": glass,
+            "start": np.array(starts),
+            "end": np.array(ends),
+            "h": h.astype(f32),
+            "depth": depth,
+            "cls": _BLOCK_CLS[k],
+            "mat": _BLOCK_MAT[k],
+            "col": col,
+            "glass": glass,
             "windows": (k == _BUILDING_K) & (U[:, 11] < 0.85),
-            "ws": (0.35 + 0.55 * U[:, 12]).astype(f32), "wf": (0.35 + 0.35 * U[:, 13]).astype(f32),
-            "fl": (0.8 + 0.2 * U[:, 14]).astype(f32), "post": (0.4 + 0.6 * U[:, 13]).astype(f32),
-            "bump": np.where(k == _TREES_K, .2 + .25 * U[:, 15], np.where(k == _HEDGE_K, .08, 0)).astype(f32),
-            "ph": (U[:, 2:5] * 6.0).astype(f32), "rails": 1 + (U[:, 14] * 3).astype(int),
+            "ws": (0.35 + 0.55 * U[:, 12]).astype(f32),
+            "wf": (0.35 + 0.35 * U[:, 13]).astype(f32),
+            "fl": (0.8 + 0.2 * U[:, 14]).astype(f32),
+            "post": (0.4 + 0.6 * U[:, 13]).astype(f32),
+            "bump": np.where(k == _TREES_K, 0.2 + 0.25 * U[:, 15], np.where(k == _HEDGE_K, 0.08, 0)).astype(f32),
+            "ph": (U[:, 2:5] * 6.0).astype(f32),
+            "rails": 1 + (U[:, 14] * 3).astype(int),
             "open": (k == _FENCE_K) & (U[:, 15] > 0.25),
         }
 
@@ -612,8 +759,7 @@ class _Scene:
         if len(j) == 0:
             return
         ph = bl["ph"][idx]
-        wave = (0.5 * np.sin(d * 2.3 + ph[:, 0]) + 0.3 * np.sin(d * 5.9 + ph[:, 1])
-                + 0.2 * np.sin(d * 13.7 + ph[:, 2]))
+        wave = 0.5 * np.sin(d * 2.3 + ph[:, 0]) + 0.3 * np.sin(d * 5.9 + ph[:, 1]) + 0.2 * np.sin(d * 13.7 + ph[:, 2])
         hgt = bl["h"][idx] * (1 + bl["bump"][idx] * wave)
         top = cam.yh + cam.f * (cam.c - hgt) * q
         bot = cam.yh + cam.f * cam.c * q
@@ -635,18 +781,27 @@ class _Scene:
             fl = bl["fl"][ids]
             vz = z * (1 / fl)[None, :]
             vf = vz % 1.0
-            win = ((big & (u % 1.0 < bl["wf"][ids]))[None, :] & (vf > 0.35) & (vf < 0.8) & (vz > 1)
-                   & (z < (hs - 0.3 * fl)[None, :]))
+            win = (
+                (big & (u % 1.0 < bl["wf"][ids]))[None, :]
+                & (vf > 0.35)
+                & (vf < 0.8)
+                & (vz > 1)
+                & (z < (hs - 0.3 * fl)[None, :])
+            )
             cid = np.where(win, base + 2 * n + ids[None, :], cid)
-            bright = np.where(win, ((np.floor(u)[None, :] * 7 + np.floor(vz) * 13) % 5) * np.float32(0.1)
-                              + np.float32(0.8), np.float32(1.0))
+            bright = np.where(
+                win,
+                ((np.floor(u)[None, :] * 7 + np.floor(vz) * 13) % 5) * np.float32(0.1) + np.float32(0.8),
+                np.float32(1.0),
+            )
         is_f = bl["open"][ids]
         if is_f.any():  # open fences: posts and rails only, the rest shows what is behind
             px = 1.0 / (cam.f * qs)
             posts = (ds % bl["post"][ids]) < np.maximum(0.06, 1.2 * px)
             pitch = hs / bl["rails"][ids]
-            rail = (((z * (1 / pitch)[None, :]) % 1.0 > 1 - np.maximum(0.12, px / pitch)[None, :])
-                    | (z > (hs - 0.05)[None, :]))
+            rail = ((z * (1 / pitch)[None, :]) % 1.0 > 1 - np.maximum(0.12, px / pitch)[None, :]) | (
+                z > (hs - 0.05)[None, :]
+            )
             m &= ~(is_f & ~posts)[None, :] | rail
         cv.fill(b, m, cid, bright)
 
@@ -663,29 +818,33 @@ class _Scene:
                 if d - last >= 2.2:
                     last = d
                     kind = _VEHICLES[int(rng.integers(len(_VEHICLES)))]
-                    x = XL + (lane + 0.5 + rng.uniform(-.12, .12)) * lw
+                    x = XL + (lane + 0.5 + rng.uniform(-0.12, 0.12)) * lw
                     objs.append((d, x, kind, {"oncoming": lane < self.n_left}))
         for k, side in enumerate((-1, 1)):
             edge = XL if side < 0 else XR
             sw = self.sw[k]
             outer = edge + side * sw
-            if rng.random() < {"city": .45, "suburb": .35, "rural": .1}[style]:  # parked cars
+            if rng.random() < {"city": 0.45, "suburb": 0.35, "rural": 0.1}[style]:  # parked cars
                 d = rng.uniform(1.5, 5)
                 for _ in range(int(rng.integers(1, 6))):
-                    objs.append((d, edge - side * 0.35, "car", {"oncoming": rng.random() < .5}))
+                    objs.append((d, edge - side * 0.35, "car", {"oncoming": rng.random() < 0.5}))
                     d += rng.uniform(1.5, 4)
-            if rng.random() < {"city": .75, "suburb": .6, "rural": .45}[style]:  # street lights
+            if rng.random() < {"city": 0.75, "suburb": 0.6, "rural": 0.45}[style]:  # street lights
                 pitch = rng.uniform(5, 12)
-                lamp = {"col": _pick(rng, _POLE, .08), "h": rng.uniform(1.6, 2.6), "arm": rng.uniform(.3, .8),
-                        "w": rng.uniform(.03, .05)}
+                lamp = {
+                    "col": _pick(rng, _POLE, 0.08),
+                    "h": rng.uniform(1.6, 2.6),
+                    "arm": rng.uniform(0.3, 0.8),
+                    "w": rng.uniform(0.03, 0.05),
+                }
                 for d in np.arange(rng.uniform(0.8, pitch), 70, pitch).tolist():
                     objs.append((d, edge + side * min(0.15, sw * 0.3 + 0.1), "lamp", lamp))
-            if rng.random() < {"city": .35, "suburb": .6, "rural": .5}[style]:  # trees
+            if rng.random() < {"city": 0.35, "suburb": 0.6, "rural": 0.5}[style]:  # trees
                 pitch = rng.uniform(3, 8)
                 d = rng.uniform(0.8, pitch)
                 while d < 60:
                     objs.append((d, outer - side * 0.2 if sw > 0.5 else outer + side * 0.4, "tree", {}))
-                    d += pitch * rng.uniform(.7, 1.3)
+                    d += pitch * rng.uniform(0.7, 1.3)
             for _ in range(int(rng.poisson(1.3))):
                 x = edge + side * rng.uniform(0.1, max(sw, 0.25))
                 objs.append((1.5 + 22 * rng.random() ** 1.5, x, "sign", {}))
@@ -693,9 +852,9 @@ class _Scene:
                 x = edge + side * (rng.uniform(0.15, max(sw - 0.1, 0.2)) if sw > 0 else rng.uniform(0.1, 0.8))
                 objs.append((1.0 + 28 * rng.random() ** 1.5, x, "person", {}))
             if rng.random() < 0.25:
-                x = edge + side * rng.uniform(0.1, max(sw, .3))
+                x = edge + side * rng.uniform(0.1, max(sw, 0.3))
                 objs.append((rng.uniform(1.5, 15), x, "clutter", {}))
-        if rng.random() < {"city": .45, "suburb": .25, "rural": .1}[style]:
+        if rng.random() < {"city": 0.45, "suburb": 0.25, "rural": 0.1}[style]:
             side = -1 if rng.random() < 0.5 else 1
             x = (XL if side < 0 else XR) + side * 0.15
             objs.append((rng.uniform(3, 15), x, "light", {"span": XR - XL}))
@@ -717,33 +876,34 @@ class _Scene:
         cv, rng = self.cv, self.rng
         cx, gy, s = self._frame(d, X)
         if kind == "van":
-            w, h, cab = rng.uniform(.52, .58), rng.uniform(.5, .62), 0.7
+            w, h, cab = rng.uniform(0.52, 0.58), rng.uniform(0.5, 0.62), 0.7
         else:
-            w, h, cab = rng.uniform(.48, .54), rng.uniform(.38, .45), 0.5
-        paint_c = _pick(rng, _CAR_PAINTS, .06, _CAR_CUM)
-        glass_c = _mix(_pick(rng, _GLASS[:2], .05), self.hor, 0.25)
+            w, h, cab = rng.uniform(0.48, 0.54), rng.uniform(0.38, 0.45), 0.5
+        paint_c = _pick(rng, _CAR_PAINTS, 0.06, _CAR_CUM)
+        glass_c = _mix(_pick(rng, _GLASS[:2], 0.05), self.hor, 0.25)
         W, H = w * s, h * s
         if W < 1.5:
             return
         paint = self.add(paint_c, VEHICLE, _M_METAL)
         cv.shadow(cx, gy, 0.62 * W, max(0.08 * s, 0.6), 0.45)
         tyre = self.add(_BLACK, VEHICLE, _M_FLAT)
-        cv.rect(cx - .46 * W, gy - .16 * s, cx - .3 * W, gy, tyre)
-        cv.rect(cx + .3 * W, gy - .16 * s, cx + .46 * W, gy, tyre)
+        cv.rect(cx - 0.46 * W, gy - 0.16 * s, cx - 0.3 * W, gy, tyre)
+        cv.rect(cx + 0.3 * W, gy - 0.16 * s, cx + 0.46 * W, gy, tyre)
         low = cab * H
-        cv.rect(cx - W / 2, gy - low, cx + W / 2, gy - .08 * s, paint)
-        cv.trap(gy - H, gy - low, cx - .36 * W, cx + .36 * W, cx - .47 * W, cx + .47 * W, paint)
+        cv.rect(cx - W / 2, gy - low, cx + W / 2, gy - 0.08 * s, paint)
+        cv.trap(gy - H, gy - low, cx - 0.36 * W, cx + 0.36 * W, cx - 0.47 * W, cx + 0.47 * W, paint)
         if W > 5:
             glass = self.add(glass_c, VEHICLE, _M_GLASS)
-            cv.trap(gy - .92 * H, gy - low - .02 * H, cx - .31 * W, cx + .31 * W, cx - .41 * W, cx + .41 * W,
-                    glass)
-            cv.rect(cx - W / 2, gy - .16 * s, cx + W / 2, gy - .08 * s, tyre)  # bumper
+            cv.trap(
+                gy - 0.92 * H, gy - low - 0.02 * H, cx - 0.31 * W, cx + 0.31 * W, cx - 0.41 * W, cx + 0.41 * W, glass
+            )
+            cv.rect(cx - W / 2, gy - 0.16 * s, cx + W / 2, gy - 0.08 * s, tyre)  # bumper
             lamp = self.add(_HEAD_LAMP if p["oncoming"] else _RED_LAMP, VEHICLE, _M_FLAT)
-            ly = gy - low + .05 * s
-            cv.rect(cx - .48 * W, ly, cx - .34 * W, ly + .06 * s, lamp)
-            cv.rect(cx + .34 * W, ly, cx + .48 * W, ly + .06 * s, lamp)
+            ly = gy - low + 0.05 * s
+            cv.rect(cx - 0.48 * W, ly, cx - 0.34 * W, ly + 0.06 * s, lamp)
+            cv.rect(cx + 0.34 * W, ly, cx + 0.48 * W, ly + 0.06 * s, lamp)
             plate = self.add(_WHITE, VEHICLE, _M_FLAT)
-            cv.rect(cx - .12 * W, gy - .24 * s, cx + .12 * W, gy - .18 * s, plate)
+            cv.rect(cx - 0.12 * W, gy - 0.24 * s, cx + 0.12 * W, gy - 0.18 * s, plate)
 
     def draw_van(self, d: float, X: float, p: dict) -> None:
         self.draw_car(d, X, p, "van")
@@ -751,26 +911,26 @@ class _Scene:
     def draw_truck(self, d: float, X: float, p: dict, bus: bool = False) -> None:
         cv, rng = self.cv, self.rng
         cx, gy, s = self._frame(d, X)
-        W = rng.uniform(.66, .72) * s
-        H = (rng.uniform(.85, 1.05) if bus else rng.uniform(.9, 1.15)) * s
-        colour = _pick(rng, _CAR_PAINTS, .06, _CAR_CUM)
+        W = rng.uniform(0.66, 0.72) * s
+        H = (rng.uniform(0.85, 1.05) if bus else rng.uniform(0.9, 1.15)) * s
+        colour = _pick(rng, _CAR_PAINTS, 0.06, _CAR_CUM)
         if W < 1.5:
             return
         cv.shadow(cx, gy, 0.6 * W, max(0.08 * s, 0.6), 0.45)
         tyre = self.add(_BLACK, VEHICLE, _M_FLAT)
-        cv.rect(cx - .45 * W, gy - .18 * s, cx - .25 * W, gy, tyre)
-        cv.rect(cx + .25 * W, gy - .18 * s, cx + .45 * W, gy, tyre)
-        cv.rect(cx - W / 2, gy - H, cx + W / 2, gy - .12 * s, self.add(colour, VEHICLE, _M_METAL))
+        cv.rect(cx - 0.45 * W, gy - 0.18 * s, cx - 0.25 * W, gy, tyre)
+        cv.rect(cx + 0.25 * W, gy - 0.18 * s, cx + 0.45 * W, gy, tyre)
+        cv.rect(cx - W / 2, gy - H, cx + W / 2, gy - 0.12 * s, self.add(colour, VEHICLE, _M_METAL))
         if W > 5:
             if bus:
                 glass = self.add(_mix(_GLASS[0], self.hor, 0.2), VEHICLE, _M_GLASS)
-                cv.rect(cx - .44 * W, gy - .92 * H, cx + .44 * W, gy - .55 * H, glass)
+                cv.rect(cx - 0.44 * W, gy - 0.92 * H, cx + 0.44 * W, gy - 0.55 * H, glass)
             else:  # the seam between the two rear doors
-                seam = self.add(_scale(colour, .7), VEHICLE, _M_METAL)
-                cv.rect(cx - .01 * W, gy - H, cx + .01 * W, gy - .2 * s, seam)
+                seam = self.add(_scale(colour, 0.7), VEHICLE, _M_METAL)
+                cv.rect(cx - 0.01 * W, gy - H, cx + 0.01 * W, gy - 0.2 * s, seam)
             red = self.add(_RED_LAMP, VEHICLE, _M_FLAT)
-            cv.rect(cx - .49 * W, gy - .3 * s, cx - .38 * W, gy - .22 * s, red)
-            cv.rect(cx + .38 * W, gy - .3 * s, cx + .49 * W, gy - .22 * s, red)
+            cv.rect(cx - 0.49 * W, gy - 0.3 * s, cx - 0.38 * W, gy - 0.22 * s, red)
+            cv.rect(cx + 0.38 * W, gy - 0.3 * s, cx + 0.49 * W, gy - 0.22 * s, red)
 
     def draw_bus(self, d: float, X: float, p: dict) -> None:
         self.draw_truck(d, X, p, bus=True)
@@ -779,12 +939,12 @@ class _Scene:
         """Motorbike or bicycle (vehicle) with its rider (pedestrian)."""
         cv, rng = self.cv, self.rng
         cx, gy, s = self._frame(d, X)
-        colour = _pick(rng, _CAR_PAINTS, .06)
+        colour = _pick(rng, _CAR_PAINTS, 0.06)
         if s * 0.1 >= 1:
             cv.shadow(cx, gy, 0.12 * s, max(0.05 * s, 0.6), 0.5)
-            cv.rect(cx - .02 * s, gy - .2 * s, cx + .02 * s, gy, self.add(_BLACK, VEHICLE, _M_FLAT))
+            cv.rect(cx - 0.02 * s, gy - 0.2 * s, cx + 0.02 * s, gy, self.add(_BLACK, VEHICLE, _M_FLAT))
             frame = self.add(colour, VEHICLE, _M_METAL)
-            cv.rect(cx - .06 * s, gy - .3 * s, cx + .06 * s, gy - .15 * s, frame)
+            cv.rect(cx - 0.06 * s, gy - 0.3 * s, cx + 0.06 * s, gy - 0.15 * s, frame)
         self.draw_person(d, X, {"rider": True})
 
     def draw_person(self, d: float, X: float, p: dict) -> None:
@@ -792,33 +952,33 @@ class _Scene:
         cx, gy, s = self._frame(d, X)
         rider = p.get("rider", False)
         hp, w, g, arm_u, bag_u = rng.random(5).tolist()
-        hp, w, g = (.42 + .12 * hp) * s, (.12 + .04 * w) * s, (.8 * g - .4)  # height, width, stride
+        hp, w, g = (0.42 + 0.12 * hp) * s, (0.12 + 0.04 * w) * s, (0.8 * g - 0.4)  # height, width, stride
         shirt_c, bag_c = _hsv_colour(rng), _hsv_colour(rng)
-        legs_c, skin_c = _pick(rng, _TROUSERS, .1), _pick(rng, _SKIN, .05)
-        hair_c = _pick(rng, _CAR_PAINTS if rider else _HAIR, .08)  # a rider wears a helmet
+        legs_c, skin_c = _pick(rng, _TROUSERS, 0.1), _pick(rng, _SKIN, 0.05)
+        hair_c = _pick(rng, _CAR_PAINTS if rider else _HAIR, 0.08)  # a rider wears a helmet
         if hp < 3:
             return
-        base = gy - (.24 * s if rider else 0.0)
+        base = gy - (0.24 * s if rider else 0.0)
         shirt, legs = self.add(shirt_c, PERSON, _M_CLOTH), self.add(legs_c, PERSON, _M_CLOTH)
         if rider:
-            cv.rect(cx - .4 * w, base - .2 * hp, cx + .4 * w, base, legs)
+            cv.rect(cx - 0.4 * w, base - 0.2 * hp, cx + 0.4 * w, base, legs)
         else:
             cv.shadow(cx, gy, 0.7 * w, max(0.03 * s, 0.5), 0.6)
             g *= w
-            cv.trap(base - .48 * hp, base, cx - .4 * w, cx - .02 * w, cx - .45 * w + g, cx - .1 * w + g, legs)
-            cv.trap(base - .48 * hp, base, cx + .02 * w, cx + .4 * w, cx + .1 * w - g, cx + .45 * w - g, legs)
-        top = base - .83 * hp
-        cv.trap(top, base - .45 * hp, cx - .5 * w, cx + .5 * w, cx - .42 * w, cx + .42 * w, shirt)
+            cv.trap(base - 0.48 * hp, base, cx - 0.4 * w, cx - 0.02 * w, cx - 0.45 * w + g, cx - 0.1 * w + g, legs)
+            cv.trap(base - 0.48 * hp, base, cx + 0.02 * w, cx + 0.4 * w, cx + 0.1 * w - g, cx + 0.45 * w - g, legs)
+        top = base - 0.83 * hp
+        cv.trap(top, base - 0.45 * hp, cx - 0.5 * w, cx + 0.5 * w, cx - 0.42 * w, cx + 0.42 * w, shirt)
         skin = self.add(skin_c, PERSON, _M_SKIN)
         arm = shirt if arm_u < 0.6 else skin
-        cv.rect(cx - .68 * w, top + .02 * hp, cx - .48 * w, base - .48 * hp, arm)
-        cv.rect(cx + .48 * w, top + .02 * hp, cx + .68 * w, base - .48 * hp, arm)
-        r = .075 * hp
+        cv.rect(cx - 0.68 * w, top + 0.02 * hp, cx - 0.48 * w, base - 0.48 * hp, arm)
+        cv.rect(cx + 0.48 * w, top + 0.02 * hp, cx + 0.68 * w, base - 0.48 * hp, arm)
+        r = 0.075 * hp
         cv.ellipse(cx, top - r * 0.95, r * 0.85, r, skin)
         cv.ellipse(cx, top - r * 1.35, r * 0.9, r * 0.65, self.add(hair_c, PERSON, _M_CLOTH))
         if bag_u < 0.2 and not rider:
             bag = self.add(bag_c, PERSON, _M_CLOTH)
-            cv.rect(cx + .45 * w, base - .62 * hp, cx + .85 * w, base - .4 * hp, bag)
+            cv.rect(cx + 0.45 * w, base - 0.62 * hp, cx + 0.85 * w, base - 0.4 * hp, bag)
 
     def draw_lamp(self, d: float, X: float, p: dict) -> None:
         """Street light: pole, arm toward the road, lamp head (all ``pole``)."""
@@ -832,32 +992,32 @@ class _Scene:
         cv.rect(cx - pw / 2, top, cx + pw / 2, gy, cid)
         toward = 1 if X < 0.5 * (self.XL + self.XR) else -1
         ax = self.cam.x(X + toward * p["arm"], d)
-        cv.rect(min(cx, ax), top, max(cx, ax), top + max(.03 * s, 1), cid)
+        cv.rect(min(cx, ax), top, max(cx, ax), top + max(0.03 * s, 1), cid)
         head = _HEAD_LAMP if self.lit else _scale(p["col"], 0.8)
-        cv.rect(ax - .08 * s, top, ax + .08 * s, top + .05 * s, self.add(head, POLE, _M_METAL))
+        cv.rect(ax - 0.08 * s, top, ax + 0.08 * s, top + 0.05 * s, self.add(head, POLE, _M_METAL))
 
     def draw_sign(self, d: float, X: float, p: dict) -> None:
         """Traffic sign on a post: round, triangle, diamond, square or a wide board; sometimes its back."""
         cv, rng = self.cv, self.rng
         cx, gy, s = self._frame(d, X)
         h, shape, r, back, up, wb = rng.random(6).tolist()
-        h, shape, r = .55 + .25 * h, min(int(shape * 5), 4), (.1 + .05 * r) * s
+        h, shape, r = 0.55 + 0.25 * h, min(int(shape * 5), 4), (0.1 + 0.05 * r) * s
         wb = (1.6 + wb) * r  # board width
-        post_c = _pick(rng, _POLE[:3], .06)
-        inner_c = _WHITE if rng.random() < 0.6 else _pick(rng, _SIGN, .05)
-        front_c = _pick(rng, _SIGN, .05)
+        post_c = _pick(rng, _POLE[:3], 0.06)
+        inner_c = _WHITE if rng.random() < 0.6 else _pick(rng, _SIGN, 0.05)
+        front_c = _pick(rng, _SIGN, 0.05)
         if h * s < 3:
             return
         if back < 0.2:  # seen from behind: plain grey
             front_c = inner_c = _scale(post_c, 0.9)
         post = self.add(post_c, POLE, _M_METAL)
-        cv.rect(cx - .015 * s, gy - h * s, cx + .015 * s, gy, post)
+        cv.rect(cx - 0.015 * s, gy - h * s, cx + 0.015 * s, gy, post)
         cy = gy - h * s - r * 0.8
         front, inner = self.add(front_c, SIGN, _M_PAINT), self.add(inner_c, SIGN, _M_PAINT)
         if shape == 0:  # round
             cv.ellipse(cx, cy, r, r, front)
             if r > 3:
-                cv.ellipse(cx, cy, r * .7, r * .7, inner)
+                cv.ellipse(cx, cy, r * 0.7, r * 0.7, inner)
         elif shape == 1:  # triangle, point up or down
             t0, t1 = (0.0, 1.15) if up < 0.6 else (1.15, 0.0)
             cv.trap(cy - r, cy + r, cx - t0 * r, cx + t0 * r, cx - t1 * r, cx + t1 * r, front)
@@ -865,62 +1025,71 @@ class _Scene:
             cv.trap(cy - r, cy, cx, cx, cx - r, cx + r, front)
             cv.trap(cy, cy + r, cx - r, cx + r, cx, cx, front)
         elif shape == 3:  # square plate
-            cv.rect(cx - .85 * r, cy - .85 * r, cx + .85 * r, cy + .85 * r, front)
+            cv.rect(cx - 0.85 * r, cy - 0.85 * r, cx + 0.85 * r, cy + 0.85 * r, front)
             if r > 3:
-                cv.rect(cx - .6 * r, cy - .6 * r, cx + .6 * r, cy + .6 * r, inner)
+                cv.rect(cx - 0.6 * r, cy - 0.6 * r, cx + 0.6 * r, cy + 0.6 * r, inner)
         else:  # wide direction board on two posts
-            cv.rect(cx + wb * .7, cy, cx + wb * .7 + .03 * s, gy, post)
-            cv.rect(cx - .1 * r, cy - r, cx + wb, cy + .4 * r, front)
+            cv.rect(cx + wb * 0.7, cy, cx + wb * 0.7 + 0.03 * s, gy, post)
+            cv.rect(cx - 0.1 * r, cy - r, cx + wb, cy + 0.4 * r, front)
 
     def draw_light(self, d: float, X: float, p: dict) -> None:
         """Traffic light(s) on a mast arm over the road (class ``traffic_sign``)."""
         cv, rng = self.cv, self.rng
         cx, gy, s = self._frame(d, X)
         h, reach, lit, two = rng.random(4).tolist()
-        h, reach, lit = 1.5 + .4 * h, (.4 + .4 * reach) * p["span"], min(int(lit * 3), 2)
-        pole_c = _pick(rng, _POLE[:3], .06)
-        box_c = _pick(rng, [(.08, .08, .08), (.75, .62, .1), (.2, .25, .2)], .05)
+        h, reach, lit = 1.5 + 0.4 * h, (0.4 + 0.4 * reach) * p["span"], min(int(lit * 3), 2)
+        pole_c = _pick(rng, _POLE[:3], 0.06)
+        box_c = _pick(rng, [(0.08, 0.08, 0.08), (0.75, 0.62, 0.1), (0.2, 0.25, 0.2)], 0.05)
         if h * s < 4:
             return
         pole = self.add(pole_c, POLE, _M_METAL)
-        cv.rect(cx - .025 * s, gy - h * s, cx + .025 * s, gy, pole)
+        cv.rect(cx - 0.025 * s, gy - h * s, cx + 0.025 * s, gy, pole)
         toward = 1 if X < 0.5 * (self.XL + self.XR) else -1
         ax = self.cam.x(X + toward * reach, d)
-        cv.rect(min(cx, ax), gy - h * s, max(cx, ax), gy - (h - .03) * s, pole)
+        cv.rect(min(cx, ax), gy - h * s, max(cx, ax), gy - (h - 0.03) * s, pole)
         box = self.add(box_c, SIGN, _M_PAINT)
-        lamps = [self.add(_scale(c, 1.0 if i == lit else 0.25), SIGN, _M_PAINT)
-                 for i, c in enumerate(((.95, .1, .1), (.95, .7, .1), (.1, .9, .4)))]
-        bw, bh = .07 * s, .22 * s
-        by = gy - h * s + .03 * s
+        lamps = [
+            self.add(_scale(c, 1.0 if i == lit else 0.25), SIGN, _M_PAINT)
+            for i, c in enumerate(((0.95, 0.1, 0.1), (0.95, 0.7, 0.1), (0.1, 0.9, 0.4)))
+        ]
+        bw, bh = 0.07 * s, 0.22 * s
+        by = gy - h * s + 0.03 * s
         for bx in (ax, cx + toward * 0.06 * s) if two < 0.5 else (ax,):
             cv.rect(bx - bw / 2, by, bx + bw / 2, by + bh, box)
             if bw > 3:
                 for i in range(3):
-                    cv.ellipse(bx, by + bh * (i + 0.5) / 3, bw * .3, bw * .3, lamps[i])
+                    cv.ellipse(bx, by + bh * (i + 0.5) / 3, bw * 0.3, bw * 0.3, lamps[i])
 
     def draw_tree(self, d: float, X: float, p: dict) -> None:
         """Trunk and a frayed canopy of a few blobs, all ``vegetation`` (as CARLA labels trees)."""
         cv, rng = self.cv, self.rng
         cx, gy, s = self._frame(d, X)
-        h, R = rng.uniform(.5, .9), rng.uniform(.3, .65) * s
-        bark, leaves = _pick(rng, _BARK, .1), _pick(rng, _LEAVES, .1, _LEAF_CUM)
+        h, R = rng.uniform(0.5, 0.9), rng.uniform(0.3, 0.65) * s
+        bark, leaves = _pick(rng, _BARK, 0.1), _pick(rng, _LEAVES, 0.1, _LEAF_CUM)
         blobs = rng.random((int(rng.integers(2, 5)), 5)).tolist()
         if h * s < 3:
             return
-        cv.rect(cx - .035 * s, gy - h * s * 1.1, cx + .035 * s, gy, self.add(bark, VEGETATION, _M_DIRT))
+        cv.rect(cx - 0.035 * s, gy - h * s * 1.1, cx + 0.035 * s, gy, self.add(bark, VEGETATION, _M_DIRT))
         cy = gy - h * s - R * 0.7
         for ox, oy, rr, ry, sh in blobs:
-            rr = (.55 + .3 * rr) * R
-            blob = self.add(_scale(leaves, .8 + .35 * sh), VEGETATION, _M_LEAF)
-            cv.ellipse(cx + (ox - .5) * R, cy + (.7 * oy - .4) * R, rr, rr * (.8 + .3 * ry), blob,
-                       rough=self.fine, amp=0.25)
+            rr = (0.55 + 0.3 * rr) * R
+            blob = self.add(_scale(leaves, 0.8 + 0.35 * sh), VEGETATION, _M_LEAF)
+            cv.ellipse(
+                cx + (ox - 0.5) * R,
+                cy + (0.7 * oy - 0.4) * R,
+                rr,
+                rr * (0.8 + 0.3 * ry),
+                blob,
+                rough=self.fine,
+                amp=0.25,
+            )
 
     def draw_clutter(self, d: float, X: float, p: dict) -> None:
         """Bins, boxes, hydrants: ``unlabeled``."""
         rng = self.rng
         cx, gy, s = self._frame(d, X)
-        w, h = rng.uniform(.08, .2) * s, rng.uniform(.12, .3) * s
-        self.cv.rect(cx - w / 2, gy - h, cx + w / 2, gy, self.add(_pick(rng, _CLUTTER, .1), VOID, _M_METAL))
+        w, h = rng.uniform(0.08, 0.2) * s, rng.uniform(0.12, 0.3) * s
+        self.cv.rect(cx - w / 2, gy - h, cx + w / 2, gy, self.add(_pick(rng, _CLUTTER, 0.1), VOID, _M_METAL))
 
     def draw_hood(self) -> None:
         """Sometimes the ego car's bonnet along the bottom edge, ``unlabeled`` as in Cityscapes."""
@@ -932,7 +1101,7 @@ class _Scene:
         if b is not None:
             i0, i1, j0, j1 = b
             u = (cv.xs - self.w / 2) / (0.7 * self.w)
-            colour = _mix(_scale(_pick(rng, _CAR_PAINTS, .06, _CAR_CUM), 0.8), self.hor, 0.15)
+            colour = _mix(_scale(_pick(rng, _CAR_PAINTS, 0.06, _CAR_CUM), 0.8), self.hor, 0.15)
             top = self.h - depth * (1 - u * u)
             cv.fill(b, cv.ys[i0:i1, None] >= top[None, :], self.add(colour, VOID, _M_METAL))
 
@@ -945,7 +1114,7 @@ class _Scene:
         labels = np.array(cv.classes, np.uint8)[cid]
         # exposure, colour cast, saturation and contrast: one affine colour map, folded into the table
         sat, con = self.sat, self.contrast
-        M = ((np.diag(self.gain * self.tint) @ (np.full((3, 3), (1 - sat) / 3) + np.eye(3) * sat)).T * con)
+        M = (np.diag(self.gain * self.tint) @ (np.full((3, 3), (1 - sat) / 3) + np.eye(3) * sat)).T * con
         offset = 0.45 * self.gain * (1 - con) + rng.uniform(-0.05, 0.05)
         table = (np.array(cv.colours) @ M).astype(np.float32)
         shade = cv.bright * (1 + _FINE[mats] * self.fine + _MID[mats] * self.mid + _LOW[mats] * self.low)
@@ -954,8 +1123,8 @@ class _Scene:
         a = (self.haze * np.exp(-dist)).astype(np.float32)
         shade *= (1 - a)[:, None]
         if rng.random() < 0.3:  # vignette
-            vy = 1 - rng.uniform(.1, .35) * ((cv.ys / self.h - .5) * 2) ** 2
-            vx = 1 - rng.uniform(.1, .35) * ((cv.xs / self.w - .5) * 2) ** 2
+            vy = 1 - rng.uniform(0.1, 0.35) * ((cv.ys / self.h - 0.5) * 2) ** 2
+            vx = 1 - rng.uniform(0.1, 0.35) * ((cv.xs / self.w - 0.5) * 2) ** 2
             shade *= vy[:, None] * vx[None, :]
         img = table[cid]
         img *= shade[:, :, None]
@@ -975,7 +1144,7 @@ class _Scene:
         """Fill sky pixels (table id 0) with a gradient, clouds and the same colour map as the rest."""
         cv, cam, rng = self.cv, self.cam, self.rng
         clouds = self.tod in ("day", "overcast", "dusk") and rng.random() < 0.75
-        cloud = rng.uniform(.75, .98) * (self.hor if self.tod == "dusk" else np.ones(3))
+        cloud = rng.uniform(0.75, 0.98) * (self.hor if self.tod == "dusk" else np.ones(3))
         amount = rng.uniform(0.2, 0.8)
         rows = min(self.h, max(0, math.ceil(cam.yh + 1)))
         if rows == 0:
@@ -1002,14 +1171,16 @@ def make_scene(seed: int, index: int, height: int = 96, width: int = 128) -> tup
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
     height, width = int(height), int(width)
-    scene = _Scene(np.random.default_rng([seed, index, 0]),
-                   np.random.default_rng([seed, index, 1, height, width]), height, width)
+    scene = _Scene(
+        np.random.default_rng([seed, index, 0]), np.random.default_rng([seed, index, 1, height, width]), height, width
+    )
     scene.draw()
     return scene.finish()
 
 
-def make_dataset(count: int, height: int = 96, width: int = 128, seed: int = 0,
-                 start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_dataset(
+    count: int, height: int = 96, width: int = 128, seed: int = 0, start: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Scenes start..start+count-1 stacked: (N, H, W, 3) uint8 images and (N, H, W) uint8 masks."""
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")

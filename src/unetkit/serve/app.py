@@ -48,12 +48,18 @@ from .uploads import (
 log = logging.getLogger("unetkit.serve")
 
 Format = Literal["png", "colour", "overlay", "json"]
-STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
-          "style.css": "text/css; charset=utf-8"}
+STATIC = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
 SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
-                                 b"script-src 'self'; connect-src 'self'; object-src 'none'; "
-                                 b"base-uri 'none'; frame-ancestors 'none'; form-action 'self'"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+        b"script-src 'self'; connect-src 'self'; object-src 'none'; "
+        b"base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
+    ),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"cross-origin-resource-policy", b"same-origin"),
@@ -111,12 +117,21 @@ def class_table(mask: np.ndarray, names: list[str], palette: list[list[int]]) ->
     """Per class: id, name, colour, pixel count and fraction of the image."""
     counts = np.bincount(mask.ravel().astype(np.int64), minlength=len(names))
     total = max(int(mask.size), 1)
-    return [{"id": i, "name": name, "colour": list(palette[i]) if i < len(palette) else [0, 0, 0],
-             "pixels": int(counts[i]), "fraction": int(counts[i]) / total} for i, name in enumerate(names)]
+    return [
+        {
+            "id": i,
+            "name": name,
+            "colour": list(palette[i]) if i < len(palette) else [0, 0, 0],
+            "pixels": int(counts[i]),
+            "fraction": int(counts[i]) / total,
+        }
+        for i, name in enumerate(names)
+    ]
 
 
-def render(image: np.ndarray, mask: np.ndarray, fmt: str, alpha: float, names: list[str],
-           palette: list[list[int]]) -> tuple[bytes, str]:
+def render(
+    image: np.ndarray, mask: np.ndarray, fmt: str, alpha: float, names: list[str], palette: list[list[int]]
+) -> tuple[bytes, str]:
     """The response body and media type for one predicted mask."""
     if fmt == "png":
         return _png(mask), "image/png"
@@ -124,29 +139,41 @@ def render(image: np.ndarray, mask: np.ndarray, fmt: str, alpha: float, names: l
         return _png(colorize(mask, palette)), "image/png"
     if fmt == "overlay":
         return _png(overlay(image, mask, palette, alpha)), "image/png"
-    body = {"width": int(mask.shape[1]), "height": int(mask.shape[0]), "n_classes": len(names),
-            "classes": class_table(mask, names, palette),
-            "mask_png_base64": base64.b64encode(_png(mask)).decode("ascii"),
-            "mask_encoding": "PNG, one channel, pixel value = class id (16-bit when over 256 classes)"}
+    body = {
+        "width": int(mask.shape[1]),
+        "height": int(mask.shape[0]),
+        "n_classes": len(names),
+        "classes": class_table(mask, names, palette),
+        "mask_png_base64": base64.b64encode(_png(mask)).decode("ascii"),
+        "mask_encoding": "PNG, one channel, pixel value = class id (16-bit when over 256 classes)",
+    }
     return json.dumps(body).encode(), "application/json"
 
 
 _UPLOAD_BODY = {
     "required": True,
     "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                           "properties": {"file": {"type": "string", "format": "binary"}}}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary"}},
+            }
+        },
         "image/png": {"schema": {"type": "string", "format": "binary"}},
         "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
     },
 }
-_ERROR = {"content": {"application/json": {"schema": {"type": "object",
-                                                     "properties": {"detail": {"type": "string"}}}}}}
+_ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"detail": {"type": "string"}}}}}}
 _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "the mask at the image's original size: PNG (png, colour, overlay) or JSON (json)",
-          "content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
-                      "application/json": {"schema": {"type": "object"}}}},
+    200: {
+        "description": "the mask at the image's original size: PNG (png, colour, overlay) or JSON (json)",
+        "content": {
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": {"type": "object"}},
+        },
+    },
     400: {"description": "malformed request (multipart without boundary, bad Content-Length)", **_ERROR},
     413: {"description": "upload over the byte limit, or image over the pixel limit", **_ERROR},
     415: {"description": "not an image content type", **_ERROR},
@@ -155,10 +182,18 @@ _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(model_path_or_predictor: str | Path | PredictorBase, *, max_upload_bytes: int = 20_000_000,
-               max_pixels: int = 25_000_000, batch_window_ms: float = 5.0, max_batch: int = 8,
-               max_inflight_pixels: int | None = None, max_queue: int = 256, wait_timeout_s: float = 30.0,
-               device: str = "auto") -> FastAPI:
+def create_app(
+    model_path_or_predictor: str | Path | PredictorBase,
+    *,
+    max_upload_bytes: int = 20_000_000,
+    max_pixels: int = 25_000_000,
+    batch_window_ms: float = 5.0,
+    max_batch: int = 8,
+    max_inflight_pixels: int | None = None,
+    max_queue: int = 256,
+    wait_timeout_s: float = 30.0,
+    device: str = "auto",
+) -> FastAPI:
     """A FastAPI app serving one model: a run folder, an exported .onnx file, or a ready predictor."""
     if isinstance(model_path_or_predictor, (str, Path)):
         from ..predict_files import load_predictor
@@ -168,13 +203,23 @@ def create_app(model_path_or_predictor: str | Path | PredictorBase, *, max_uploa
     else:
         predictor = model_path_or_predictor
         source = type(predictor).__name__
-    limits = Limits(max_upload_bytes, max_pixels, max_inflight_pixels or 2 * max_pixels, batch_window_ms,
-                    max_batch, max_queue, wait_timeout_s)
+    limits = Limits(
+        max_upload_bytes,
+        max_pixels,
+        max_inflight_pixels or 2 * max_pixels,
+        batch_window_ms,
+        max_batch,
+        max_queue,
+        wait_timeout_s,
+    )
     h, w, c = predictor.input_size
     predictor.predict(np.zeros((h, w, c), dtype=np.uint8))  # warm up, and fail now rather than on a request
     batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(
         lambda images: predictor.predict_batch(images, batch_size=max_batch),
-        window_ms=batch_window_ms, max_batch=max_batch, max_queue=max_queue)
+        window_ms=batch_window_ms,
+        max_batch=max_batch,
+        max_queue=max_queue,
+    )
     budget = PixelBudget(limits.max_inflight_pixels)
     static = _load_static()
     names, palette = predictor.class_names, predictor.palette
@@ -186,8 +231,14 @@ def create_app(model_path_or_predictor: str | Path | PredictorBase, *, max_uploa
         yield
         batcher.close()
 
-    app = FastAPI(title="unetkit", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Semantic segmentation with the seed's U-Net: upload an image, get its mask.")
+    app = FastAPI(
+        title="unetkit",
+        version=_version(),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Semantic segmentation with the seed's U-Net: upload an image, get its mask.",
+    )
     app.add_middleware(_SecurityHeaders)
     app.state.predictor, app.state.batcher, app.state.budget = predictor, batcher, budget
     app.state.limits = limits
@@ -199,8 +250,7 @@ def create_app(model_path_or_predictor: str | Path | PredictorBase, *, max_uploa
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        messages = [f"{'.'.join(str(x) for x in err.get('loc', ())[1:])}: {err.get('msg', '')}"
-                    for err in exc.errors()]
+        messages = [f"{'.'.join(str(x) for x in err.get('loc', ())[1:])}: {err.get('msg', '')}" for err in exc.errors()]
         return error(422, "; ".join(messages) or "invalid request")
 
     @app.exception_handler(Exception)
@@ -236,23 +286,36 @@ def create_app(model_path_or_predictor: str | Path | PredictorBase, *, max_uploa
     @app.get("/health", summary="Liveness and counters")
     async def health() -> dict[str, Any]:
         """status "ok" while the model answers; response, batching and memory-budget counters."""
-        return {"status": "ok", "backend": predictor.backend, "uptime_s": round(time.time() - started, 1),
-                "responses": {str(k): v for k, v in sorted(statuses.items())},
-                "batcher": batcher.stats.to_dict(),
-                "pixels_in_flight": budget.used, "peak_pixels_in_flight": budget.peak}
+        return {
+            "status": "ok",
+            "backend": predictor.backend,
+            "uptime_s": round(time.time() - started, 1),
+            "responses": {str(k): v for k, v in sorted(statuses.items())},
+            "batcher": batcher.stats.to_dict(),
+            "pixels_in_flight": budget.used,
+            "peak_pixels_in_flight": budget.peak,
+        }
 
     @app.get("/info", summary="The model, its input size, classes and colours")
     async def get_info() -> dict[str, Any]:
         """The model's architecture, input size, class names with their colours, preprocessing and limits."""
         return info
 
-    @app.post("/predict", summary="Segment an image", openapi_extra={"requestBody": _UPLOAD_BODY},
-              responses=_PREDICT_RESPONSES, response_class=Response)
+    @app.post(
+        "/predict",
+        summary="Segment an image",
+        openapi_extra={"requestBody": _UPLOAD_BODY},
+        responses=_PREDICT_RESPONSES,
+        response_class=Response,
+    )
     async def predict(
         request: Request,
-        format: Format = Query("png", description="png: class-id mask; colour: palette colours; overlay: "
-                                                  "colours blended over the image; json: mask as base64 PNG "
-                                                  "plus per-class pixel fractions"),
+        format: Format = Query(
+            "png",
+            description="png: class-id mask; colour: palette colours; overlay: "
+            "colours blended over the image; json: mask as base64 PNG "
+            "plus per-class pixel fractions",
+        ),
         alpha: float = Query(0.5, ge=0.0, le=1.0, description="overlay opacity (format=overlay)"),
     ) -> Response:
         """Upload an image as the multipart form field "file" (or as the raw body with an image Content-Type).
@@ -262,8 +325,9 @@ def create_app(model_path_or_predictor: str | Path | PredictorBase, *, max_uploa
         """
         try:
             body = await read_limited(request, limits.max_upload_bytes + MULTIPART_SLACK)
-            data = await run_in_threadpool(extract_image_bytes, body, request.headers.get("content-type", ""),
-                                           limits.max_upload_bytes)
+            data = await run_in_threadpool(
+                extract_image_bytes, body, request.headers.get("content-type", ""), limits.max_upload_bytes
+            )
             del body
             width, height = await run_in_threadpool(image_size, data, limits.max_pixels)
             pixels = width * height
@@ -304,37 +368,53 @@ def _version() -> str:
 def render_docs(spec: dict[str, Any]) -> str:
     """A plain HTML API reference from an OpenAPI document (no scripts, no external assets)."""
     e = html.escape
-    out = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{e(spec['info']['title'])} API"
-           "</title><link rel='icon' href='data:,'><link rel='stylesheet' href='/static/style.css'></head>"
-           f"<body class='docs'><main><h1>{e(spec['info']['title'])} API "
-           f"{e(spec['info'].get('version', ''))}</h1>",
-           f"<p>{e(spec['info'].get('description', ''))}</p><p>Machine-readable: <a href='/openapi.json'>"
-           "/openapi.json</a> (OpenAPI). Try it in the browser: <a href='/'>the page</a>.</p>",
-           f"<p>Example: <code>curl -F file=@image.png 'http://HOST:PORT/predict?format=json'</code>. "
-           f"Accepted images: {e(IMAGE_TYPES)}.</p>"]
+    out = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{e(spec['info']['title'])} API"
+        "</title><link rel='icon' href='data:,'><link rel='stylesheet' href='/static/style.css'></head>"
+        f"<body class='docs'><main><h1>{e(spec['info']['title'])} API "
+        f"{e(spec['info'].get('version', ''))}</h1>",
+        f"<p>{e(spec['info'].get('description', ''))}</p><p>Machine-readable: <a href='/openapi.json'>"
+        "/openapi.json</a> (OpenAPI). Try it in the browser: <a href='/'>the page</a>.</p>",
+        f"<p>Example: <code>curl -F file=@image.png 'http://HOST:PORT/predict?format=json'</code>. "
+        f"Accepted images: {e(IMAGE_TYPES)}.</p>",
+    ]
     for path, methods in spec.get("paths", {}).items():
         for method, op in methods.items():
-            out.append(f"<section><h2><span class='method'>{e(method.upper())}</span> <code>{e(path)}</code> "
-                       f"&mdash; {e(op.get('summary', ''))}</h2>")
+            out.append(
+                f"<section><h2><span class='method'>{e(method.upper())}</span> <code>{e(path)}</code> "
+                f"&mdash; {e(op.get('summary', ''))}</h2>"
+            )
             if op.get("description"):
                 out.append(f"<p>{e(op['description'])}</p>")
             params = op.get("parameters", [])
             if params:
-                out.append("<table><tr><th>parameter</th><th>in</th><th>values</th><th>default</th>"
-                           "<th>description</th></tr>")
+                out.append(
+                    "<table><tr><th>parameter</th><th>in</th><th>values</th><th>default</th><th>description</th></tr>"
+                )
                 for p in params:
                     schema = p.get("schema", {})
-                    values = ", ".join(map(str, schema["enum"])) if "enum" in schema else \
-                        _bounds(schema) or schema.get("type", "")
-                    out.append(f"<tr><td><code>{e(p['name'])}</code></td><td>{e(p['in'])}</td>"
-                               f"<td>{e(str(values))}</td><td>{e(str(schema.get('default', '')))}</td>"
-                               f"<td>{e(p.get('description', ''))}</td></tr>")
+                    values = (
+                        ", ".join(map(str, schema["enum"]))
+                        if "enum" in schema
+                        else _bounds(schema) or schema.get("type", "")
+                    )
+                    out.append(
+                        f"<tr><td><code>{e(p['name'])}</code></td><td>{e(p['in'])}</td>"
+                        f"<td>{e(str(values))}</td><td>{e(str(schema.get('default', '')))}</td>"
+                        f"<td>{e(p.get('description', ''))}</td></tr>"
+                    )
                 out.append("</table>")
             if "requestBody" in op:
                 kinds = ", ".join(op["requestBody"].get("content", {}))
                 out.append(f"<p>Request body: {e(kinds)}</p>")
-            out.append("<ul>" + "".join(f"<li><b>{e(str(code))}</b>: {e(r.get('description', ''))}</li>"
-                                        for code, r in op.get("responses", {}).items()) + "</ul></section>")
+            out.append(
+                "<ul>"
+                + "".join(
+                    f"<li><b>{e(str(code))}</b>: {e(r.get('description', ''))}</li>"
+                    for code, r in op.get("responses", {}).items()
+                )
+                + "</ul></section>"
+            )
     out.append("</main></body></html>")
     return "".join(out)
 
@@ -348,11 +428,19 @@ def _bounds(schema: dict[str, Any]) -> str:
     return f"{schema.get('type', '')} {' and '.join(parts)}".strip() if parts else ""
 
 
-def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info",
-          **limits: Any) -> None:
+def serve(
+    model: str | Path, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info", **limits: Any
+) -> None:
     """Load the model once and serve it with uvicorn until interrupted."""
     import uvicorn
 
     app = create_app(model, **limits)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False, timeout_keep_alive=5,
-                limit_concurrency=1024)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        server_header=False,
+        timeout_keep_alive=5,
+        limit_concurrency=1024,
+    )

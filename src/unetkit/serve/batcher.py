@@ -42,17 +42,23 @@ class BatchStats:
     sizes: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"batches": self.batches, "items": self.items, "failed": self.failed,
-                "max_batch_seen": self.max_batch_seen, "multi_item_batches": self.multi_item_batches,
-                "busy_seconds": round(self.busy_seconds, 3),
-                "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())}}
+        return {
+            "batches": self.batches,
+            "items": self.items,
+            "failed": self.failed,
+            "max_batch_seen": self.max_batch_seen,
+            "multi_item_batches": self.multi_item_batches,
+            "busy_seconds": round(self.busy_seconds, 3),
+            "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())},
+        }
 
 
 class MicroBatcher(Generic[T, R]):
     """Run ``fn(list of items) -> list of results`` on batches of concurrently submitted items."""
 
-    def __init__(self, fn: Callable[[list[T]], list[R]], *, window_ms: float = 5.0, max_batch: int = 8,
-                 max_queue: int = 256):
+    def __init__(
+        self, fn: Callable[[list[T]], list[R]], *, window_ms: float = 5.0, max_batch: int = 8, max_queue: int = 256
+    ):
         if max_batch < 1 or window_ms < 0 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be >= 1 and window_ms >= 0")
         self.fn = fn

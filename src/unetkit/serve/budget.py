@@ -58,8 +58,7 @@ class PixelBudget:
             if not waiting:
                 self.release(n)
             if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
-                raise BudgetTimeout(f"the server is busy ({self.used:,} pixels in flight); "
-                                    "retry shortly") from None
+                raise BudgetTimeout(f"the server is busy ({self.used:,} pixels in flight); retry shortly") from None
             raise
 
     def release(self, n: int) -> None:

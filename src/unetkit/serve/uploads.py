@@ -73,8 +73,7 @@ def _multipart_file(body: bytes, content_type: str, limit: int) -> tuple[bytes, 
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if not boundary:
-        raise UploadError(400, "multipart/form-data without a boundary; send the image as a form field "
-                               "named 'file'")
+        raise UploadError(400, "multipart/form-data without a boundary; send the image as a form field named 'file'")
     parts: list[_Part] = []
     field, value = bytearray(), bytearray()
 
@@ -100,9 +99,16 @@ def _multipart_file(body: bytes, content_type: str, limit: int) -> tuple[bytes, 
         field.clear()
         value.clear()
 
-    parser = MultipartParser(boundary, {  # type: ignore[arg-type]
-        "on_part_begin": on_part_begin, "on_part_data": on_part_data, "on_header_field": on_header_field,
-        "on_header_value": on_header_value, "on_header_end": on_header_end})
+    parser = MultipartParser(
+        boundary,
+        {  # type: ignore[arg-type]
+            "on_part_begin": on_part_begin,
+            "on_part_data": on_part_data,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+        },
+    )
     try:
         parser.write(body)
         parser.finalize()
@@ -130,14 +136,18 @@ def extract_image_bytes(body: bytes, content_type: str, limit: int) -> bytes:
     if base == "multipart/form-data":
         data, part_type = _multipart_file(body, content_type, limit)
         if not _type_ok(part_type):
-            raise UploadError(415, f"the uploaded file is {part_type.split(';')[0]!r}, not an image; "
-                                   f"accepted: {IMAGE_TYPES}")
+            raise UploadError(
+                415, f"the uploaded file is {part_type.split(';')[0]!r}, not an image; accepted: {IMAGE_TYPES}"
+            )
     elif base.startswith("image/") or base == "application/octet-stream":
         data = body
     else:
         shown = base or "no Content-Type"
-        raise UploadError(415, f"unsupported Content-Type {shown[:80]!r}: send multipart/form-data with the "
-                               f"image in the field 'file', or the raw image as {IMAGE_TYPES}")
+        raise UploadError(
+            415,
+            f"unsupported Content-Type {shown[:80]!r}: send multipart/form-data with the "
+            f"image in the field 'file', or the raw image as {IMAGE_TYPES}",
+        )
     if len(data) > limit:
         raise UploadError(413, f"uploaded file of {_mb(len(data))} is over the limit of {_mb(limit)}")
     if not data:
@@ -151,18 +161,23 @@ def image_size(data: bytes, max_pixels: int) -> tuple[int, int]:
         with Image.open(io.BytesIO(data), formats=FORMATS) as im:
             w, h = im.size
     except Image.DecompressionBombError as e:  # PIL's own guard, far above max_pixels
-        raise UploadError(413, f"image is too large to decode safely ({e}); the limit here is "
-                               f"{max_pixels:,} pixels") from None
+        raise UploadError(
+            413, f"image is too large to decode safely ({e}); the limit here is {max_pixels:,} pixels"
+        ) from None
     except Image.UnidentifiedImageError:
-        raise UploadError(422, f"the file is not an image this server reads ({', '.join(FORMATS)}) or its "
-                               "header is corrupt") from None
+        raise UploadError(
+            422, f"the file is not an image this server reads ({', '.join(FORMATS)}) or its header is corrupt"
+        ) from None
     except Exception as e:  # struct errors, SyntaxError, ValueError from malformed headers
         raise UploadError(422, f"unreadable image header ({str(e)[:200] or type(e).__name__})") from None
     if w <= 0 or h <= 0:
         raise UploadError(422, f"image has zero size ({w}x{h})")
     if w * h > max_pixels:
-        raise UploadError(413, f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
-                               "(a guard against decompression bombs); downscale it")
+        raise UploadError(
+            413,
+            f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
+            "(a guard against decompression bombs); downscale it",
+        )
     return w, h
 
 
@@ -183,5 +198,6 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     except Image.DecompressionBombError:
         raise UploadError(413, f"image is too large to decode safely (limit {max_pixels:,} pixels)") from None
     except Exception as e:  # truncated data, corrupt chunks, bad EXIF, ...
-        raise UploadError(422, f"the image could not be decoded ({str(e)[:200] or type(e).__name__}); "
-                               "it may be truncated or corrupt") from None
+        raise UploadError(
+            422, f"the image could not be decoded ({str(e)[:200] or type(e).__name__}); it may be truncated or corrupt"
+        ) from None
