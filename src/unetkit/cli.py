@@ -25,11 +25,39 @@ app.add_typer(datasets_app, name="datasets")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"unetkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """The seed's U-Net as a toolkit: train, evaluate, predict, export and serve."""
+
+
 def _fail(message: str, code: int = 2) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # the message holds user text (paths, "[r, g, b]"): escaped, so rich shows it as written
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _os_error_message(e: OSError) -> str:
+    """One paragraph for a file-system error that no command turned into a message of its own."""
+    where = f" {e.filename}" if e.filename else ""
+    return (
+        f"cannot use{where}: {e.strerror or e}; check the path (a folder where a file is expected, "
+        "or the reverse) and its permissions"
+    )
 
 
 def guarded(fn: F) -> F:
@@ -45,6 +73,8 @@ def guarded(fn: F) -> F:
             _fail("interrupted", 130)
         except MemoryError:
             _fail("out of memory: lower --batch-size or --input-size")
+        except OSError as e:
+            _fail(_os_error_message(e))
         except RuntimeError as e:
             if "out of memory" in str(e).lower():
                 batch = kwargs.get("batch_size")
@@ -56,9 +86,11 @@ def guarded(fn: F) -> F:
 
 
 def console():
+    """Plain output: no markup (user text such as "data/br[red]ack" prints as written) and no wrapping
+    (a log line redirected to a file stays one line)."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -78,6 +110,11 @@ def info(
     from .run import build_model
 
     if run is not None:
+        if run.is_file():
+            raise UnetkitError(
+                f"--run takes a run folder, and {run} is a file; give the folder it came from "
+                "(an exported .onnx file is described by `unetkit export`'s report)"
+            )
         cfg = RunConfig.load(run / "config.json").model
     else:
         cfg = ModelConfig(
@@ -104,6 +141,8 @@ def datasets_synthetic(
     """Write the built-in procedural driving scenes as image/mask folders (+ classes.json palette)."""
     from .data.synthetic import write_dataset
 
+    if out.exists() and not out.is_dir():
+        raise UnetkitError(f"--out {out} is a file; give a folder to write image/ and mask/ into")
     path = write_dataset(out, count, height, width, seed)
     console().print(f"wrote {count} scenes to {path}/image and {path}/mask (palette: {path}/classes.json)")
 
@@ -263,12 +302,20 @@ def train(
         ),
     ] = None,
     progress: bool = True,
+    overwrite: Annotated[bool, typer.Option(help="replace the run already in --out (its files are deleted)")] = False,
 ) -> None:
     """Train a model on a folder of images and a folder of masks; writes a run folder."""
     from . import distributed
+    from .run import claim_run_folder
     from .train import fit, resume_config
 
-    if nproc is not None:
+    if resume is None and out is None:
+        raise UnetkitError("give --out RUN_FOLDER (where weights, config and metrics are written)")
+    if resume is None and not overwrite and distributed.is_main():
+        claim_run_folder(out, create=False)  # type: ignore[arg-type]  # refuses an existing run at once
+    if nproc is not None:  # check the settings here: a worker's error would come back buried in torchrun's
+        config = resume_config(resume, epochs) if resume is not None else _train_config(**locals())
+        distributed.local_batch_size(config.train.batch_size, nproc)
         raise typer.Exit(distributed.launch(sys.argv[1:], nproc, log=console().print))
     say = console().print if distributed.is_main() else _quiet  # under torchrun only rank 0 prints
     if resume is not None:
@@ -276,11 +323,9 @@ def train(
         say(f"resuming {resume} up to {config.train.epochs} epochs")
         result = fit(config, resume, resume=True, progress=progress, log=say)
     else:
-        if out is None:
-            raise UnetkitError("give --out RUN_FOLDER (where weights, config and metrics are written)")
         config = _train_config(**locals())
         say(config.describe())
-        result = fit(config, out, progress=progress, log=say)
+        result = fit(config, out, progress=progress, log=say, overwrite=overwrite)
     if distributed.is_main():
         _after_training(result)
 
@@ -329,6 +374,7 @@ def compare(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
     seed: int | None = None,
     progress: bool = True,
+    overwrite: Annotated[bool, typer.Option(help="replace the runs already in --out")] = False,
 ) -> None:
     """Train U-Net and the FCN baseline with the same data, budget and recipe; write a table and a picture."""
     from .compare import compare as run_compare
@@ -336,7 +382,15 @@ def compare(
     opts = dict(locals(), model=None)
     config = _train_config(**opts)
     console().print(config.describe())
-    run_compare(config, out, tolerance=tolerance, examples=examples, progress=progress, log=console().print)
+    run_compare(
+        config,
+        out,
+        tolerance=tolerance,
+        examples=examples,
+        progress=progress,
+        log=console().print,
+        overwrite=overwrite,
+    )
 
 
 @app.command()
@@ -383,11 +437,12 @@ def import_keras(
     out: Annotated[Path, typer.Option(help="run folder to write")],
     class_names: Annotated[Path | None, typer.Option(help="JSON list of class names, or a palette file")] = None,
     input_size: Annotated[tuple[int, int] | None, typer.Option(help="H W (a bare .weights.h5 holds none)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace the run already in --out (its files are deleted)")] = False,
 ) -> None:
     """Bring a U-Net trained with the Keras tutorial over as a run folder (h5py only, no TensorFlow)."""
     from .keras_io import import_run
 
-    run = import_run(model_file, out, class_names=class_names, input_size=input_size)
+    run = import_run(model_file, out, class_names=class_names, input_size=input_size, overwrite=overwrite)
     console().print(f"imported {model_file} -> {run}")
     console().print(
         f"next: unetkit predict {run} IMAGES... --out DIR | unetkit evaluate {run} --images DIR --masks DIR"
@@ -446,7 +501,7 @@ def serve(
             f"serving needs the serve extra ({e.name or e} is missing): pip install 'unetkit[serve]'"
         ) from None
     if host not in ("127.0.0.1", "localhost", "::1"):
-        console().print(f"[yellow]note:[/] on {host}, anyone who can reach this machine can use the model")
+        console().print(f"note: on {host}, anyone who can reach this machine can use the model")
     console().print(f"serving {model} at http://{host}:{port}/ (API reference: /docs); Ctrl-C stops")
     run_server(
         model,
@@ -470,12 +525,14 @@ def demo(
     epochs: int = 10,
     seed: int = 0,
     progress: bool = True,
+    overwrite: Annotated[bool, typer.Option(help="replace the run already in --out")] = False,
 ) -> None:
     """Train the seed's U-Net on built-in driving scenes, evaluate on held-out scenes, show pictures."""
     from .demo import run_demo
 
     run_demo(
         out,
+        overwrite=overwrite,
         train_count=train_count,
         val_count=val_count,
         epochs=epochs,

@@ -235,6 +235,8 @@ class RunConfig:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"{path} does not exist") from None
+        except OSError as e:  # a file where the run folder should be, permissions, ...
+            raise ConfigError(f"{path} cannot be read ({e.strerror or e}); give a run folder") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path} is not valid JSON ({e}); restore it or retrain") from None
         try:

@@ -22,12 +22,19 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    overwrite: bool = False,
 ) -> dict:
-    """Train on ``train_count`` scenes, pick the best epoch on ``val_count`` others, test on a third set."""
+    """Train on ``train_count`` scenes, pick the best epoch on ``val_count`` others, test on a third set.
+
+    An ``out`` that already holds a run is refused unless ``overwrite``.
+    """
     from . import train as trainer
     from .data import synthetic
+    from .run import claim_run_folder
 
     out = Path(out)
+    if not overwrite:
+        claim_run_folder(out, create=False)
     h, w = 96, 128
     t0 = time.perf_counter()
     images, masks = synthetic.make_dataset(train_count + val_count, h, w, seed=seed)
@@ -49,7 +56,9 @@ def run_demo(
     config.data.mask_mode = "index"
     log(config.describe())
     t1 = time.perf_counter()
-    result = trainer.fit(config, out, train_data=train_data, val_data=val_data, progress=progress, log=log)
+    result = trainer.fit(
+        config, out, train_data=train_data, val_data=val_data, progress=progress, log=log, overwrite=overwrite
+    )
     train_seconds = time.perf_counter() - t1
 
     predictor = Predictor(result.model, config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -226,10 +227,24 @@ class _SigintGuard:
         if self.hit:
             raise KeyboardInterrupt
         self.hit = True
+        _say_now(STOPPING)
+
 
     def __exit__(self, *exc: object) -> None:
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
+
+
+STOPPING = "stopping after this step (finished epochs are kept); Ctrl-C again to abort now"
+
+
+def _say_now(message: str) -> None:
+    """Print on stderr at once (from a signal handler: no rich, no buffering)."""
+    try:
+        sys.stderr.write(f"\n{message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed stderr must not turn a Ctrl-C into a crash
+        pass
 
 
 def evaluate_data(
@@ -270,6 +285,7 @@ def fit(
     train_data: SegmentationData | None = None,
     val_data: SegmentationData | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
     epoch_callback: Callable[[dict[str, Any]], None] | None = None,
@@ -281,6 +297,7 @@ def fit(
     ``config.train.epochs`` epochs in total, with the optimizer and RNG state it stopped with.
     Under torchrun (RANK/WORLD_SIZE set) it trains data-parallel with DDP: ``config.train.batch_size``
     is the global batch, rank 0 alone logs and writes ``out``; see ``unetkit.distributed``.
+    An ``out`` that already holds a run is refused unless ``resume`` or ``overwrite`` (which deletes it).
     """
     dist_info = distributed.info()  # rank 0 of 1 without torchrun
     if not dist_info.is_main:  # only rank 0 prints and writes the run folder
@@ -291,6 +308,8 @@ def fit(
     batch_size = distributed.local_batch_size(t.batch_size)  # per rank; t.batch_size stays the global batch
     dtype = resolve_precision(t.precision, device)
     run_dir = Path(out) if out is not None else None
+    if run_dir is not None and not resume and not overwrite and dist_info.is_main:
+        runio.claim_run_folder(run_dir, create=False)  # refuses an existing run before any data is read
     if device.type == "cpu":
         perf.tune_cpu()  # keep large freed blocks in the heap; one thread per physical core
     elif device.type == "cuda":
@@ -339,6 +358,8 @@ def fit(
             log(f"{run_dir} already has {start_epoch} epochs; ask for more with --epochs")
     if run_dir is not None and dist_info.is_main:
         try:
+            if not resume:
+                runio.claim_run_folder(run_dir, overwrite=overwrite)
             run_dir.mkdir(parents=True, exist_ok=True)
             runio.remove_stale_temps(run_dir)  # left by a killed run
             runio.atomic_write_text(run_dir / CONFIG, config.to_json())
