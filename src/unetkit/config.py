@@ -97,6 +97,8 @@ class DataConfig:
     ignore_index: int | None = None
     cache: str = "auto"  # "auto", "memory" (decode once into a uint8 tensor) or "stream" (DataLoader workers)
     num_workers: int = 2
+    recursive: bool = False  # also read the folders' sub-folders (pairs share their path inside them)
+    skip_bad: bool = False  # leave out (and report) unreadable pairs instead of stopping
 
     def __post_init__(self) -> None:
         _choice("mask_mode", self.mask_mode, ("auto", "index", "binary", "channels", "palette"))

@@ -16,10 +16,17 @@ import torch
 
 from .data.folders import pair_files
 from .data.io import read_image, read_mask
-from .data.masks import decode_mask, detect_mask_mode
+from .data.masks import RANGE_FIX, decode_mask, detect_mask_mode
+from .errors import DataError
 from .metrics import ConfusionMatrix, SegmentationMetrics
 from .predict import Predictor
 from .run import atomic_write_text
+
+
+_EVAL_FIX = (
+    "the run was trained for its classes (n_classes and ignore index in its config.json): check that "
+    "--masks is the right folder, or choose another --mask-mode"
+)
 
 
 @dataclass
@@ -28,6 +35,15 @@ class EvalReport:
     class_names: list[str]
     n_images: int
     mask_mode: str
+
+    @property
+    def mean_iou(self) -> float:
+        """Mean IoU over the classes present (the headline figure), as ``metrics.mean_iou``."""
+        return self.metrics.mean_iou
+
+    @property
+    def pixel_accuracy(self) -> float:
+        return self.metrics.pixel_accuracy
 
     def to_dict(self) -> dict[str, Any]:
         return self.metrics.to_dict(self.class_names) | {"n_images": self.n_images, "mask_mode": self.mask_mode}
@@ -56,17 +72,19 @@ def evaluate(
     pairs = pair_files(images, masks)
     mode = mask_mode or config.data.mask_mode
     if mode == "auto":
-        mode = detect_mask_mode([read_mask(m) for _, m in pairs[:8]], n)
+        sample = [m for _, m in pairs[:8]]
+        mode = detect_mask_mode([read_mask(m) for m in sample], n, ignore_index=ignore, paths=sample, evaluating=True)
     palette = config.palette if mode == "palette" else None
     cm = ConfusionMatrix(n, ignore)
 
     def load(pair: tuple[Path, Path]) -> tuple[np.ndarray, np.ndarray]:
         img_path, mask_path = pair
         image = read_image(img_path)
-        mask = decode_mask(read_mask(mask_path), mode, n, palette=palette, ignore_index=ignore, path=mask_path)
+        try:
+            mask = decode_mask(read_mask(mask_path), mode, n, palette=palette, ignore_index=ignore, path=mask_path)
+        except DataError as e:  # the classes are the run's: the advice on --n-classes does not apply here
+            raise DataError(str(e).replace(RANGE_FIX, _EVAL_FIX)) from None
         if image.shape[:2] != mask.shape[:2]:
-            from .errors import DataError
-
             raise DataError(
                 f"{img_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
                 f"{mask.shape[1]}x{mask.shape[0]}; image and mask must have the same size"

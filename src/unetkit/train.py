@@ -23,7 +23,7 @@ from torch import nn
 from . import distributed, perf
 from . import run as runio
 from .config import RunConfig
-from .data.loader import SegmentationData
+from .data.loader import SegmentationData, class_presence, presence_report
 from .device import autocast, cpu_has_fast_bf16, resolve_device, resolve_precision  # noqa: F401
 from .errors import ConfigError, RunError, UnetkitError
 from .losses import SegmentationLoss, class_weights, load_class_weights
@@ -228,7 +228,6 @@ class _SigintGuard:
             raise KeyboardInterrupt
         self.hit = True
         _say_now(STOPPING)
-
 
     def __exit__(self, *exc: object) -> None:
         if self._old is not None:
@@ -610,6 +609,9 @@ def load_data(
         palette=palette,
         ignore_index=d.ignore_index,
         resize=config.preprocess.resize,
+        recursive=d.recursive,
+        skip_bad=d.skip_bad,
+        log=log,
     )
     t0 = time.perf_counter()
     train, mode = SegmentationData.from_folders(d.images, d.masks, m.input_size, **common)
@@ -624,6 +626,13 @@ def load_data(
         f"read {len(train) + (len(val) if val else 0)} image/mask pairs ({mode} masks) in "
         f"{time.perf_counter() - t0:.1f}s, {(train.nbytes + (val.nbytes if val else 0)) / 2**20:.1f} MiB cached"
     )
+    for line in presence_report(
+        *class_presence(train.masks, m.n_classes, d.ignore_index),
+        class_names=config.class_names,
+        ignore_index=d.ignore_index,
+        mask_mode=mode,
+    ):
+        log(line)
     return train, val, mode
 
 

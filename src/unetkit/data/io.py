@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 
 from ..errors import DataError
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 # Largest image accepted, in pixels, checked from the header before decoding. The default is PIL's
 # own warning threshold (about 89 megapixels, e.g. 9459 x 9459), so accepted images never trigger
