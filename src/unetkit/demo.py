@@ -6,11 +6,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import train as trainer
 from .config import ModelConfig, RunConfig, TrainConfig
+from .data import synthetic
+from .data.io import read_image, read_mask
 from .data.loader import SegmentationData
 from .evaluate import evaluate
 from .plots import side_by_side
 from .predict import Predictor
+from .run import claim_run_folder
 
 
 def run_demo(
@@ -28,10 +32,6 @@ def run_demo(
 
     An ``out`` that already holds a run is refused unless ``overwrite``.
     """
-    from . import train as trainer
-    from .data import synthetic
-    from .run import claim_run_folder
-
     out = Path(out)
     if not overwrite:
         claim_run_folder(out, create=False)
@@ -65,8 +65,6 @@ def run_demo(
     report = evaluate(predictor, test_dir / "image", test_dir / "mask")
     report.save_json(out / "test_metrics.json")
     log(report.table())
-    from .data.io import read_image, read_mask
-
     rows = []
     for i in range(4):
         image = read_image(test_dir / "image" / f"scene_{i:05d}.png")

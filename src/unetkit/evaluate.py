@@ -18,10 +18,9 @@ from .data.folders import pair_files
 from .data.io import read_image, read_mask
 from .data.masks import RANGE_FIX, decode_mask, detect_mask_mode
 from .errors import DataError
+from .fsio import atomic_write_text
 from .metrics import ConfusionMatrix, SegmentationMetrics
 from .predict import Predictor
-from .run import atomic_write_text
-
 
 _EVAL_FIX = (
     "the run was trained for its classes (n_classes and ignore index in its config.json): check that "

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import DataError
 from ..preprocess import resize_images, resize_masks, to_channels
+from .folders import load_pairs, pair_files
 
 
 def mask_dtype(n_classes: int, ignore_index: int | None) -> torch.dtype:
@@ -179,8 +180,6 @@ class SegmentationData:
 
         ``recursive`` reads sub-folders too; ``skip_bad`` leaves out unreadable pairs, reported via ``log``.
         """
-        from .folders import load_pairs, pair_files
-
         pairs = pair_files(images, masks, recursive=recursive)
         x, y, mode = load_pairs(
             pairs,
