@@ -108,6 +108,93 @@ def datasets_synthetic(
     console().print(f"wrote {count} scenes to {path}/image and {path}/mask (palette: {path}/classes.json)")
 
 
+@datasets_app.command("import")
+@guarded
+def datasets_import(
+    fmt: Annotated[
+        str, typer.Argument(metavar="FORMAT", help="coco, labelme, cvat-mask, voc, cityscapes, camvid or label-studio")
+    ],
+    sources: Annotated[list[Path], typer.Argument(metavar="SOURCE...", help="the export's files and folders")],
+    out: Annotated[Path, typer.Option(help="folder to write images/, masks/ and classes.json into")],
+    background: Annotated[
+        bool, typer.Option("--background/--no-background", help="coco: unlabelled pixels are class 0 (else ignored)")
+    ] = True,
+    line_width: Annotated[int, typer.Option(help="labelme: width of line shapes in pixels")] = 10,
+    label_map: Annotated[
+        Path | None, typer.Option(help="JSON label map (merge, ignore, reduce_zero_label, rename)")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing images/ and masks/ in --out")] = False,
+) -> None:
+    """Convert a labelling tool's export into index masks + classes.json (see docs/labels.md)."""
+    from .data.importers import import_dataset
+    from .data.labelmap import load_label_map
+
+    lm = load_label_map(label_map) if label_map is not None else None
+    result = import_dataset(
+        fmt, sources, out, background=background, line_width=line_width, label_map=lm, overwrite=overwrite
+    )
+    console().print(
+        f"wrote {result.count} image/mask pairs ({len(result.classes)} classes) to {out}/images and {out}/masks; "
+        f"classes: {out}/classes.json\nnext: unetkit check-data --images {out}/images --masks {out}/masks "
+        f"--classes {out}/classes.json"
+    )
+
+
+@app.command("check-data")
+@guarded
+def check_data_command(
+    images: Annotated[Path, typer.Option(help="folder of training images")],
+    masks: Annotated[Path, typer.Option(help="folder of training masks")],
+    n_classes: Annotated[
+        int | None, typer.Option(help="number of classes (default: from --classes or the masks)")
+    ] = None,
+    ignore_index: Annotated[int | None, typer.Option(help="mask value that is not a class")] = None,
+    mask_mode: Annotated[str, typer.Option(help="auto, index, binary, channels or palette")] = "auto",
+    classes: Annotated[Path | None, typer.Option(help="classes.json (names, colours, ignore index)")] = None,
+    label_map: Annotated[Path | None, typer.Option(help="JSON label map applied before counting")] = None,
+    val_images: Path | None = None,
+    val_masks: Path | None = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write the class distribution as a PNG")] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="write suggested class weights for train --class-weights")
+    ] = None,
+    weights_method: Annotated[str, typer.Option(help="median-frequency or inverse")] = "median-frequency",
+    progress: bool = True,
+) -> None:
+    """Check a data set before training: pairing, sizes, mask values, classes, duplicates, statistics."""
+    from .data.check import check_and_write, format_report
+
+    bar = _progress_bar(progress)
+    with bar as advance:
+        report = check_and_write(
+            images, masks, n_classes=n_classes, ignore_index=ignore_index, mask_mode=mask_mode,
+            classes_file=classes, label_map_file=label_map, val_images=val_images, val_masks=val_masks,
+            json_path=json_out, plot_path=plot, weights_path=weights, weights_method=weights_method, progress=advance,
+        )  # fmt: skip
+    console().print(format_report(report))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _progress_bar(enabled: bool):
+    """A context manager yielding ``advance(n)`` (a rich progress bar on a terminal, else nothing)."""
+    import contextlib
+
+    if not enabled or not sys.stderr.isatty():
+        return contextlib.nullcontext(None)
+
+    @contextlib.contextmanager
+    def bar():
+        from rich.progress import Progress
+
+        with Progress(transient=True) as p:
+            task = p.add_task("checking", total=None)
+            yield lambda n: p.advance(task, n)
+
+    return bar()
+
+
 def _train_config(**opts: Any):
     """Build a RunConfig: defaults, then the recipe, then every option the user gave explicitly."""
     from .config import AugmentConfig, DataConfig, ModelConfig, PreprocessConfig, RunConfig, TrainConfig
