@@ -209,7 +209,11 @@ def _train_config(**opts: Any):
         from .data.masks import load_class_names
 
         names = load_class_names(opts["class_names"])
+    labels = _labels_options(opts, names, palette)
+    if labels:
+        names, palette = labels["class_names"], labels["palette"]
     n_classes = opts["n_classes"] if opts["n_classes"] is not None else (len(names) if names else None)
+    n_classes = labels.get("n_classes", n_classes)
     if n_classes is None:
         raise UnetkitError("give --n-classes N (or a --palette / --class-names file that lists the classes)")
     channels = opts["channels"] or _guess_channels(opts["images"])
@@ -228,7 +232,9 @@ def _train_config(**opts: Any):
         val_fraction=opts["val_fraction"] or 0.0,
         mask_mode=opts["mask_mode"] or ("palette" if palette else "auto"),
         palette_file=_s(opts["palette"]),
-        ignore_index=opts["ignore_index"],
+        ignore_index=labels.get("ignore_index", opts["ignore_index"]),
+        label_map_file=_s(opts.get("label_map")),
+        label_map=labels.get("label_map"),
     )
     config = RunConfig(
         model=model, preprocess=PreprocessConfig(), data=data, train=TrainConfig(), class_names=names, palette=palette
@@ -265,13 +271,40 @@ def _train_config(**opts: Any):
             else AugmentConfig()
         )
     m = {k: opts[k] for k in ("depth", "dropout", "batch_norm") if opts.get(k) is not None}
-    p = {k: opts[k] for k in ("resize",) if opts.get(k) is not None}
+    p = {k: opts[k] for k in ("resize", "normalize") if opts.get(k) is not None}
     return replace(
         _data_options(config, opts),
         train=replace(config.train, **t),
         model=replace(config.model, **m),
         preprocess=replace(config.preprocess, **p),
     )
+
+
+def _labels_options(opts: dict[str, Any], names: list[str] | None, palette: list | None) -> dict[str, Any]:
+    """What --classes FILE and --label-map FILE set: class names, colours, ignore index, id lookup table."""
+    from .data.classes import ClassList, read_classes
+    from .data.labelmap import apply_label_map, load_label_map
+
+    classes_file, map_file = opts.get("classes"), opts.get("label_map")
+    if classes_file is None and map_file is None:
+        return {}
+    if classes_file is not None:
+        source = read_classes(classes_file)
+    elif names is not None:
+        source = ClassList(names, palette or [], opts["ignore_index"])
+    elif opts["n_classes"] is not None:  # with a label map, --n-classes counts the source ids
+        source = ClassList([f"class_{i}" for i in range(opts["n_classes"])], ignore_index=opts["ignore_index"])
+    else:
+        raise UnetkitError("--label-map needs the source classes: give --classes classes.json or --n-classes N")
+    out: dict[str, Any] = {"class_names": source.names, "palette": source.colors, "n_classes": len(source)}
+    if source.ignore_index is not None:
+        out["ignore_index"] = source.ignore_index
+    if map_file is not None:
+        mapped = apply_label_map(load_label_map(map_file), source)
+        c = mapped.classes
+        out = {"class_names": c.names, "palette": c.colors, "n_classes": len(c), "label_map": mapped.lut}
+        out["ignore_index"] = c.ignore_index
+    return out
 
 
 def _data_options(config: Any, opts: dict[str, Any]) -> Any:
@@ -327,6 +360,11 @@ def train(
     mask_mode: Annotated[str | None, typer.Option(help="auto, index, binary, channels or palette")] = None,
     palette: Annotated[Path | None, typer.Option(help="JSON {class name: [r, g, b]}")] = None,
     class_names: Annotated[Path | None, typer.Option(help="JSON list of class names")] = None,
+    classes: Annotated[Path | None, typer.Option(help="classes.json (names, colours, ignore index)")] = None,
+    label_map: Annotated[
+        Path | None, typer.Option(help="JSON label map: merge, ignore, reduce_zero_label, rename")
+    ] = None,
+    normalize: Annotated[str | None, typer.Option(help="scale (the seed), mean-std or percentile")] = None,
     resize: Annotated[str | None, typer.Option(help="image resize: bilinear or nearest")] = None,
     recipe: Annotated[str, typer.Option(help="seed (the tutorial exactly) or strong")] = "seed",
     precision: Annotated[str | None, typer.Option(help="auto, fp32 or bf16")] = None,
@@ -434,12 +472,14 @@ def evaluate(
     masks: Annotated[Path, typer.Option(help="folder of masks")],
     json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics as JSON")] = None,
     mask_mode: str | None = None,
+    label_map: Annotated[Path | None, typer.Option(help="JSON label map (default: the run's own)")] = None,
+    classes: Annotated[Path | None, typer.Option(help="classes.json of the masks' source classes")] = None,
     device: str = "auto",
 ) -> None:
     """Pixel accuracy, mean IoU, per-class IoU and Dice over a whole folder pair."""
     from .evaluate import evaluate as run_evaluate
 
-    report = run_evaluate(run, images, masks, mask_mode=mask_mode, device=device)
+    report = run_evaluate(run, images, masks, mask_mode=mask_mode, device=device, label_map=label_map, classes=classes)
     console().print(report.table())
     if json_out is not None:
         report.save_json(json_out)

@@ -275,12 +275,25 @@ def _class_rows(
         }
         if val is not None:
             row |= {"val_pixels": int(val.pixels[i]), "val_images": int(val.images[i])}
-            if val.pixels[i] and not train.pixels[i]:
-                problems.append(Problem(images_dir, f"class {i} ({name}) is in validation but absent from training"))
-        if not train.pixels[i] and (val is None or not val.pixels[i]):
-            problems.append(Problem(images_dir, f"class {i} ({name}) never appears", "warning"))
         rows.append(row)
+    val_pixels = val.pixels.tolist() if val is not None else None
+    problems += class_presence_problems(train.pixels.tolist(), val_pixels, classes.names, images_dir)
     return rows
+
+
+def class_presence_problems(
+    train_pixels: Sequence[int], val_pixels: Sequence[int] | None, names: Sequence[str], where: str = ""
+) -> list[Problem]:
+    """Classes in validation but absent from training (errors), and classes never present (warnings)."""
+    out = []
+    for i, px in enumerate(train_pixels):
+        name = names[i] if i < len(names) else f"class_{i}"
+        in_val = val_pixels is not None and val_pixels[i] > 0
+        if in_val and not px:
+            out.append(Problem(where, f"class {i} ({name}) is in validation but absent from training"))
+        elif not px and not in_val:
+            out.append(Problem(where, f"class {i} ({name}) never appears", "warning"))
+    return out
 
 
 def _duplicates(hashes: dict[str, list[tuple[str, str]]], problems: list[Problem]) -> list[dict[str, Any]]:
@@ -419,7 +432,8 @@ def format_report(report: CheckReport, limit: int = 20) -> str:
         lines.append(
             f"sizes (HxW): min {s['min'][0]}x{s['min'][1]}, median {s['median'][0]:g}x{s['median'][1]:g}, "
             f"max {s['max'][0]}x{s['max'][1]}; {s['not_multiple_of_16']} not multiples of 16; suggested "
-            f"--input-size {s['suggested_input_size'][0]} {s['suggested_input_size'][1]} C "
+            f"--input-size {s['suggested_input_size'][0]} {s['suggested_input_size'][1]} "
+            f"--channels {len(report.mean) or 3} "
             f"(or crop {s['suggested_crop'][0]}x{s['suggested_crop'][1]})"
         )
     if report.mean:
