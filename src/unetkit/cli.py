@@ -8,6 +8,7 @@ dispatches to every other, and nothing imports it).
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -239,7 +240,31 @@ def _progress_bar(enabled: bool):
     return bar()
 
 
+_FIELD_OPTIONS = re.compile(
+    r"(?<![\w.-])(val_images|val_masks|val_fraction|n_filters|n_classes|ignore_index|batch_size|warmup_epochs|"
+    r"early_stopping|weight_decay|mask_mode|nan_policy|input_size|class_weights|num_workers|palette_file)(?![\w])"
+    r"|(?<![\w.-])(epochs|lr|depth|dropout|optimizer|schedule|loss|precision|cache|resize)(?= must)"
+)
+
+
+def _option_names(message: str) -> str:
+    """A config message with the Python field names the user never typed turned into options (val_images ->
+    --val-images)."""
+    message = message.replace("input channels must", "--channels must")
+    return _FIELD_OPTIONS.sub(lambda m: "--" + (m.group(1) or m.group(2)).replace("_", "-"), message)
+
+
 def _train_config(**opts: Any):
+    """Build a RunConfig from the options; its errors name the options, not the Python fields."""
+    from .errors import ConfigError
+
+    try:
+        return _build_train_config(**opts)
+    except ConfigError as e:
+        raise ConfigError(_option_names(str(e))) from None
+
+
+def _build_train_config(**opts: Any):
     """Build a RunConfig: defaults, then the recipe, then every option the user gave explicitly."""
     from .config import AugmentConfig, DataConfig, ModelConfig, PreprocessConfig, RunConfig, TrainConfig
     from .recipes import apply_recipe
@@ -260,12 +285,12 @@ def _train_config(**opts: Any):
     n_classes = labels.get("n_classes", n_classes)
     if n_classes is None:
         raise UnetkitError("give --n-classes N (or a --palette / --class-names file that lists the classes)")
-    channels = opts["channels"] or _guess_channels(opts["images"])
     h, w = opts["input_size"] or (96, 128)
+    channels = opts["channels"] if opts["channels"] is not None else _survey_images(opts, (h, w))
     model = ModelConfig(
         name=opts["model"] or "unet",
         input_size=(h, w, channels),
-        n_filters=opts["n_filters"] or 32,
+        n_filters=opts["n_filters"] if opts["n_filters"] is not None else 32,
         n_classes=n_classes,
     )
     data = DataConfig(
@@ -279,6 +304,8 @@ def _train_config(**opts: Any):
         ignore_index=labels.get("ignore_index", opts["ignore_index"]),
         label_map_file=_s(opts.get("label_map")),
         label_map=labels.get("label_map"),
+        recursive=bool(opts.get("recursive")),
+        skip_bad=bool(opts.get("skip_bad")),
     )
     config = RunConfig(
         model=model, preprocess=PreprocessConfig(), data=data, train=TrainConfig(), class_names=names, palette=palette
@@ -354,6 +381,7 @@ def _labels_options(opts: dict[str, Any], names: list[str] | None, palette: list
 def _data_options(config: Any, opts: dict[str, Any]) -> Any:
     """``config`` with the data-reading options the user gave (also allowed with --resume)."""
     d = {k: opts[k] for k in ("cache", "num_workers") if opts.get(k) is not None}
+    d |= {k: True for k in ("recursive", "skip_bad") if opts.get(k)}
     return replace(config, data=replace(config.data, **d)) if d else config
 
 
@@ -361,15 +389,21 @@ def _s(p: Path | None) -> str | None:
     return str(p) if p is not None else None
 
 
-def _guess_channels(images: Path | None) -> int:
-    """1 when the first images are grayscale, else 3 (the seed)."""
-    if images is None:
+def _survey_images(opts: dict[str, Any], input_size: tuple[int, int]) -> int:
+    """The input channels for the training images (1 when all are grayscale, else 3), from every file's
+    header; says so when grayscale and colour images are mixed, or when resizing distorts them."""
+    if opts.get("images") is None:
         return 3
-    from .data.folders import list_images
-    from .data.io import read_image
+    from .data.folders import aspect_note, guess_channels, list_images
+    from .data.io import header_info
 
-    files = list_images(images)[:4]
-    return 1 if files and all(read_image(f).shape[2] == 1 for f in files) else 3
+    infos = [header_info(f) for f in list_images(opts["images"], recursive=bool(opts.get("recursive")))]
+    channels, note = guess_channels(infos)
+    depth = opts.get("depth") or 5
+    for line in (note, aspect_note(infos, input_size, 2 ** (depth - 1))):
+        if line:
+            console().print(f"warning: {line}")
+    return channels
 
 
 @app.command()
@@ -433,6 +467,12 @@ def train(
     ] = None,
     progress: bool = True,
     overwrite: Annotated[bool, typer.Option(help="replace the run already in --out (its files are deleted)")] = False,
+    recursive: Annotated[
+        bool, typer.Option(help="also read sub-folders (images/city1/a.png pairs with masks/city1/a.png)")
+    ] = False,
+    skip_bad: Annotated[
+        bool, typer.Option(help="leave out unreadable or invalid pairs (listed) instead of stopping")
+    ] = False,
 ) -> None:
     """Train a model on a folder of images and a folder of masks; writes a run folder."""
     from . import distributed

@@ -60,7 +60,12 @@ class ModelConfig:
         _check(c >= 1, f"input channels must be >= 1 (1 gray, 3 RGB, 4 RGBA, more for multi-band TIFFs), got {c}")
         _check(self.depth >= 2, f"depth must be at least 2, got {self.depth}")
         multiple = 2 ** (self.depth - 1)
-        if h % multiple or w % multiple or h <= 0 or w <= 0:
+        _check(
+            h > 0 and w > 0,
+            f"input size {h}x{w} must be positive: height and width in pixels, multiples of {multiple} "
+            "(the seed: 96 128)",
+        )
+        if h % multiple or w % multiple:
             raise ConfigError(
                 f"input size {h}x{w} is not divisible by {multiple} (the network halves it {self.depth - 1} "
                 f"times). Nearest valid: height {valid_sizes_near(h, multiple)}, width {valid_sizes_near(w, multiple)}."

@@ -9,6 +9,7 @@ collected into one DataError (up to MAX_LISTED files), so that one run shows eve
 from __future__ import annotations
 
 import glob
+import math
 import os
 import random
 import re
@@ -378,3 +379,35 @@ def _problem_report(problems: dict[int, list[str]], pairs: Sequence[Pair], mask_
     listed = "\n".join(f"  - {m}" for m in messages[:MAX_LISTED])
     more = f"\n  ... and {len(messages) - MAX_LISTED} more" if len(messages) > MAX_LISTED else ""
     return f"{len(problems)} of {n} image/mask pairs could not be loaded (mask mode {mask_mode}):\n{listed}{more}"
+
+
+def guess_channels(infos: Sequence[tuple[int, int, int] | None]) -> tuple[int, str | None]:
+    """Input channels for images with these ``header_info``s: 1 when all are grayscale, else 3 (the seed);
+    a note when grayscale and colour images are mixed (the grayscale ones are then repeated to RGB)."""
+    known = [i for i in infos if i is not None]
+    gray = sum(1 for _, _, c in known if c == 1)
+    if known and gray == len(known):
+        return 1, None
+    if gray:
+        return 3, (
+            f"{gray} of {len(known)} training images are grayscale and the others colour: training on 3 "
+            "channels (grayscale images repeated to RGB); pass --channels 1 to train on grayscale instead"
+        )
+    return 3, None
+
+
+def aspect_note(infos: Sequence[tuple[int, int, int] | None], input_size: tuple[int, int], multiple: int) -> str | None:
+    """A warning when the images' usual aspect ratio differs from ``input_size``'s: resizing distorts them."""
+    ratios = sorted(w / h for w, h, _ in (i for i in infos if i is not None) if h > 0 and w > 0)
+    h, w = input_size
+    if not ratios or h <= 0 or w <= 0:  # a bad --input-size is refused by the config with its own message
+        return None
+    ratio = ratios[len(ratios) // 2]
+    if abs(math.log(ratio / (w / h))) < math.log(1.1):
+        return None
+    suggest = max(multiple, round(h * ratio / multiple) * multiple)
+    return (
+        f"the training images are mostly {ratio:.2f}:1 (width:height) but the input size {h}x{w} (--input-size "
+        f"H W) is {w / h:.2f}:1, so every image is stretched when resized; keep the aspect, e.g. "
+        f"--input-size {h} {suggest}"
+    )
