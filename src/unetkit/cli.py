@@ -293,11 +293,11 @@ def _build_train_config(**opts: Any):
         n_filters=opts["n_filters"] if opts["n_filters"] is not None else 32,
         n_classes=n_classes,
     )
-    data = DataConfig(
-        images=_s(opts["images"]),
-        masks=_s(opts["masks"]),
-        val_images=_s(opts["val_images"]),
-        val_masks=_s(opts["val_masks"]),
+    data = DataConfig(  # data paths absolute: a resume from another directory finds them
+        images=_abs(opts["images"]),
+        masks=_abs(opts["masks"]),
+        val_images=_abs(opts["val_images"]),
+        val_masks=_abs(opts["val_masks"]),
         val_fraction=opts["val_fraction"] or 0.0,
         mask_mode=opts["mask_mode"] or ("palette" if palette else "auto"),
         palette_file=_s(opts["palette"]),
@@ -389,6 +389,12 @@ def _s(p: Path | None) -> str | None:
     return str(p) if p is not None else None
 
 
+def _abs(p: Path | None) -> str | None:
+    import os
+
+    return os.path.abspath(os.path.expanduser(p)) if p is not None else None
+
+
 def _survey_images(opts: dict[str, Any], input_size: tuple[int, int]) -> int:
     """The input channels for the training images (1 when all are grayscale, else 3), from every file's
     header; says so when grayscale and colour images are mixed, or when resizing distorts them."""
@@ -409,6 +415,7 @@ def _survey_images(opts: dict[str, Any], input_size: tuple[int, int]) -> int:
 @app.command()
 @guarded
 def train(
+    ctx: typer.Context,
     images: Annotated[Path | None, typer.Option(help="folder of training images")] = None,
     masks: Annotated[Path | None, typer.Option(help="folder of training masks (paired by file stem)")] = None,
     out: Annotated[Path | None, typer.Option(help="run folder to write")] = None,
@@ -477,19 +484,19 @@ def train(
     """Train a model on a folder of images and a folder of masks; writes a run folder."""
     from . import distributed
     from .run import claim_run_folder
-    from .train import fit, resume_config
+    from .train import fit
 
     if resume is None and out is None:
         raise UnetkitError("give --out RUN_FOLDER (where weights, config and metrics are written)")
     if resume is None and not overwrite and distributed.is_main():
         claim_run_folder(out, create=False)  # type: ignore[arg-type]  # refuses an existing run at once
+    say = console().print if distributed.is_main() else _quiet  # under torchrun only rank 0 prints
     if nproc is not None:  # check the settings here: a worker's error would come back buried in torchrun's
-        config = resume_config(resume, epochs) if resume is not None else _train_config(**locals())
+        config = _resume_config(ctx, resume, locals(), _quiet) if resume is not None else _train_config(**locals())
         distributed.local_batch_size(config.train.batch_size, nproc)
         raise typer.Exit(distributed.launch(sys.argv[1:], nproc, log=console().print))
-    say = console().print if distributed.is_main() else _quiet  # under torchrun only rank 0 prints
     if resume is not None:
-        config = _data_options(resume_config(resume, epochs), locals())
+        config = _resume_config(ctx, resume, locals(), say)
         say(f"resuming {resume} up to {config.train.epochs} epochs")
         result = fit(config, resume, resume=True, progress=progress, log=say)
     else:
@@ -500,13 +507,73 @@ def train(
         _after_training(result)
 
 
+_RESUME_KEEPS = ("progress", "resume", "nproc", "overwrite", "out")  # how to run, not what the run is
+
+
+def _resume_config(ctx: typer.Context, run: Path, opts: dict[str, Any], say: Callable[..., None]) -> Any:
+    """The config to resume ``run`` with: the options that may change on resume applied (and said), those
+    that define the model or the recipe refused, data paths checked (they come from the run's config)."""
+    from .errors import ConfigError, DataError
+    from .train import RESUME_DATA, RESUME_TRAIN, resume_config
+
+    given = [name for name in opts if name not in ("ctx", *_RESUME_KEEPS) and _given(ctx, name)]
+    fixed = [n for n in given if n not in RESUME_TRAIN and n not in RESUME_DATA]
+    if fixed:
+        listed = ", ".join("--" + n.replace("_", "-") for n in fixed)
+        raise ConfigError(
+            f"{listed} cannot change on --resume: the checkpoint in {run} was trained with the model and recipe "
+            f"in {run / 'config.json'}. Leave {'it' if len(fixed) == 1 else 'them'} out to continue that run, or "
+            f"start a new one (--out NEW_RUN; --init-from {run} starts from its weights)"
+        )
+    old = _load_run_config(run)
+    changes = {n: opts[n] for n in given}
+    if opts.get("compile") is not None and "compile" in changes:
+        changes["compile"] = "on" if opts["compile"] else "off"
+    config = resume_config(run, **changes)
+    for name in given:
+        section = "train" if name in RESUME_TRAIN else "data"
+        before, after = getattr(getattr(old, section), name), getattr(getattr(config, section), name)
+        if before != after:
+            say(f"on resume: --{name.replace('_', '-')} {before} -> {after} (recorded in {run / 'config.json'})")
+    for name in ("images", "masks", "val_images", "val_masks"):
+        path = getattr(config.data, name)
+        if path and name not in given and not Path(path).exists():
+            option = "--" + name.replace("_", "-")
+            raise DataError(
+                f"{option} {path} does not exist; the path comes from {run / 'config.json'}: the data was moved, "
+                f"or the run was started from another directory. Give {option} DIR to point at it"
+            )
+    return config
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """True when the user typed option ``name`` (not its default)."""
+    source = ctx.get_parameter_source(name)
+    return getattr(source, "name", None) in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def _load_run_config(run: Path) -> Any:
+    from .config import RunConfig
+
+    if run.is_file():
+        raise UnetkitError(f"--resume takes a run folder, and {run} is a file")
+    return RunConfig.load(run / "config.json")
+
+
 def _quiet(*_args: Any, **_kwargs: Any) -> None:
     """A print that prints nothing (ranks other than 0)."""
 
 
 def _after_training(result: Any) -> None:
     run_dir = result.run_dir
-    best = f" best mIoU {result.best_miou:.4f}" if result.best_miou is not None else ""
+    validated = any(row.get("val_miou") is not None for row in result.history)
+    best = ""
+    if result.best_miou is not None:
+        best = (
+            f" best validation mIoU {result.best_miou:.4f}"
+            if validated
+            else f" training mIoU {result.best_miou:.4f} (last epoch, kept as the weights: no validation data)"
+        )
     console().print(f"done:{best}. Run folder: {run_dir}")
     console().print(
         f"next: unetkit evaluate {run_dir} --images DIR --masks DIR | unetkit predict {run_dir} IMAGES... --out DIR"

@@ -285,6 +285,7 @@ def fit(
     val_data: SegmentationData | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    model: nn.Module | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
     epoch_callback: Callable[[dict[str, Any]], None] | None = None,
@@ -297,6 +298,9 @@ def fit(
     Under torchrun (RANK/WORLD_SIZE set) it trains data-parallel with DDP: ``config.train.batch_size``
     is the global batch, rank 0 alone logs and writes ``out``; see ``unetkit.distributed``.
     An ``out`` that already holds a run is refused unless ``resume`` or ``overwrite`` (which deletes it).
+    ``model`` trains that network (e.g. a ``unet_model(...)``) instead of a fresh one built from
+    ``config.model``; it must be the network ``config.model`` describes, so that the run folder loads.
+    Without validation data the "best" weights are the last epoch's.
     """
     dist_info = distributed.info()  # rank 0 of 1 without torchrun
     if not dist_info.is_main:  # only rank 0 prints and writes the run folder
@@ -326,7 +330,7 @@ def fit(
         raise ConfigError("the training set is empty")
 
     torch.manual_seed(t.seed)
-    model = runio.build_model(config.model).to(device)
+    model = (_check_given_model(model, config) if model is not None else runio.build_model(config.model)).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, config)
@@ -336,7 +340,7 @@ def fit(
 
     if resume:
         if run_dir is None or not (run_dir / LAST).exists():
-            raise RunError(f"nothing to resume: {run_dir} has no {LAST}")
+            raise RunError(_nothing_to_resume(run_dir))
         tensors, meta = runio.load_tensors(run_dir / LAST)
         if not isinstance(meta, dict) or "epoch" not in meta:
             raise RunError(f"{run_dir / LAST} holds no training state; it cannot be resumed")
@@ -356,7 +360,12 @@ def fit(
                 f"({type(e).__name__}: {detail}); restore an intact copy of the run folder, or train "
                 "again"
             ) from None
-        if start_epoch >= t.epochs:
+        if start_epoch > t.epochs:  # config.json must keep describing the run: never fewer epochs than it has
+            raise ConfigError(
+                f"{run_dir} already has {start_epoch} finished epochs, more than the {t.epochs} asked for; "
+                f"give --epochs above {start_epoch} to train more"
+            )
+        if start_epoch == t.epochs:
             log(f"{run_dir} already has {start_epoch} epochs; ask for more with --epochs")
     if run_dir is not None and dist_info.is_main:
         try:
@@ -498,7 +507,7 @@ def fit(
                 score = vm.mean_iou
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
-            is_best = score > best
+            is_best = score > best or not (val_data is not None and len(val_data))  # no validation: the last
             if is_best:
                 best, since_best = score, 0
             else:
@@ -539,6 +548,32 @@ def _check_finite(
             f"the loss became {value} at {where}{keep}. Lower the learning rate (--lr), "
             "use --precision fp32, or pass --nan-policy skip to skip such steps"
         )
+
+
+def _nothing_to_resume(run_dir: Path | None) -> str:
+    """Why ``run_dir`` cannot be resumed, and what to do instead."""
+    if run_dir is not None and (run_dir / WEIGHTS).exists():
+        return (
+            f"{run_dir} holds weights but no training state ({LAST}), as an imported Keras model does; "
+            f"to fine-tune it, start a new run from its weights: `unetkit train --init-from {run_dir} "
+            "--images DIR --masks DIR --out NEW_RUN`"
+        )
+    if run_dir is not None and (run_dir / CONFIG).exists():
+        return f"nothing to resume: no epoch of {run_dir} had finished; run the training command again"
+    return f"nothing to resume: {run_dir} has no {LAST} (is it a run folder?)"
+
+
+def _check_given_model(model: nn.Module, config: RunConfig) -> nn.Module:
+    """``model`` when it has the layers ``config.model`` describes (else its run folder would not load)."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in runio.build_model(config.model).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in runio.unwrap(model).state_dict().items()}
+    if expected != found:
+        raise ConfigError(
+            f"the model given to fit() is not the network config.model describes ({config.model}); build the "
+            "config with the same input_size, n_filters, n_classes and depth as the model"
+        )
+    return model
 
 
 def _interrupt_message(run_dir: Path | None, epoch: int) -> str:
@@ -692,9 +727,30 @@ def with_normalization(config: RunConfig, data: Any, log: Callable[[str], None] 
     return replace(config, preprocess=replace(p, **stats))
 
 
-def resume_config(run_dir: str | Path, epochs: int | None = None) -> RunConfig:
-    """The config of a run to resume, with the total epoch count raised to ``epochs``."""
+RESUME_TRAIN = ("epochs", "lr", "batch_size", "early_stopping", "device", "precision", "compile", "nan_policy")
+RESUME_DATA = ("images", "masks", "val_images", "val_masks", "cache", "num_workers", "recursive", "skip_bad")
+
+
+def resume_config(run_dir: str | Path, epochs: int | None = None, **changes: Any) -> RunConfig:
+    """The config of a run to resume, with the total epoch count set to ``epochs`` and the settings that
+    may change on resume (RESUME_TRAIN, RESUME_DATA: data paths become absolute) set to ``changes``.
+
+    Settings that define the model or the recipe cannot change: the checkpoint was trained with them.
+    """
+    unknown = sorted(set(changes) - set(RESUME_TRAIN) - set(RESUME_DATA))
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)} cannot change on resume; start a new run instead")
     config = RunConfig.load(Path(run_dir) / CONFIG)
     if epochs is not None:
-        config = replace(config, train=replace(config.train, epochs=epochs))
-    return config
+        changes["epochs"] = epochs
+    t = {k: v for k, v in changes.items() if k in RESUME_TRAIN and v is not None}
+    d = {
+        k: _abspath(v) if k in RESUME_DATA[:4] else v for k, v in changes.items() if k in RESUME_DATA and v is not None
+    }
+    return replace(config, train=replace(config.train, **t), data=replace(config.data, **d))
+
+
+def _abspath(path: Any) -> str:
+    import os
+
+    return os.path.abspath(os.path.expanduser(str(path)))
