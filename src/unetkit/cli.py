@@ -443,7 +443,7 @@ def train(
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="the recipe's augmentation")] = None,
     early_stopping: Annotated[int | None, typer.Option(help="patience in epochs (0: off)")] = None,
     mask_mode: Annotated[str | None, typer.Option(help="auto, index, binary, channels or palette")] = None,
-    palette: Annotated[Path | None, typer.Option(help="JSON {class name: [r, g, b]}")] = None,
+    palette: Annotated[Path | None, typer.Option(help="JSON {class name: \\[r, g, b]}")] = None,
     class_names: Annotated[Path | None, typer.Option(help="JSON list of class names")] = None,
     classes: Annotated[Path | None, typer.Option(help="classes.json (names, colours, ignore index)")] = None,
     label_map: Annotated[
@@ -526,6 +526,11 @@ def _resume_config(ctx: typer.Context, run: Path, opts: dict[str, Any], say: Cal
             f"start a new one (--out NEW_RUN; --init-from {run} starts from its weights)"
         )
     old = _load_run_config(run)
+    if not (run / "last.safetensors").exists():  # before reading any data
+        from .errors import RunError
+        from .train import _nothing_to_resume
+
+        raise RunError(_nothing_to_resume(run))
     changes = {n: opts[n] for n in given}
     if opts.get("compile") is not None and "compile" in changes:
         changes["compile"] = "on" if opts["compile"] else "off"
@@ -603,7 +608,7 @@ def compare(
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="the recipe's augmentation")] = None,
     recipe: Annotated[str, typer.Option(help="seed (the tutorial exactly) or strong")] = "seed",
     mask_mode: Annotated[str | None, typer.Option(help="auto, index, binary, channels or palette")] = None,
-    palette: Annotated[Path | None, typer.Option(help="JSON {class name: [r, g, b]}")] = None,
+    palette: Annotated[Path | None, typer.Option(help="JSON {class name: \\[r, g, b]}")] = None,
     class_names: Annotated[Path | None, typer.Option(help="JSON list of class names")] = None,
     tolerance: Annotated[int, typer.Option(help="boundary F1 tolerance in pixels")] = 2,
     examples: Annotated[int, typer.Option(help="validation images in the picture")] = 4,

@@ -27,7 +27,7 @@ from .data.augment import augment_batch, effective_ignore_index
 from .data.loader import SegmentationData, class_presence, presence_report
 from .data.stream import folder_cache_mode, load_streaming
 from .device import autocast, resolve_device, resolve_precision
-from .errors import ConfigError, RunError, UnetkitError
+from .errors import ConfigError, DataError, RunError, UnetkitError
 from .fsio import atomic_write_text, remove_stale_temps
 from .losses import SegmentationLoss, class_weights, load_class_weights
 from .metrics import ConfusionMatrix
@@ -328,6 +328,8 @@ def fit(
         config = with_normalization(config, train_data, log)
     if len(train_data) == 0:
         raise ConfigError("the training set is empty")
+    for data in (train_data, val_data):
+        _check_class_ids(data, config)
 
     torch.manual_seed(t.seed)
     model = (_check_given_model(model, config) if model is not None else runio.build_model(config.model)).to(device)
@@ -547,6 +549,25 @@ def _check_finite(
         raise NonFiniteLoss(
             f"the loss became {value} at {where}{keep}. Lower the learning rate (--lr), "
             "use --precision fp32, or pass --nan-policy skip to skip such steps"
+        )
+
+
+def _check_class_ids(data: Any, config: RunConfig) -> None:
+    """A DataError when cached masks hold ids that are neither a class nor the ignore index (the loss would
+    fail deep inside PyTorch otherwise)."""
+    masks = getattr(data, "masks", None)
+    if masks is None:  # streaming data: each mask is checked as it is decoded
+        return
+    n, ignore = config.model.n_classes, config.data.ignore_index
+    m = masks.reshape(-1).long()
+    bad = (m >= n) | (m < 0)
+    if ignore is not None:
+        bad &= m != ignore
+    if bool(bad.any()):
+        values = torch.unique(m[bad])[:10].tolist()
+        raise DataError(
+            f"the masks hold class ids {', '.join(map(str, values))}, not below n_classes={n}; raise n_classes "
+            "(--n-classes) to cover them, or set ignore_index (--ignore-index) for a 'void' value"
         )
 
 

@@ -274,19 +274,25 @@ def presence_report(
     lines = [line]
     present = [i for i in range(n) if counts[i]]
     absent = [i for i in range(n) if not counts[i]]
-    if ignore_index is not None and ignored > total / 2:
-        fix = (
-            f"these look like binary 0/255 masks: leave out --ignore-index {ignore_index} and use --mask-mode binary"
-            if present == [0] and ignore_index == 255
-            else f"check that {ignore_index} is really the 'void' label, and --mask-mode"
+    ignored_share = 100.0 * ignored / max(total, 1)
+    if ignore_index == 255 and ignored and present == [0]:
+        lines.append(
+            f"warning: the masks hold only 0 and 255, and 255 is ignored (--ignore-index 255), so the model only "
+            f"ever sees class 0 ({ignored_share:.0f}% of the pixels are ignored); these look like binary 0/255 "
+            "masks: leave out --ignore-index 255 and use --mask-mode binary"
         )
-        lines.append(f"warning: {100.0 * ignored / total:.0f}% of the pixels are ignored (--ignore-index); {fix}")
+        return lines
+    if ignore_index is not None and ignored > total / 2:
+        lines.append(
+            f"warning: {ignored_share:.0f}% of the pixels are ignored (--ignore-index {ignore_index}); check that "
+            f"{ignore_index} is really the 'void' label, and --mask-mode"
+        )
     if absent and present:
         missing = ", ".join(names[i] for i in absent[:10]) + (
             f" and {len(absent) - 10} more" if len(absent) > 10 else ""
         )
         fix = "the model never learns them"
-        if present == list(range(len(present))):
+        if len(present) >= 2 and present == list(range(len(present))):
             fix += f"; if the data has {len(present)} classes, use --n-classes {len(present)}"
         if mask_mode == "index" and present == [0, 255]:
             fix += "; for binary 0/255 masks use --n-classes 2 --mask-mode binary"
