@@ -310,6 +310,15 @@ def test_bad_sizes_and_option_names(data, tmp_path: Path) -> None:
     assert "--val-images and --val-masks" in text and "val_images" not in text
 
 
+def test_train_help_groups_options_and_shows_defaults() -> None:
+    text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    panels = [text.index(f"─ {name} ") for name in ("Data", "Model", "Optimisation", "Runtime")]
+    assert panels == sorted(panels)
+    assert "--input-size" in text and "H W" in text and "<int,int>" not in text.replace(" ", "")
+    for default in ("[default: (40)]", "[default: (32; strong: 8)]", "[default: (32)]", "[default: (96 128)]"):
+        assert default in text, default
+
+
 def test_version() -> None:
     from unetkit import __version__
 

@@ -796,3 +796,77 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# train --help: options in panels, with the defaults that matter (None in the signature means "the recipe's")
+_TRAIN_PANELS = {
+    "Data": "images masks val_images val_masks val_fraction n_classes ignore_index mask_mode palette class_names "
+    "classes label_map recursive skip_bad cache num_workers",
+    "Model": "model input_size channels n_filters depth dropout batch_norm normalize resize",
+    "Optimisation": "recipe epochs batch_size lr optimizer weight_decay schedule warmup_epochs loss class_weights "
+    "augment early_stopping seed nan_policy",
+    "Runtime": "out resume overwrite precision compile device nproc progress",
+}
+_TRAIN_DEFAULTS = {
+    "n_filters": "32",
+    "input_size": "96 128",
+    "model": "unet",
+    "depth": "5",
+    "dropout": "0.3",
+    "batch_norm": "off; strong: on",
+    "epochs": "40",
+    "batch_size": "32; strong: 8",
+    "lr": "0.001; strong: 0.005",
+    "optimizer": "adam; strong: adamw",
+    "weight_decay": "0; strong: 0.01",
+    "schedule": "constant; strong: cosine",
+    "warmup_epochs": "0; strong: 1",
+    "loss": "ce; strong: ce+dice",
+    "class_weights": "none",
+    "augment": "off; strong: flip, scale, colour jitter",
+    "early_stopping": "0",
+    "val_fraction": "0",
+    "mask_mode": "auto",
+    "resize": "bilinear",
+    "precision": "auto",
+    "device": "auto",
+    "seed": "0",
+    "nan_policy": "stop",
+    "cache": "auto",
+    "num_workers": "2",
+}
+
+
+def _arrange_help(fn: Callable[..., Any], panels: dict[str, str], defaults: dict[str, str]) -> None:
+    """Put ``fn``'s options into help panels and show ``defaults`` for those whose signature default is None.
+
+    It rewrites the signature typer reads, so the command's code keeps its plain parameters.
+    """
+    import inspect
+    import typing
+
+    from typer.models import OptionInfo
+
+    panel_of = {name: panel for panel, names in panels.items() for name in names.split()}
+    params = []
+    for p in inspect.signature(fn, eval_str=True).parameters.values():
+        if p.name not in panel_of:
+            params.append(p)
+            continue
+        base, meta = p.annotation, ()
+        if typing.get_origin(base) is Annotated:
+            base, *rest = typing.get_args(base)
+            meta = tuple(rest)
+        info = next((m for m in meta if isinstance(m, OptionInfo)), None) or typer.Option()
+        info.rich_help_panel = panel_of[p.name]
+        if p.name in defaults:
+            info.show_default = defaults[p.name]
+        if p.name == "input_size":
+            info.metavar = "H W"
+        params.append(p.replace(annotation=Annotated[base, info]))
+    order = list(panels)
+    params.sort(key=lambda p: order.index(panel_of[p.name]) if p.name in panel_of else -1)  # panels in order
+    fn.__signature__ = inspect.signature(fn).replace(parameters=params)  # type: ignore[attr-defined]
+
+
+_arrange_help(train, _TRAIN_PANELS, _TRAIN_DEFAULTS)
