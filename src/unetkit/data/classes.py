@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..palette import default_palette
 
 
 @dataclass
@@ -25,8 +26,6 @@ class ClassList:
 
     def __post_init__(self) -> None:
         if not self.colors:
-            from ..plots import default_palette
-
             self.colors = default_palette(len(self.names))
         if len(self.colors) != len(self.names):
             raise DataError(f"{len(self.colors)} colours for {len(self.names)} classes")
