@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..fsio import atomic_write_text
 from ..palette import default_palette
 
 
@@ -53,8 +54,6 @@ def default_ignore_index(n_classes: int) -> int:
 
 def write_classes(path: str | Path, classes: ClassList) -> None:
     """Write ``classes.json`` atomically."""
-    from ..run import atomic_write_text
-
     atomic_write_text(path, json.dumps(classes.to_dict(), indent=2) + "\n")
 
 
