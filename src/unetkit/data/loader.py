@@ -140,7 +140,8 @@ class SegmentationData:
         masks (N, H, W[, 1]) class ids, or one-hot (N, H, W, n_classes) as the seed's
         CategoricalCrossentropy remark allows (converted to ids: for hard one-hot labels the two
         losses are the same), or the tutorial's own colour masks (N, H, W, 3) with the class id in
-        their channels (``mask_mode="channels"``, also taken when they are not one-hot).
+        their channels (``mask_mode="channels"``; taken by default unless there are as many channels as
+        classes, which reads as one-hot).
         """
         images, masks = np.asarray(images), np.asarray(masks)
         if images.ndim == 3:
@@ -206,14 +207,15 @@ def _mask_ids(masks: np.ndarray, n_classes: int, mask_mode: str = "auto") -> np.
     """Class ids (N, H, W) from ids, (N, H, W, 1), one-hot (N, H, W, n_classes) or colour (N, H, W, 3/4) masks.
 
     Colour masks are read as ``--mask-mode channels`` reads the tutorial's CARLA masks: the class id is
-    the maximum over the colour channels (alpha dropped).
+    the maximum over the colour channels (alpha dropped); with as many channels as classes the masks are
+    one-hot unless ``mask_mode="channels"``.
     """
     if mask_mode not in ("auto", "channels"):
         raise DataError(f"from_arrays reads mask_mode 'auto' or 'channels', got {mask_mode!r}")
     if masks.ndim == 4 and masks.shape[-1] == 1:
         return masks[..., 0]
     colour = masks.ndim == 4 and masks.shape[-1] in (3, 4)
-    if colour and (mask_mode == "channels" or masks.shape[-1] != n_classes or not _is_one_hot(masks)):
+    if colour and (mask_mode == "channels" or masks.shape[-1] != n_classes):  # as many channels as classes: one-hot
         return masks[..., :3].max(axis=-1)
     if masks.ndim == 4 and masks.shape[-1] == n_classes and n_classes > 1:
         if not _is_one_hot(masks):
