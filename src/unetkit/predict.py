@@ -6,6 +6,7 @@ resized bilinearly to that size before the argmax (the seed's "index of the larg
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ from torch import nn
 
 from . import perf
 from .config import RunConfig
-from .device import resolve_device, resolve_precision
+from .device import PREDICT_PRECISIONS, resolve_device, resolve_predict_precision
+from .errors import ConfigError, DataError, RunError
 from .preprocess import image_to_tensor, resize_images, to_float
 from .run import load_run
 
@@ -23,19 +25,40 @@ ImageLike = np.ndarray | str | Path
 
 
 def as_image(image: ImageLike | object) -> np.ndarray:
-    """A path, PIL image or array -> (H, W, C) uint8 array."""
+    """A path, PIL image or (H, W[, C]) array -> (H, W, C) uint8 array; anything else a clear DataError."""
     if isinstance(image, (str, Path)):
         from .data.io import read_image
 
         return read_image(image)
-    if not isinstance(image, np.ndarray):  # PIL.Image
-        image = np.asarray(image)
+    if isinstance(image, (list, tuple)):
+        raise DataError(
+            f"predict takes one image, got a {type(image).__name__} of {len(image)}: use "
+            "predict_batch([...]) for several paths, PIL images or arrays"
+        )
+    if not isinstance(image, np.ndarray):
+        if not (hasattr(image, "__array_interface__") or hasattr(image, "__array__")):
+            raise DataError(
+                f"cannot predict on a {type(image).__name__}: give a file path, a PIL image or an (H, W[, C]) array"
+            )
+        image = np.asarray(image)  # PIL.Image, torch tensor on the CPU
+    if image.ndim == 4:
+        raise DataError(
+            f"predict takes one image, got an array of shape {image.shape}: use predict_array for an "
+            "(N, H, W[, C]) stack of images"
+        )
     if image.ndim == 2:
         image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or image.shape[0] < 1 or image.shape[1] < 1:
+        raise DataError(
+            f"an image must be an (H, W) or (H, W, C) array with C = 1, 3 or 4, got shape {image.shape}; "
+            "for a stack of grayscale images use predict_array"
+        )
+    if image.dtype == bool or not (np.issubdtype(image.dtype, np.number)):
+        raise DataError(f"an image array must hold numbers, got dtype {image.dtype}")
     if image.dtype != np.uint8:
         if np.issubdtype(image.dtype, np.floating) and np.nanmax(image) <= 1.0:
             image = np.round(np.nan_to_num(image) * 255)
-        image = np.clip(image, 0, 255).astype(np.uint8)
+        image = np.clip(np.nan_to_num(image), 0, 255).astype(np.uint8)
     return image
 
 
@@ -49,6 +72,8 @@ class PredictorBase:
 
     config: RunConfig
     backend: str = "unknown"
+    precision: str = "fp32"  # what the forward pass computes in: fp32, bf16 or int8
+    postprocess: Callable[[np.ndarray], np.ndarray] | None = None  # mask -> mask (unetkit.postprocess)
 
     # Above this many output elements (K x H x W), argmax masks are upsampled in bands of rows so that a
     # large image never holds its full-size float logits in memory at once (serving large uploads).
@@ -110,19 +135,43 @@ class PredictorBase:
 
     def predict_batch(self, images: list[ImageLike | object], batch_size: int = 16) -> list[np.ndarray]:
         """(H, W) class-id masks for several images (any mix of sizes), ``batch_size`` per forward pass."""
+        if not isinstance(images, (list, tuple)):
+            raise DataError(
+                f"predict_batch takes a list of images, got a {type(images).__name__}; use predict for one "
+                "image and predict_array for an (N, H, W[, C]) array"
+            )
         arrays = [as_image(im) for im in images]
-        masks = []
+        masks: list[np.ndarray] = []
         for start in range(0, len(arrays), batch_size):
-            chunk = arrays[start : start + batch_size]
-            if self.config.preprocess.predict_mode == "sliding":
-                masks += [self._ids(self._sliding(im).argmax(0)) for im in chunk]
-                continue
-            logits = self._model_size_logits(chunk)
-            if all(tuple(im.shape[:2]) == tuple(logits.shape[-2:]) for im in chunk):
-                masks += list(self._ids(logits.argmax(1)))  # one argmax and one copy back for the batch
-                continue
-            masks += [self._upsample_argmax(lg, tuple(im.shape[:2])) for im, lg in zip(chunk, logits)]
-        return masks
+            masks += self._predict_chunk(arrays[start : start + batch_size])
+        return [self._post(m) for m in masks]
+
+    def _predict_chunk(self, chunk: list[np.ndarray]) -> list[np.ndarray]:
+        """One forward pass; images of one size are resized back and argmaxed together on the device."""
+        if self.config.preprocess.predict_mode == "sliding":
+            return [self._ids(self._sliding(im).argmax(0)) for im in chunk]
+        logits = self._model_size_logits(chunk)
+        k = logits.shape[1]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(chunk):
+            groups.setdefault((int(im.shape[0]), int(im.shape[1])), []).append(i)
+        out: list[np.ndarray] = [np.empty(0)] * len(chunk)
+        for size, idx in groups.items():
+            same = size == tuple(logits.shape[-2:])
+            if same or (len(idx) > 1 and k * size[0] * size[1] * len(idx) <= self.band_elements):
+                lg = logits[idx] if len(idx) < len(chunk) else logits
+                if not same:
+                    lg = F.interpolate(lg, size=size, mode="bilinear", align_corners=False)
+                ids = self._ids(lg.argmax(1))  # one argmax and one copy back for the group
+                for j, i in enumerate(idx):
+                    out[i] = ids[j]
+            else:
+                for i in idx:
+                    out[i] = self._upsample_argmax(logits[i], size)
+        return out
+
+    def _post(self, mask: np.ndarray) -> np.ndarray:
+        return mask if self.postprocess is None else self.postprocess(mask)
 
     def predict_array(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """(N, H, W) class ids for an (N, H, W[, C]) array of images, as a notebook holds a data set.
@@ -133,11 +182,16 @@ class PredictorBase:
         while the previous one computes (two in flight). Other sizes (or sliding-window prediction) take
         ``predict_batch``.
         """
+        if not isinstance(images, np.ndarray) and not hasattr(images, "__array__"):
+            raise DataError(f"predict_array takes an (N, H, W[, C]) array, got a {type(images).__name__}")
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[..., None]
-        if images.ndim != 4:
-            raise ValueError(f"expected an (N, H, W[, C]) array of images, got shape {images.shape}")
+        if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+            raise DataError(
+                f"predict_array takes an (N, H, W[, C]) array with C = 1, 3 or 4, got shape {images.shape}; "
+                "use predict for one image"
+            )
         h, w, c = self.input_size
         if (
             images.shape[1:3] != (h, w)
@@ -168,7 +222,10 @@ class PredictorBase:
                 if event is not None:
                     event.synchronize()
                 out.append(host.numpy())
-        return np.concatenate(out) if out else np.zeros((0, h, w), np.uint8)
+        masks = np.concatenate(out) if out else np.zeros((0, h, w), np.uint8)
+        if self.postprocess is not None:
+            masks = np.stack([self._post(m) for m in masks]) if len(masks) else masks
+        return masks
 
     def _ids_dtype(self) -> torch.dtype:
         return torch.uint8 if self.config.model.n_classes <= 256 else torch.int32
@@ -201,23 +258,28 @@ class PredictorBase:
 
 
 class Predictor(PredictorBase):
-    """Class-id masks from images with a trained PyTorch model and its preprocessing settings."""
+    """Class-id masks from images with a trained PyTorch model and its preprocessing settings.
+
+    ``precision`` is ``fp32`` by default (the model's own masks; an imported Keras model agrees with Keras
+    on every pixel) or ``bf16`` (autocast: faster where the hardware runs bf16, a few pixels may change).
+    """
 
     backend = "pytorch"
 
     def __init__(
-        self, model: nn.Module, config: RunConfig, *, device: str | torch.device = "auto", precision: str = "auto"
+        self, model: nn.Module, config: RunConfig, *, device: str | torch.device = "auto", precision: str = "fp32"
     ):
         self.device = resolve_device(device)
+        self.dtype = resolve_predict_precision(precision, self.device)
+        self.precision = "bf16" if self.dtype is not None else "fp32"
         if self.device.type == "cpu":
             perf.tune_cpu()
         self.model = model.to(self.device).eval()
         self.config = config
-        self.dtype = resolve_precision(precision, self.device)
 
     @classmethod
     def from_run(
-        cls, path: str | Path, *, device: str | torch.device = "auto", weights: str = "best", precision: str = "auto"
+        cls, path: str | Path, *, device: str | torch.device = "auto", weights: str = "best", precision: str = "fp32"
     ) -> Predictor:
         run = load_run(path, weights=weights)
         return cls(run.model, run.config, device=device, precision=precision)
@@ -234,3 +296,44 @@ class Predictor(PredictorBase):
             torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None),
         ):
             return self.model(x).float()
+
+
+INT8_FILE = "model.int8.onnx"  # where `unetkit export RUN --format onnx --int8` writes by default
+
+
+def open_predictor(
+    model: str | Path,
+    *,
+    device: str = "auto",
+    precision: str | None = None,
+    weights: str = "best",
+    postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> PredictorBase:
+    """A run folder or an exported .onnx file -> a predictor in the precision asked for.
+
+    ``precision``: None (fp32 for a run folder, the file's own for an .onnx file), ``fp32``, ``bf16``
+    (PyTorch autocast) or ``int8`` (the run's int8 ONNX file, ``RUN/model.int8.onnx``, on onnxruntime).
+    """
+    path = Path(model)
+    if precision is not None and precision not in PREDICT_PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PREDICT_PRECISIONS)}, got {precision!r}")
+    predictor: PredictorBase
+    if path.suffix.lower() == ".onnx" or (precision == "int8" and path.is_dir()):
+        from .export import OnnxPredictor
+
+        file = path if path.suffix.lower() == ".onnx" else path / INT8_FILE
+        if not file.is_file() and precision == "int8":
+            raise RunError(
+                f"--precision int8 needs the run's int8 model {file}, which does not exist: make it with "
+                f"`unetkit export {path} --format onnx --int8` (calibrated on the run's training images)"
+            )
+        predictor = OnnxPredictor(file, device="cpu" if precision == "int8" else device)
+        if precision is not None and precision != predictor.precision:
+            raise ConfigError(
+                f"{file} computes in {predictor.precision}, not {precision}: give the run folder for fp32/bf16 "
+                "(PyTorch), or export the precision you want with `unetkit export RUN --format onnx [--int8]`"
+            )
+    else:
+        predictor = Predictor.from_run(path, device=device, weights=weights, precision=precision or "fp32")
+    predictor.postprocess = postprocess
+    return predictor
