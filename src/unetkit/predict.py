@@ -337,3 +337,12 @@ def open_predictor(
         predictor = Predictor.from_run(path, device=device, weights=weights, precision=precision or "fp32")
     predictor.postprocess = postprocess
     return predictor
+
+
+def mask_agreement(predictor: PredictorBase, reference: PredictorBase, images: list[np.ndarray]) -> float:
+    """Share of pixels where two predictors (e.g. int8 or bf16 against fp32) give the same class."""
+    same = total = 0
+    for a, b in zip(predictor.predict_batch(images), reference.predict_batch(images)):
+        same += int((a == b).sum())
+        total += a.size
+    return same / max(total, 1)
