@@ -30,6 +30,8 @@ INPUT_NAME = "image"
 class QuantizationError(DataError):
     """int8 changes too many pixels, or there is nothing to calibrate on: nothing was written."""
 
+    attempts: list[tuple[list[str], float]] = []  # (convolutions kept in float, share changed) per try
+
 
 @dataclass
 class QuantReport:
@@ -213,11 +215,13 @@ def quantize_run(
             report = QuantReport(data, changed, max_change, len(x), source, exclude, attempts)
             return QuantReport(_with_metadata(data, float_data, report, set_metadata), *_fields(report))
     tried = "; ".join(f"{len(e)} kept in float: {c:.3%}" for e, c in attempts)
-    raise QuantizationError(
+    error = QuantizationError(
         f"int8 changes the class of more than {max_change:.2%} of the pixels of {len(x)} calibration image(s) from "
         f"{source} ({tried}); {out or 'the int8 file'} was not written. Use float32, calibrate on more "
         "representative images (--calibrate DIR, --calibrate-count N), or accept more with --max-change"
     )
+    error.attempts = attempts
+    raise error
 
 
 def _fields(report: QuantReport) -> tuple[Any, ...]:
