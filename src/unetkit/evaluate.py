@@ -17,10 +17,12 @@ import torch
 from .data.folders import pair_files
 from .data.io import read_image, read_mask
 from .data.masks import decode_mask, detect_mask_mode
+from .errors import DataError
+from .fsio import atomic_write_text
 from .metrics import ConfusionMatrix, SegmentationMetrics
 from .postprocess import PostProcess
 from .predict import PredictorBase, open_predictor
-from .run import atomic_write_text
+from .predict_files import agreement_note
 
 
 @dataclass
@@ -100,8 +102,6 @@ def evaluate(
         image = read_image(img_path)
         mask = decode_mask(read_mask(mask_path), mode, n, palette=palette, ignore_index=ignore, path=mask_path)
         if image.shape[:2] != mask.shape[:2]:
-            from .errors import DataError
-
             raise DataError(
                 f"{img_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
                 f"{mask.shape[1]}x{mask.shape[0]}; image and mask must have the same size"
@@ -140,6 +140,4 @@ def evaluate(
 
 
 def _agreement(model: str | Path, predictor: PredictorBase, files: list[Path], device: str) -> str:
-    from .predict_files import agreement_note
-
     return agreement_note(model, predictor, files, device)

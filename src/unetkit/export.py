@@ -35,21 +35,35 @@ import torch
 
 from . import __version__
 from .config import RunConfig
-from .errors import ConfigError, RunError, UnetkitError
-from .predict import PredictorBase
-from .preprocess import to_float
-from .run import atomic_write_bytes, load_run
+from .errors import ExportError
+from .fsio import atomic_write_bytes
+from .predict import (  # the onnxruntime side lives with the other predictors; re-exported here
+    INT8_FILE,
+    META_PREFIX,
+    OnnxPredictor,
+    need_onnx,
+    read_metadata,
+    session_options,
+)
+from .quantize import DEFAULT_MAX_CHANGE, quantize_run, set_metadata
+from .run import load_run
+
+__all__ = [
+    "ExportError",
+    "ExportReport",
+    "OnnxPredictor",
+    "ParityError",
+    "compare",
+    "export_onnx",
+    "read_metadata",
+    "session_options",
+]
 
 DEFAULT_OPSET = 17
 DEFAULT_RTOL = 1e-4
-META_PREFIX = "unetkit."
 METADATA_VERSION = "1"
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
-
-
-class ExportError(UnetkitError):
-    """The export could not be made, or an ONNX file is not one unetkit can use."""
 
 
 class ParityError(ExportError):
@@ -91,13 +105,6 @@ class ExportReport:
         d = asdict(self)
         d["path"] = str(self.path)
         return d
-
-
-def _need(module: str) -> Any:
-    try:
-        return __import__(module)
-    except ImportError:
-        raise ExportError(f"{module} is not installed; install the ONNX extra: pip install 'unetkit[onnx]'") from None
 
 
 def _metadata(config: RunConfig, dynamic: bool, opset: int, source: str) -> dict[str, str]:
@@ -222,8 +229,8 @@ def export_onnx(
     and refuses when more than ``max_change`` of the calibration pixels change class (``unetkit.quantize``);
     ``out`` then defaults to ``RUN/model.int8.onnx``, where ``--precision int8`` looks for it.
     """
-    _need("onnx")
-    ort = _need("onnxruntime")
+    need_onnx("onnx")
+    ort = need_onnx("onnxruntime")
     start = time.perf_counter()
     out = _out_path(run_dir, out, int8)
     opset = DEFAULT_OPSET if opset is None else int(opset)
@@ -247,8 +254,6 @@ def export_onnx(
         )
     quant = None
     if int8:
-        from .quantize import DEFAULT_MAX_CHANGE, quantize_run
-
         quant = quantize_run(
             data,
             run_dir,
@@ -284,8 +289,6 @@ def _out_path(run_dir: str | Path, out: str | Path | None, int8: bool) -> Path:
     if out is None:
         if not int8:
             raise ExportError("give --out FILE.onnx (where to write the model)")
-        from .predict import INT8_FILE
-
         out = Path(run_dir) / INT8_FILE
     out = Path(out)
     if out.suffix.lower() != ".onnx":
@@ -301,7 +304,7 @@ def _float_proto(
     model: torch.nn.Module, config: RunConfig, run_dir: str | Path, dynamic: bool, opset: int
 ) -> tuple[Any, dict[str, str]]:
     """The float32 ONNX graph (free batch; free height and width with ``dynamic``) with unetkit metadata."""
-    onnx = _need("onnx")
+    onnx = need_onnx("onnx")
     h, w, c = config.model.input_size
     example = torch.rand(1, c, h, w, generator=torch.Generator().manual_seed(0))
     try:
@@ -319,94 +322,3 @@ def _float_proto(
     proto.producer_name, proto.producer_version = "unetkit", __version__
     onnx.checker.check_model(proto)
     return proto, meta
-
-
-def set_metadata(proto: Any, meta: dict[str, str]) -> None:
-    """Replace a model's ``metadata_props`` with ``meta``."""
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The ``unetkit.*`` metadata of an exported file, without the prefix (needs only onnxruntime)."""
-    return {
-        k[len(META_PREFIX) :]: v
-        for k, v in _session(Path(path), ["CPUExecutionProvider"])[1].items()
-        if k.startswith(META_PREFIX)
-    }
-
-
-def _session(path: Path, providers: list[str]) -> tuple[Any, dict[str, str]]:
-    ort = _need("onnxruntime")
-    if not path.is_file():
-        raise RunError(f"ONNX file {path} does not exist (make one with `unetkit export RUN --out {path}`)")
-    try:
-        session = ort.InferenceSession(path.read_bytes(), session_options(), providers=providers)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ExportError(f"{path} is not a readable ONNX model ({first[:300]}); export it again") from None
-    return session, dict(session.get_modelmeta().custom_metadata_map)
-
-
-def session_options(threads: int | None = None) -> Any:
-    """onnxruntime options for sharing the CPU with PyTorch in one process.
-
-    onnxruntime's intra-op threads spin after each run by default, and PyTorch's OpenMP threads (which
-    resize the logits back and take the argmax right after) spin too: two busy pools on the same cores
-    slow each other down, the cause of the ONNX path serving slower than PyTorch. Here onnxruntime's
-    pool sleeps when idle and uses as many threads as PyTorch.
-    """
-    ort = _need("onnxruntime")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
-
-
-class OnnxPredictor(PredictorBase):
-    """``Predictor`` on onnxruntime: same preprocessing, batching and argmax, only the forward differs."""
-
-    backend = "onnxruntime"
-
-    def __init__(self, path: str | Path, *, device: str = "auto", providers: list[str] | None = None):
-        ort = _need("onnxruntime")
-        self.path = Path(path)
-        if providers is None:
-            available = ort.get_available_providers()
-            providers = ["CPUExecutionProvider"]
-            if device != "cpu" and "CUDAExecutionProvider" in available:
-                providers.insert(0, "CUDAExecutionProvider")
-        self.session, meta = _session(self.path, providers)
-        key = META_PREFIX + "config"
-        if key not in meta:
-            raise ExportError(
-                f"{self.path} has no unetkit metadata (no '{key}'): it was not written by "
-                "`unetkit export`; export the run folder with it"
-            )
-        try:
-            self.config = RunConfig.from_dict(json.loads(meta[key]))
-        except (json.JSONDecodeError, ConfigError) as e:
-            raise ExportError(f"{self.path}: the stored config is invalid ({e}); export it again") from None
-        self.metadata = {k[len(META_PREFIX) :]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
-        self.precision = self.metadata.get("precision", "fp32")
-        inp = self.session.get_inputs()[0]
-        self._input = inp.name
-        self._batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
-        self.dynamic = not all(isinstance(d, int) for d in inp.shape)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) uint8 -> (N, K, H, W) float32 logits, in chunks when the file's batch is fixed."""
-        arr = np.ascontiguousarray(to_float(x.cpu()).numpy())
-        step = self._batch or len(arr)
-        outs = []
-        for i in range(0, len(arr), step):
-            chunk = arr[i : i + step]
-            n = len(chunk)
-            if n < step:  # pad the last chunk of a fixed-batch file
-                chunk = np.concatenate([chunk, np.zeros((step - n,) + chunk.shape[1:], chunk.dtype)])
-            outs.append(self.session.run(None, {self._input: chunk})[0][:n])
-        return torch.from_numpy(np.concatenate(outs))

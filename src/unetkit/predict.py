@@ -6,8 +6,10 @@ resized bilinearly to that size before the argmax (the seed's "index of the larg
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,10 +18,12 @@ from torch import nn
 
 from . import perf
 from .config import RunConfig
+from .data.io import read_image
 from .device import PREDICT_PRECISIONS, resolve_device, resolve_predict_precision
-from .errors import ConfigError, DataError, RunError
+from .errors import ConfigError, DataError, ExportError, RunError
 from .preprocess import image_to_tensor, resize_images, to_float
 from .run import load_run
+from .tiling import sliding_window_logits
 
 ImageLike = np.ndarray | str | Path
 
@@ -27,8 +31,6 @@ ImageLike = np.ndarray | str | Path
 def as_image(image: ImageLike | object) -> np.ndarray:
     """A path, PIL image or (H, W[, C]) array -> (H, W, C) uint8 array; anything else a clear DataError."""
     if isinstance(image, (str, Path)):
-        from .data.io import read_image
-
         return read_image(image)
     if isinstance(image, (list, tuple)):
         raise DataError(
@@ -95,8 +97,6 @@ class PredictorBase:
         return tuple(self.config.model.input_size)  # type: ignore[return-value]
 
     def _sliding(self, image: np.ndarray) -> torch.Tensor:
-        from .tiling import sliding_window_logits
-
         h, w, c = self.input_size
         return sliding_window_logits(
             self._forward,
@@ -319,8 +319,6 @@ def open_predictor(
         raise ConfigError(f"--precision must be one of {', '.join(PREDICT_PRECISIONS)}, got {precision!r}")
     predictor: PredictorBase
     if path.suffix.lower() == ".onnx" or (precision == "int8" and path.is_dir()):
-        from .export import OnnxPredictor
-
         file = path if path.suffix.lower() == ".onnx" else path / INT8_FILE
         if not file.is_file() and precision == "int8":
             raise RunError(
@@ -346,3 +344,98 @@ def mask_agreement(predictor: PredictorBase, reference: PredictorBase, images: l
         same += int((a == b).sum())
         total += a.size
     return same / max(total, 1)
+
+
+# ---------------------------------------------------------------- the onnxruntime backend (unetkit.export)
+
+META_PREFIX = "unetkit."
+
+
+def need_onnx(module: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ExportError(f"{module} is not installed; install the ONNX extra: pip install 'unetkit[onnx]'") from None
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The ``unetkit.*`` metadata of an exported file, without the prefix (needs only onnxruntime)."""
+    return {
+        k[len(META_PREFIX) :]: v
+        for k, v in _session(Path(path), ["CPUExecutionProvider"])[1].items()
+        if k.startswith(META_PREFIX)
+    }
+
+
+def _session(path: Path, providers: list[str]) -> tuple[Any, dict[str, str]]:
+    ort = need_onnx("onnxruntime")
+    if not path.is_file():
+        raise RunError(f"ONNX file {path} does not exist (make one with `unetkit export RUN --out {path}`)")
+    try:
+        session = ort.InferenceSession(path.read_bytes(), session_options(), providers=providers)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ExportError(f"{path} is not a readable ONNX model ({first[:300]}); export it again") from None
+    return session, dict(session.get_modelmeta().custom_metadata_map)
+
+
+def session_options(threads: int | None = None) -> Any:
+    """onnxruntime options for sharing the CPU with PyTorch in one process.
+
+    onnxruntime's intra-op threads spin after each run by default, and PyTorch's OpenMP threads (which
+    resize the logits back and take the argmax right after) spin too: two busy pools on the same cores
+    slow each other down, the cause of the ONNX path serving slower than PyTorch. Here onnxruntime's
+    pool sleeps when idle and uses as many threads as PyTorch.
+    """
+    ort = need_onnx("onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+class OnnxPredictor(PredictorBase):
+    """``Predictor`` on onnxruntime: same preprocessing, batching and argmax, only the forward differs."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, *, device: str = "auto", providers: list[str] | None = None):
+        ort = need_onnx("onnxruntime")
+        self.path = Path(path)
+        if providers is None:
+            available = ort.get_available_providers()
+            providers = ["CPUExecutionProvider"]
+            if device != "cpu" and "CUDAExecutionProvider" in available:
+                providers.insert(0, "CUDAExecutionProvider")
+        self.session, meta = _session(self.path, providers)
+        key = META_PREFIX + "config"
+        if key not in meta:
+            raise ExportError(
+                f"{self.path} has no unetkit metadata (no '{key}'): it was not written by "
+                "`unetkit export`; export the run folder with it"
+            )
+        try:
+            self.config = RunConfig.from_dict(json.loads(meta[key]))
+        except (json.JSONDecodeError, ConfigError) as e:
+            raise ExportError(f"{self.path}: the stored config is invalid ({e}); export it again") from None
+        self.metadata = {k[len(META_PREFIX) :]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
+        self.precision = self.metadata.get("precision", "fp32")
+        inp = self.session.get_inputs()[0]
+        self._input = inp.name
+        self._batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        self.dynamic = not all(isinstance(d, int) for d in inp.shape)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) uint8 -> (N, K, H, W) float32 logits, in chunks when the file's batch is fixed."""
+        arr = np.ascontiguousarray(to_float(x.cpu()).numpy())
+        step = self._batch or len(arr)
+        outs = []
+        for i in range(0, len(arr), step):
+            chunk = arr[i : i + step]
+            n = len(chunk)
+            if n < step:  # pad the last chunk of a fixed-batch file
+                chunk = np.concatenate([chunk, np.zeros((step - n,) + chunk.shape[1:], chunk.dtype)])
+            outs.append(self.session.run(None, {self._input: chunk})[0][:n])
+        return torch.from_numpy(np.concatenate(outs))

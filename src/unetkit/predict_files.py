@@ -28,9 +28,10 @@ from .data.folders import expand_inputs, natural_key
 from .data.io import IMAGE_EXTENSIONS, read_image, read_mask
 from .data.masks import decode_mask
 from .errors import ConfigError, DataError, UnetkitError
+from .fsio import atomic_write_bytes, atomic_write_text
 from .plots import colorize, overlay, side_by_side
-from .predict import PredictorBase, open_predictor
-from .run import atomic_write_bytes, atomic_write_text
+from .predict import PredictorBase, mask_agreement, open_predictor
+from .video import predict_video, video_outputs
 
 OUTPUT_KINDS = ("mask", "colour", "overlay")
 SUFFIXES = {"mask": "", "colour": "_colour", "overlay": "_overlay", "compare": "_compare"}
@@ -450,8 +451,6 @@ def report_video_columns(report: PredictReport) -> list[str]:
 
 def agreement_note(model: str | Path, predictor: PredictorBase, files: Sequence[Path], device: str) -> str:
     """How often the chosen precision's masks agree with float32 on the first images (``--check-agreement``)."""
-    from .predict import mask_agreement
-
     if predictor.precision == "fp32":
         return "precision fp32: the reference itself (agreement 100%)"
     path = Path(model)
@@ -473,8 +472,6 @@ def agreement_note(model: str | Path, predictor: PredictorBase, files: Sequence[
 def _video_plan(videos: Sequence[Path], out: Path, kinds: Sequence[str], frames: bool) -> list[Path]:
     if not videos:
         return []
-    from .video import video_outputs
-
     return [p for v in videos for p in video_outputs(v, out, kinds, frames).values()]
 
 
@@ -488,8 +485,6 @@ def _predict_video(
     progress: bool,
     strict: bool,
 ) -> None:
-    from .video import predict_video
-
     try:
         written = predict_video(predictor, video, out, outputs=kinds, frames=frames, progress=progress)
     except DataError as e:

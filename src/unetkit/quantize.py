@@ -21,7 +21,11 @@ from typing import Any
 import numpy as np
 
 from .config import RunConfig
+from .data.folders import expand_inputs
+from .data.io import read_image
 from .errors import DataError
+from .predict import session_options
+from .preprocess import image_to_tensor, resize_images, to_float
 
 DEFAULT_MAX_CHANGE = 0.01  # share of calibration pixels whose class int8 may change
 INPUT_NAME = "image"
@@ -69,9 +73,6 @@ class QuantReport:
 
 def calibration_images(run_dir: str | Path, config: RunConfig, calibrate: str | Path | None, count: int) -> np.ndarray:
     """(N, C, H, W) float32 inputs at the model's size from ``calibrate`` or the run's training images."""
-    from .data.folders import expand_inputs
-    from .data.io import read_image
-    from .preprocess import image_to_tensor, resize_images, to_float
 
     if count < 1:
         raise QuantizationError(f"--calibrate-count must be at least 1, got {count}")
@@ -195,8 +196,6 @@ def quantize_run(
     """Quantise a run's float graph to int8 within ``max_change``; raise QuantizationError otherwise."""
     import onnxruntime as ort
 
-    from .export import session_options, set_metadata
-
     if not 0.0 <= max_change <= 1.0:
         raise QuantizationError(f"--max-change must be a share between 0 and 1, got {max_change}")
     x = calibration_images(run_dir, config, calibrate, count)
@@ -236,3 +235,11 @@ def _with_metadata(data: bytes, float_data: bytes, report: QuantReport, set_meta
     meta = {p.key: p.value for p in onnx.load_from_string(float_data).metadata_props}
     set_metadata(proto, {**meta, **report.metadata})
     return proto.SerializeToString()
+
+
+def set_metadata(proto: Any, meta: dict[str, str]) -> None:
+    """Replace a model's ``metadata_props`` with ``meta``."""
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value

@@ -9,6 +9,7 @@ video cannot hold). The frame rate is kept; audio and subtitles are dropped.
 
 from __future__ import annotations
 
+import io
 import os
 import queue
 import tempfile
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, UnetkitError
+from .fsio import atomic_write_bytes
 from .plots import colorize, overlay
 from .predict import PredictorBase
 
@@ -194,8 +196,6 @@ def predict_video(
 def _encode_loop(
     work: queue.Queue, encoders: dict[str, _Encoder], paths: dict[str, Path], palette: list, errors: list
 ) -> None:
-    from .predict_files import save_png
-
     index = 0
     while True:
         item = work.get()
@@ -210,10 +210,19 @@ def _encode_loop(
                 if "overlay_video" in encoders:
                     encoders["overlay_video"].write(overlay(image, mask, palette))
                 if "frames" in paths:
-                    save_png(paths["frames"] / f"{index:06d}.png", mask)
+                    _save_index_png(paths["frames"] / f"{index:06d}.png", mask)
                 index += 1
         except Exception as e:  # noqa: BLE001 - reported by predict_video
             errors.append(e)
+
+
+def _save_index_png(path: Path, mask: np.ndarray) -> None:
+    """One frame's class ids as a PNG (16-bit when they exceed 255), written atomically."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(mask if mask.dtype == np.uint8 else mask.astype(np.uint16)).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _bar(enabled: bool, total: int, name: str) -> Any:

@@ -31,9 +31,10 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import __version__
 from ..errors import ConfigError
 from ..plots import colorize, overlay
-from ..predict import PredictorBase
+from ..predict import PredictorBase, open_predictor
 from .auth import BearerAuth
 from .batcher import MicroBatcher, Overloaded
 from .budget import BudgetTimeout, PixelBudget
@@ -45,6 +46,7 @@ from .uploads import (
     decode_image,
     extract_image_bytes,
     image_size,
+    read_body,
 )
 
 log = logging.getLogger("unetkit.serve")
@@ -207,8 +209,6 @@ def create_app(
     API from their pages (none by default: the API answers its own page only).
     """
     if isinstance(model_path_or_predictor, (str, Path)):
-        from ..predict import open_predictor
-
         predictor: PredictorBase = open_predictor(model_path_or_predictor, device=device, precision=precision)
         source = Path(model_path_or_predictor).name
     else:
@@ -246,7 +246,7 @@ def create_app(
 
     app = FastAPI(
         title="unetkit",
-        version=_version(),
+        version=__version__,
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
@@ -386,15 +386,7 @@ def create_app(
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
-    from .uploads import read_body
-
     return await read_body(request.stream(), request.headers.get("content-length"), limit)
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
 
 
 def render_docs(spec: dict[str, Any]) -> str:
