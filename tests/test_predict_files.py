@@ -204,3 +204,22 @@ def test_batched_resize_back_equals_one_image_at_a_time(predictor: Predictor) ->
     together = predictor.predict_batch(images)
     for im, mask in zip(images, together):
         np.testing.assert_array_equal(mask, predictor.predict(im))
+
+
+def test_imported_keras_model_agrees_with_keras_on_every_pixel_by_default(tmp_path: Path) -> None:
+    import json
+    import zipfile
+
+    pytest.importorskip("h5py")
+    from unetkit.keras_io import import_run
+
+    fixtures = Path(__file__).parent / "fixtures" / "keras"
+    spec = json.loads((fixtures / "manifest.json").read_text())
+    with zipfile.ZipFile(fixtures / spec["archive"]) as z:
+        z.extractall(tmp_path / "models")
+    for variant, v in spec["variants"].items():
+        data = np.load(fixtures / v["npz"])
+        images = np.round(data["inputs"] * 255).astype(np.uint8)  # the fixture's inputs are uint8 / 255
+        run = import_run(tmp_path / "models" / v["files"]["keras"], tmp_path / f"run-{variant}")
+        masks = Predictor.from_run(run, device="cpu").predict_array(images)  # default precision
+        np.testing.assert_array_equal(masks, data["logits"].argmax(-1))

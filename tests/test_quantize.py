@@ -12,14 +12,13 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
+from conftest import make_blobs, tiny_config, write_folder  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from unetkit.cli import app  # noqa: E402
 from unetkit.export import OnnxPredictor, export_onnx, read_metadata  # noqa: E402
 from unetkit.predict import INT8_FILE, Predictor, mask_agreement, open_predictor  # noqa: E402
 from unetkit.quantize import QuantizationError  # noqa: E402
-
-from conftest import make_blobs, tiny_config, write_folder  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,8 @@ def as_image(image: ImageLike | object) -> np.ndarray:
         )
     if image.dtype == bool or not (np.issubdtype(image.dtype, np.number)):
         raise DataError(f"an image array must hold numbers, got dtype {image.dtype}")
+    if image.dtype == np.uint8 and not image.flags.writeable:
+        image = image.copy()  # np.asarray(PIL image) is read-only; torch.from_numpy warns on it
     if image.dtype != np.uint8:
         if np.issubdtype(image.dtype, np.floating) and np.nanmax(image) <= 1.0:
             image = np.round(np.nan_to_num(image) * 255)
