@@ -183,7 +183,7 @@ def test_predict_api_errors_are_clear(predictor: Predictor) -> None:
         predictor.predict(np.zeros((2, 32, 32, 3), np.uint8))
     with pytest.raises(DataError, match="cannot predict on a int"):
         predictor.predict(42)
-    with pytest.raises(DataError, match="C = 1, 3 or 4"):
+    with pytest.raises(DataError, match="7 bands but the model takes 3"):
         predictor.predict(np.zeros((32, 32, 7), np.uint8))
     with pytest.raises(DataError, match="list of images"):
         predictor.predict_batch(np.zeros((2, 32, 32, 3), np.uint8))

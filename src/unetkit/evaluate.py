@@ -6,6 +6,7 @@ One confusion matrix over the whole set; pixel accuracy, IoU and Dice derive fro
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,23 @@ class EvalReport:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=False))
 
 
+def _lookup_table(config: Any, label_map: str | Path | None, classes: str | Path | None) -> list[int] | None:
+    """The source-id lookup table evaluation applies to masks: the given map's, else the run's."""
+    if label_map is None:
+        return config.data.label_map
+    from .data.classes import ClassList, read_classes
+    from .data.labelmap import apply_label_map, load_label_map
+    from .errors import DataError
+
+    n = config.model.n_classes
+    size = len(config.data.label_map or []) or n
+    source = read_classes(classes) if classes else ClassList([f"class_{i}" for i in range(size)])
+    mapped = apply_label_map(load_label_map(label_map), source)
+    if len(mapped.classes) != n:
+        raise DataError(f"label map {label_map} gives {len(mapped.classes)} classes but the run has {n}")
+    return mapped.lut
+
+
 def evaluate(
     model: str | Path | PredictorBase,
     images: str | Path,
@@ -72,12 +90,16 @@ def evaluate(
     precision: str | None = None,
     postprocess: PostProcess | None = None,
     check_agreement: int = 0,
+    label_map: str | Path | None = None,
+    classes: str | Path | None = None,
 ) -> EvalReport:
     """Evaluate a run folder, an .onnx file (or a predictor) on images/masks paired by file stem.
 
     ``precision``: fp32 (default), bf16 or int8 (see ``open_predictor``). With ``postprocess`` the metrics
     are those of the raw model, and ``report.postprocess`` says what each option (and all of them) changes.
     ``check_agreement`` N: the share of pixels of the first N images where the masks agree with fp32.
+    Masks hold the source ids of the run's label map, if it was trained with one (``label_map`` FILE
+    instead: that map, over the source classes of ``classes`` FILE, else ``class_0..``).
     """
     if isinstance(model, PredictorBase):
         predictor = model
@@ -87,20 +109,44 @@ def evaluate(
     n = config.model.n_classes
     ignore = config.data.ignore_index
     pairs = pair_files(images, masks)
+    lut = _lookup_table(config, label_map, classes)
+    n_source = len(lut) if lut else n
     mode = mask_mode or config.data.mask_mode
     if mode == "auto":
-        mode = detect_mask_mode([read_mask(m) for _, m in pairs[:8]], n)
+        mode = detect_mask_mode([read_mask(m) for _, m in pairs[:8]], n_source, ignore_index=ignore)
     palette = config.palette if mode == "palette" else None
     steps = postprocess.steps() if postprocess is not None else []
     variants = [("raw", None), *steps] + ([("all together", postprocess)] if len(steps) > 1 else [])
-    cms = [ConfusionMatrix(n, ignore) for _ in variants]
-    changed = [0] * len(variants)
-    total = 0
+    load = _loader(mode, n_source, palette, ignore, lut)
+    metrics, changed, total = _score(predictor, pairs, load, variants, n, ignore, batch_size)
+    rows = [
+        {
+            "name": name,
+            "mean_iou": m.mean_iou,
+            "mean_iou_change": m.mean_iou - metrics[0].mean_iou,
+            "pixels_changed": changed[i] / max(total, 1),
+        }
+        for i, ((name, _), m) in enumerate(zip(variants, metrics))
+    ]
+    report = EvalReport(metrics[0], predictor.class_names, len(pairs), mode, predictor.precision, rows if steps else [])
+    if check_agreement and not isinstance(model, PredictorBase):
+        report.agreement = _agreement(model, predictor, [p for p, _ in pairs[:check_agreement]], device)
+    return report
+
+
+def _loader(
+    mode: str, n_source: int, palette: Any, ignore: int | None, lut: list[int] | None
+) -> Callable[[tuple[Path, Path]], tuple[np.ndarray, np.ndarray]]:
+    """Read an (image, mask) pair as evaluation needs it: mask decoded, mapped, same size as the image."""
 
     def load(pair: tuple[Path, Path]) -> tuple[np.ndarray, np.ndarray]:
         img_path, mask_path = pair
         image = read_image(img_path)
-        mask = decode_mask(read_mask(mask_path), mode, n, palette=palette, ignore_index=ignore, path=mask_path)
+        mask = decode_mask(read_mask(mask_path), mode, n_source, palette=palette, ignore_index=ignore, path=mask_path)
+        if lut:
+            from .data.labelmap import apply_lut
+
+            mask = apply_lut(mask, lut, ignore, ignore, mask_path)
         if image.shape[:2] != mask.shape[:2]:
             raise DataError(
                 f"{img_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
@@ -108,6 +154,22 @@ def evaluate(
             )
         return image, mask
 
+    return load
+
+
+def _score(
+    predictor: PredictorBase,
+    pairs: list[tuple[Path, Path]],
+    load: Callable[[tuple[Path, Path]], tuple[np.ndarray, np.ndarray]],
+    variants: list[tuple[str, PostProcess | None]],
+    n: int,
+    ignore: int | None,
+    batch_size: int,
+) -> tuple[list[SegmentationMetrics], list[int], int]:
+    """One confusion matrix per variant (raw, each post-processing) over the whole set; pixels each changed."""
+    cms = [ConfusionMatrix(n, ignore) for _ in variants]
+    changed = [0] * len(variants)
+    total = 0
     saved, predictor.postprocess = predictor.postprocess, None  # raw masks; each variant applied here
     try:
         with ThreadPoolExecutor(max_workers=2) as pool:
@@ -123,20 +185,7 @@ def evaluate(
                         cms[i].update(torch.from_numpy(out.astype(np.int64)), truth)
     finally:
         predictor.postprocess = saved
-    metrics = [cm.compute() for cm in cms]
-    rows = [
-        {
-            "name": name,
-            "mean_iou": m.mean_iou,
-            "mean_iou_change": m.mean_iou - metrics[0].mean_iou,
-            "pixels_changed": changed[i] / max(total, 1),
-        }
-        for i, ((name, _), m) in enumerate(zip(variants, metrics))
-    ]
-    report = EvalReport(metrics[0], predictor.class_names, len(pairs), mode, predictor.precision, rows if steps else [])
-    if check_agreement and not isinstance(model, PredictorBase):
-        report.agreement = _agreement(model, predictor, [p for p, _ in pairs[:check_agreement]], device)
-    return report
+    return [cm.compute() for cm in cms], changed, total
 
 
 def _agreement(model: str | Path, predictor: PredictorBase, files: list[Path], device: str) -> str:

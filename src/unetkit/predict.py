@@ -50,16 +50,16 @@ def as_image(image: ImageLike | object) -> np.ndarray:
         )
     if image.ndim == 2:
         image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or image.shape[0] < 1 or image.shape[1] < 1:
+    if image.ndim != 3 or min(image.shape) < 1:
         raise DataError(
-            f"an image must be an (H, W) or (H, W, C) array with C = 1, 3 or 4, got shape {image.shape}; "
-            "for a stack of grayscale images use predict_array"
+            f"an image must be an (H, W) or (H, W, C) array, got shape {image.shape}; "
+            "for a stack of images use predict_array"
         )
     if image.dtype == bool or not (np.issubdtype(image.dtype, np.number)):
         raise DataError(f"an image array must hold numbers, got dtype {image.dtype}")
     if image.dtype == np.uint8 and not image.flags.writeable:
         image = image.copy()  # np.asarray(PIL image) is read-only; torch.from_numpy warns on it
-    if image.dtype != np.uint8:
+    if image.dtype not in (np.uint8, np.uint16):  # 16-bit keeps its precision, as data.io reads it
         if np.issubdtype(image.dtype, np.floating) and np.nanmax(image) <= 1.0:
             image = np.round(np.nan_to_num(image) * 255)
         image = np.clip(np.nan_to_num(image), 0, 255).astype(np.uint8)
@@ -290,7 +290,7 @@ class Predictor(PredictorBase):
         """(N, C, H, W) uint8 -> (N, K, H, W) float32 logits."""
         if self.device.type == "cuda" and x.device.type == "cpu":
             x = x.pin_memory()
-        x = to_float(x.to(self.device, non_blocking=True))
+        x = to_float(x.to(self.device, non_blocking=True), self.config.preprocess)
         if self.config.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with (
@@ -431,7 +431,7 @@ class OnnxPredictor(PredictorBase):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) uint8 -> (N, K, H, W) float32 logits, in chunks when the file's batch is fixed."""
-        arr = np.ascontiguousarray(to_float(x.cpu()).numpy())
+        arr = np.ascontiguousarray(to_float(x.cpu(), self.config.preprocess).numpy())
         step = self._batch or len(arr)
         outs = []
         for i in range(0, len(arr), step):

@@ -91,7 +91,7 @@ def calibration_images(run_dir: str | Path, config: RunConfig, calibrate: str | 
         raise QuantizationError(f"no readable images in {folder} to calibrate int8 on; give --calibrate DIR")
     import torch
 
-    return to_float(torch.cat(batch)).numpy()
+    return to_float(torch.cat(batch), config.preprocess).numpy()
 
 
 def _calibration_folder(run_dir: str | Path, config: RunConfig, calibrate: str | Path | None) -> Path:
