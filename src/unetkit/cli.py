@@ -635,10 +635,37 @@ def compare(
     )
 
 
+PRECISION_HELP = "fp32 (default: the model's own masks), bf16 (PyTorch autocast) or int8 (the run's int8 ONNX file)"
+
+
+def _say(text: str) -> None:
+    """Print user text as it is (paths may hold [brackets]), whole lines even when redirected."""
+    console().print(text, markup=False, soft_wrap=True)
+
+
+def _postprocess(model: Path, min_size: int | None, fill_holes: list[str] | None, keep_largest: list[str] | None):
+    """The PostProcess the options ask for (None when none), with class names read from the model."""
+    if not (min_size or fill_holes or keep_largest):
+        return None
+    from .postprocess import from_options
+    from .predict import open_predictor
+
+    p = open_predictor(model, device="cpu") if model.suffix.lower() == ".onnx" else None
+    if p is not None:
+        config = p.config
+    else:
+        from .config import RunConfig
+
+        if not (model / "config.json").is_file():
+            raise UnetkitError(f"{model} is not a run folder (no config.json) or an .onnx file")
+        config = RunConfig.load(model / "config.json")
+    return from_options(min_size, fill_holes, keep_largest, config.class_names or [], config.model.n_classes)
+
+
 @app.command()
 @guarded
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="run folder")],
+    run: Annotated[Path, typer.Argument(help="run folder (or .onnx file)")],
     images: Annotated[Path, typer.Option(help="folder of images")],
     masks: Annotated[Path, typer.Option(help="folder of masks")],
     json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics as JSON")] = None,
@@ -646,32 +673,83 @@ def evaluate(
     label_map: Annotated[Path | None, typer.Option(help="JSON label map (default: the run's own)")] = None,
     classes: Annotated[Path | None, typer.Option(help="classes.json of the masks' source classes")] = None,
     device: str = "auto",
+    precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
+    check_agreement: Annotated[int, typer.Option(help="compare masks with fp32 on the first N images")] = 0,
+    min_size: Annotated[int | None, typer.Option(help="remove components under N pixels (every class)")] = None,
+    fill_holes: Annotated[
+        list[str] | None, typer.Option(help="fill holes in this class (id or name; repeatable)")
+    ] = None,
+    keep_largest: Annotated[list[str] | None, typer.Option(help="keep this class's largest component only")] = None,
 ) -> None:
-    """Pixel accuracy, mean IoU, per-class IoU and Dice over a whole folder pair."""
+    """Pixel accuracy, mean IoU, per-class IoU and Dice over a whole folder pair (and what post-processing changes)."""
     from .evaluate import evaluate as run_evaluate
 
-    report = run_evaluate(run, images, masks, mask_mode=mask_mode, device=device, label_map=label_map, classes=classes)
-    console().print(report.table())
+    post = _postprocess(run, min_size, fill_holes, keep_largest)
+    report = run_evaluate(
+        run,
+        images,
+        masks,
+        mask_mode=mask_mode,
+        device=device,
+        precision=precision,
+        postprocess=post,
+        check_agreement=check_agreement,
+        label_map=label_map,
+        classes=classes,
+    )
+    _say(report.table())
     if json_out is not None:
         report.save_json(json_out)
-        console().print(f"wrote {json_out}")
+        _say(f"wrote {json_out}")
 
 
 @app.command()
 @guarded
 def predict(
     run: Annotated[Path, typer.Argument(help="run folder (or .onnx file)")],
-    inputs: Annotated[list[str], typer.Argument(help="image files, folders or glob patterns")],
-    out: Annotated[Path, typer.Option(help="output folder")],
+    inputs: Annotated[list[str], typer.Argument(help="image or video files, folders or glob patterns")],
+    out: Annotated[Path, typer.Option(help="output folder (never one of the input folders)")],
     masks: Annotated[Path | None, typer.Option(help="truth masks: also write input | truth | prediction")] = None,
     mode: Annotated[str | None, typer.Option(help="resize or sliding (window at full resolution)")] = None,
     device: str = "auto",
+    precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
+    outputs: Annotated[
+        str, typer.Option(help="which files per image: any of mask,colour,overlay")
+    ] = "mask,colour,overlay",
+    strict: Annotated[bool, typer.Option(help="stop at the first unreadable input (default: skip and report)")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace files in --out that no unetkit manifest lists")] = False,
+    batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 8,
+    frames: Annotated[bool, typer.Option(help="videos: also one index-mask PNG per frame")] = False,
+    check_agreement: Annotated[int, typer.Option(help="compare masks with fp32 on the first N images")] = 0,
+    min_size: Annotated[int | None, typer.Option(help="remove components under N pixels (every class)")] = None,
+    fill_holes: Annotated[
+        list[str] | None, typer.Option(help="fill holes in this class (id or name; repeatable)")
+    ] = None,
+    keep_largest: Annotated[list[str] | None, typer.Option(help="keep this class's largest component only")] = None,
+    progress: bool = True,
 ) -> None:
-    """Write for each image: index mask PNG (original size), colour mask and overlay."""
+    """Write for each image: index mask PNG (original size), colour mask, overlay; and manifest.csv."""
     from .predict_files import predict_files
 
-    written = predict_files(run, inputs, out, masks=masks, mode=mode, device=device)
-    console().print(f"wrote predictions for {written} image(s) to {out}")
+    report = predict_files(
+        run,
+        inputs,
+        out,
+        masks=masks,
+        mode=mode,
+        device=device,
+        precision=precision,
+        outputs=outputs,
+        strict=strict,
+        overwrite=overwrite,
+        batch_size=batch_size,
+        frames=frames,
+        check_agreement=check_agreement,
+        postprocess=_postprocess(run, min_size, fill_holes, keep_largest),
+        progress=progress and sys.stderr.isatty(),
+        log=_say,
+    )
+    _say(report.summary())
 
 
 @app.command("import-keras")
@@ -697,19 +775,42 @@ def import_keras(
 @guarded
 def export(
     run: Annotated[Path, typer.Argument(help="run folder")],
-    out: Annotated[Path, typer.Option(help="file to write (.onnx for --format onnx)")],
+    out: Annotated[
+        Path | None, typer.Option(help="file to write (.onnx for --format onnx; --int8: RUN/model.int8.onnx)")
+    ] = None,
     format: Annotated[str, typer.Option("--format", help="onnx or keras-weights")] = "onnx",
     dynamic: Annotated[bool, typer.Option(help="ONNX: free batch, height, width (x16)")] = False,
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default 17)")] = None,
     weights: Annotated[str, typer.Option(help="best or last")] = "best",
+    int8: Annotated[bool, typer.Option(help="ONNX: static int8 (QDQ) calibrated on the run's training images")] = False,
+    calibrate: Annotated[Path | None, typer.Option(help="--int8: calibrate on this folder instead")] = None,
+    calibrate_count: Annotated[int, typer.Option(help="--int8: calibration images")] = 64,
+    max_change: Annotated[
+        float, typer.Option(help="--int8: refuse when more than this share of calibration pixels change class")
+    ] = 0.01,
 ) -> None:
     """Export a run's network; ONNX carries its settings and is checked against PyTorch before writing."""
     if format == "onnx":
         from .export import export_onnx
 
-        report = export_onnx(run, out, dynamic=dynamic, opset=opset, weights=weights)
-        console().print(report.summary(), soft_wrap=True)
+        report = export_onnx(
+            run,
+            out,
+            dynamic=dynamic,
+            opset=opset,
+            weights=weights,
+            int8=int8,
+            calibrate=calibrate,
+            calibrate_count=calibrate_count,
+            max_change=max_change,
+            log=_say,
+        )
+        _say(report.summary())
         return
+    if out is None:
+        raise UnetkitError("give --out FILE (where to write the weights)")
+    if int8:
+        raise UnetkitError("--int8 applies to --format onnx only")
     if format != "keras-weights":
         raise UnetkitError(f"--format must be onnx or keras-weights, got {format!r}")
     if dynamic or opset is not None:
@@ -736,17 +837,47 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="images per forward pass at most")] = 8,
     device: str = "auto",
     log_level: Annotated[str, typer.Option(help="info logs each request; warning is quiet")] = "info",
+    precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
+    api_key_file: Annotated[
+        Path | None, typer.Option(help="require 'Authorization: Bearer KEY' (KEY: this file's first line)")
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None, typer.Option(help="allow pages from this origin to call the API (repeatable)")
+    ] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS: private key (PEM), with --ssl-certfile")] = None,
+    ssl_certfile: Annotated[Path | None, typer.Option(help="TLS: certificate chain (PEM)")] = None,
+    min_size: Annotated[int | None, typer.Option(help="remove components under N pixels (every class)")] = None,
+    fill_holes: Annotated[
+        list[str] | None, typer.Option(help="fill holes in this class (id or name; repeatable)")
+    ] = None,
+    keep_largest: Annotated[list[str] | None, typer.Option(help="keep this class's largest component only")] = None,
 ) -> None:
-    """Serve a model over HTTP: POST /predict, GET /info, /health, /docs, and a web page at /."""
+    """Serve a model over HTTP: POST /predict, GET /info, /health, /docs, and a web page at /.
+
+    Access control: --api-key-file FILE or the UNETKIT_API_KEY environment variable.
+    """
     try:
         from .serve import serve as run_server
+        from .serve.app import check_server_options
+        from .serve.auth import key_file_warning, read_api_key
     except ImportError as e:
         raise UnetkitError(
             f"serving needs the serve extra ({e.name or e} is missing): pip install 'unetkit[serve]'"
         ) from None
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        console().print(f"note: on {host}, anyone who can reach this machine can use the model")
-    console().print(f"serving {model} at http://{host}:{port}/ (API reference: /docs); Ctrl-C stops")
+    check_server_options(port, log_level)
+    if (ssl_keyfile is None) != (ssl_certfile is None):
+        raise UnetkitError("TLS needs both --ssl-keyfile and --ssl-certfile (or neither, behind a reverse proxy)")
+    api_key = read_api_key(api_key_file)
+    post = _postprocess(model, min_size, fill_holes, keep_largest)
+    warning = key_file_warning(api_key_file)
+    if warning:
+        _say(f"note: {warning}")
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        _say(f"note: on {host}, anyone who can reach this machine can use the model (see --api-key-file)")
+    scheme = "https" if ssl_certfile else "http"
+    guard = ", API key required" if api_key else ""
+    _say(f"serving {model} at {scheme}://{host}:{port}/ (API reference: /docs{guard}); Ctrl-C stops")
+    tls = {"ssl_keyfile": str(ssl_keyfile), "ssl_certfile": str(ssl_certfile)} if ssl_certfile else {}
     run_server(
         model,
         host,
@@ -757,6 +888,11 @@ def serve(
         max_batch=max_batch,
         device=device,
         log_level=log_level,
+        precision=precision,
+        postprocess=post,
+        api_key=api_key,
+        cors_origins=tuple(cors_origin or ()),
+        uvicorn_options=tls,
     )
 
 
