@@ -235,7 +235,7 @@ def _train_config(**opts: Any):
         val_images=_s(opts["val_images"]),
         val_masks=_s(opts["val_masks"]),
         val_fraction=opts["val_fraction"] or 0.0,
-        mask_mode=opts["mask_mode"] or ("palette" if palette else "auto"),
+        mask_mode=opts["mask_mode"] or ("palette" if opts["palette"] is not None else "auto"),
         palette_file=_s(opts["palette"]),
         ignore_index=labels.get("ignore_index", opts["ignore_index"]),
         label_map_file=_s(opts.get("label_map")),
