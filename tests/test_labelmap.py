@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from unetkit.data.classes import ClassList, read_classes, write_classes
 from unetkit.data.labelmap import apply_label_map, load_label_map, parse_label_map
@@ -107,3 +108,20 @@ def test_cli_import_train_with_label_map_and_predict_mapped(tmp_path):
     assert mask.max() <= 2
     report = evaluate(tmp_path / "run", out / "images", out / "masks", device="cpu")  # source ids mapped
     assert report.n_images == 2
+    # --classes on predict: the names and colours of a classes file (same count) are used; another count is refused
+    from unetkit.data.classes import use_classes
+
+    names = tmp_path / "names.json"
+    write_classes(names, ClassList(["sea", "boat", "buoy"], [[0, 0, 255], [255, 0, 0], [255, 255, 0]]))
+    r = run(app, ["predict", str(tmp_path / "run"), str(out / "images"), "--out", str(tmp_path / "pred"),
+                  "--classes", str(names), "--device", "cpu"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    colour = next(p for p in (tmp_path / "pred").iterdir() if "colo" in p.name)
+    used = {tuple(c) for c in np.asarray(Image.open(colour).convert("RGB")).reshape(-1, 3).tolist()}
+    assert used <= {(0, 0, 255), (255, 0, 0), (255, 255, 0)}
+    config = RunConfig.load(tmp_path / "run" / "config.json")
+    use_classes(config, names)
+    assert config.class_names == ["sea", "boat", "buoy"]
+    write_classes(names, ClassList(["a", "b"]))
+    with pytest.raises(DataError, match="lists 2 classes but the model predicts 3"):
+        use_classes(config, names)

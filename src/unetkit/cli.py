@@ -499,12 +499,13 @@ def predict(
     out: Annotated[Path, typer.Option(help="output folder")],
     masks: Annotated[Path | None, typer.Option(help="truth masks: also write input | truth | prediction")] = None,
     mode: Annotated[str | None, typer.Option(help="resize or sliding (window at full resolution)")] = None,
+    classes: Annotated[Path | None, typer.Option(help="classes.json: names and colours to show")] = None,
     device: str = "auto",
 ) -> None:
     """Write for each image: index mask PNG (original size), colour mask and overlay."""
     from .predict_files import predict_files
 
-    written = predict_files(run, inputs, out, masks=masks, mode=mode, device=device)
+    written = predict_files(run, inputs, out, masks=masks, mode=mode, device=device, classes=classes)
     console().print(f"wrote predictions for {written} image(s) to {out}")
 
 
@@ -569,6 +570,7 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="images per forward pass at most")] = 8,
     device: str = "auto",
     log_level: Annotated[str, typer.Option(help="info logs each request; warning is quiet")] = "info",
+    classes: Annotated[Path | None, typer.Option(help="classes.json: names and colours to show")] = None,
 ) -> None:
     """Serve a model over HTTP: POST /predict, GET /info, /health, /docs, and a web page at /."""
     try:
@@ -580,8 +582,15 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1"):
         console().print(f"[yellow]note:[/] on {host}, anyone who can reach this machine can use the model")
     console().print(f"serving {model} at http://{host}:{port}/ (API reference: /docs); Ctrl-C stops")
+    served: Any = model
+    if classes is not None:
+        from .data.classes import use_classes
+        from .predict_files import load_predictor
+
+        served = load_predictor(model, device)
+        use_classes(served.config, classes)
     run_server(
-        model,
+        served,
         host,
         port,
         max_upload_bytes=int(max_upload_mb * 1e6),

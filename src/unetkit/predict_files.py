@@ -54,9 +54,17 @@ def predict_files(
     masks: str | Path | None = None,
     mode: str | None = None,
     device: str = "auto",
+    classes: str | Path | None = None,
 ) -> int:
-    """Predict every image named by ``inputs`` (files, folders, globs) into ``out``; returns the count."""
+    """Predict every image named by ``inputs`` (files, folders, globs) into ``out``; returns the count.
+
+    ``classes``: a classes.json whose names and colours replace the run's (same number of classes).
+    """
     predictor = load_predictor(model, device)
+    if classes is not None:
+        from .data.classes import use_classes
+
+        use_classes(predictor.config, classes)
     if mode is not None:
         if mode not in ("resize", "sliding"):
             raise DataError(f"--mode must be resize or sliding, got {mode!r}")
