@@ -299,7 +299,7 @@ def _build_train_config(**opts: Any):
         val_images=_abs(opts["val_images"]),
         val_masks=_abs(opts["val_masks"]),
         val_fraction=opts["val_fraction"] or 0.0,
-        mask_mode=opts["mask_mode"] or ("palette" if palette else "auto"),
+        mask_mode=opts["mask_mode"] or ("palette" if opts["palette"] is not None else "auto"),
         palette_file=_s(opts["palette"]),
         ignore_index=labels.get("ignore_index", opts["ignore_index"]),
         label_map_file=_s(opts.get("label_map")),
@@ -711,6 +711,7 @@ def predict(
     out: Annotated[Path, typer.Option(help="output folder (never one of the input folders)")],
     masks: Annotated[Path | None, typer.Option(help="truth masks: also write input | truth | prediction")] = None,
     mode: Annotated[str | None, typer.Option(help="resize or sliding (window at full resolution)")] = None,
+    classes: Annotated[Path | None, typer.Option(help="classes.json: names and colours to show")] = None,
     device: str = "auto",
     precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
     outputs: Annotated[
@@ -732,7 +733,7 @@ def predict(
     from .predict_files import predict_files
 
     report = predict_files(
-        run,
+        _with_classes(run, classes, device, precision),
         inputs,
         out,
         masks=masks,
@@ -750,6 +751,18 @@ def predict(
         log=_say,
     )
     _say(report.summary())
+
+
+def _with_classes(run: Path, classes: Path | None, device: str, precision: str | None) -> Any:
+    """The run itself, or (with --classes FILE) its predictor showing that file's names and colours."""
+    if classes is None:
+        return run
+    from .data.classes import use_classes
+    from .predict import open_predictor
+
+    predictor = open_predictor(run, device=device, precision=precision)
+    use_classes(predictor.config, classes)
+    return predictor
 
 
 @app.command("import-keras")
@@ -837,6 +850,7 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="images per forward pass at most")] = 8,
     device: str = "auto",
     log_level: Annotated[str, typer.Option(help="info logs each request; warning is quiet")] = "info",
+    classes: Annotated[Path | None, typer.Option(help="classes.json: names and colours to show")] = None,
     precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
     api_key_file: Annotated[
         Path | None, typer.Option(help="require 'Authorization: Bearer KEY' (KEY: this file's first line)")
@@ -878,8 +892,15 @@ def serve(
     guard = ", API key required" if api_key else ""
     _say(f"serving {model} at {scheme}://{host}:{port}/ (API reference: /docs{guard}); Ctrl-C stops")
     tls = {"ssl_keyfile": str(ssl_keyfile), "ssl_certfile": str(ssl_certfile)} if ssl_certfile else {}
+    served: Any = model
+    if classes is not None:
+        from .data.classes import use_classes
+        from .predict import open_predictor
+
+        served = open_predictor(model, device=device, precision=precision, postprocess=post)
+        use_classes(served.config, classes)
     run_server(
-        model,
+        served,
         host,
         port,
         max_upload_bytes=int(max_upload_mb * 1e6),
