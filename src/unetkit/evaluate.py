@@ -17,13 +17,18 @@ import torch
 
 from .data.folders import pair_files
 from .data.io import read_image, read_mask
-from .data.masks import decode_mask, detect_mask_mode
+from .data.masks import RANGE_FIX, decode_mask, detect_mask_mode
 from .errors import DataError
 from .fsio import atomic_write_text
 from .metrics import ConfusionMatrix, SegmentationMetrics
 from .postprocess import PostProcess
 from .predict import PredictorBase, open_predictor
 from .predict_files import agreement_note
+
+_EVAL_FIX = (
+    "the run was trained for its classes (n_classes and ignore index in its config.json): check that "
+    "--masks is the right folder, or choose another --mask-mode"
+)
 
 
 @dataclass
@@ -36,6 +41,15 @@ class EvalReport:
     # with post-processing: the raw model's metrics above are followed by one row per option and all together
     postprocess: list[dict[str, Any]] = field(default_factory=list)
     agreement: str | None = None
+
+    @property
+    def mean_iou(self) -> float:
+        """Mean IoU over the classes present (the headline figure), as ``metrics.mean_iou``."""
+        return self.metrics.mean_iou
+
+    @property
+    def pixel_accuracy(self) -> float:
+        return self.metrics.pixel_accuracy
 
     def to_dict(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"n_images": self.n_images, "mask_mode": self.mask_mode, "precision": self.precision}
@@ -113,7 +127,10 @@ def evaluate(
     n_source = len(lut) if lut else n
     mode = mask_mode or config.data.mask_mode
     if mode == "auto":
-        mode = detect_mask_mode([read_mask(m) for _, m in pairs[:8]], n_source, ignore_index=ignore)
+        sample = [m for _, m in pairs[:8]]
+        mode = detect_mask_mode(
+            [read_mask(m) for m in sample], n_source, ignore_index=ignore, paths=sample, evaluating=True
+        )
     palette = config.palette if mode == "palette" else None
     steps = postprocess.steps() if postprocess is not None else []
     variants = [("raw", None), *steps] + ([("all together", postprocess)] if len(steps) > 1 else [])
@@ -142,7 +159,12 @@ def _loader(
     def load(pair: tuple[Path, Path]) -> tuple[np.ndarray, np.ndarray]:
         img_path, mask_path = pair
         image = read_image(img_path)
-        mask = decode_mask(read_mask(mask_path), mode, n_source, palette=palette, ignore_index=ignore, path=mask_path)
+        try:
+            mask = decode_mask(
+                read_mask(mask_path), mode, n_source, palette=palette, ignore_index=ignore, path=mask_path
+            )
+        except DataError as e:  # the classes are the run's: the advice on --n-classes does not apply here
+            raise DataError(str(e).replace(RANGE_FIX, _EVAL_FIX)) from None
         if lut:
             from .data.labelmap import apply_lut
 
