@@ -24,6 +24,8 @@ app.add_typer(datasets_app, name="datasets")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+TTA_HELP = "test-time augmentation: flip, or e.g. flip,scales=0.75,1,1.25 (logits averaged over the views)"
+
 
 def _fail(message: str, code: int = 2) -> None:
     from rich.console import Console
@@ -348,15 +350,29 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics as JSON")] = None,
     mask_mode: str | None = None,
     device: str = "auto",
+    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
+    confusion: Annotated[
+        Path | None, typer.Option(help="write the row-normalised confusion matrix as PNG (counts as .csv beside it)")
+    ] = None,
+    per_image: Annotated[
+        Path | None, typer.Option(help="write each image's pixel accuracy and mIoU as CSV, worst first")
+    ] = None,
 ) -> None:
-    """Pixel accuracy, mean IoU, per-class IoU and Dice over a whole folder pair."""
+    """aAcc, mAcc, mIoU, fwIoU and per-class IoU, Dice, precision, recall over a whole folder pair."""
     from .evaluate import evaluate as run_evaluate
 
-    report = run_evaluate(run, images, masks, mask_mode=mask_mode, device=device)
+    report = run_evaluate(run, images, masks, mask_mode=mask_mode, device=device, tta=tta)
     console().print(report.table())
     if json_out is not None:
         report.save_json(json_out)
         console().print(f"wrote {json_out}")
+    if confusion is not None:
+        csv_path = report.save_confusion(confusion)
+        console().print(f"wrote {confusion} and {csv_path}")
+    if per_image is not None:
+        report.save_per_image(per_image)
+        worst = report.worst_first()[:3]
+        console().print(f"wrote {per_image}; worst: " + ", ".join(f"{s.name} (mIoU {s.mean_iou:.3f})" for s in worst))
 
 
 @app.command()
@@ -368,11 +384,16 @@ def predict(
     masks: Annotated[Path | None, typer.Option(help="truth masks: also write input | truth | prediction")] = None,
     mode: Annotated[str | None, typer.Option(help="resize or sliding (window at full resolution)")] = None,
     device: str = "auto",
+    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
+    save_probs: Annotated[
+        str | None,
+        typer.Option(help="also write confidence and entropy PNGs; npz: with float16 probabilities, png: PNGs only"),
+    ] = None,
 ) -> None:
     """Write for each image: index mask PNG (original size), colour mask and overlay."""
     from .predict_files import predict_files
 
-    written = predict_files(run, inputs, out, masks=masks, mode=mode, device=device)
+    written = predict_files(run, inputs, out, masks=masks, mode=mode, device=device, tta=tta, save_probs=save_probs)
     console().print(f"wrote predictions for {written} image(s) to {out}")
 
 
@@ -437,6 +458,7 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="images per forward pass at most")] = 8,
     device: str = "auto",
     log_level: Annotated[str, typer.Option(help="info logs each request; warning is quiet")] = "info",
+    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
 ) -> None:
     """Serve a model over HTTP: POST /predict, GET /info, /health, /docs, and a web page at /."""
     try:
@@ -458,6 +480,7 @@ def serve(
         max_batch=max_batch,
         device=device,
         log_level=log_level,
+        tta=tta,
     )
 
 

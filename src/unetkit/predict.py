@@ -7,6 +7,7 @@ resized bilinearly to that size before the argmax (the seed's "index of the larg
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from .config import RunConfig
 from .device import resolve_device, resolve_precision
 from .preprocess import image_to_tensor, resize_images, to_float
 from .run import load_run
+
+if TYPE_CHECKING:
+    from .tta import TTA
 
 ImageLike = np.ndarray | str | Path
 
@@ -53,9 +57,30 @@ class PredictorBase:
     # Above this many output elements (K x H x W), argmax masks are upsampled in bands of rows so that a
     # large image never holds its full-size float logits in memory at once (serving large uploads).
     band_elements: int = 1 << 25
+    tta: TTA | None = None  # test-time augmentation (unetkit.tta); None: the plain forward pass
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def set_tta(self, spec: str | TTA | None) -> PredictorBase:
+        """Average the logits over flipped/rescaled views, e.g. ``"flip,scales=0.75,1,1.25"``; returns self."""
+        from .tta import parse_tta
+
+        self.tta = parse_tta(spec)
+        return self
+
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+        """``_forward``, or its mean over the TTA views when ``tta`` is set."""
+        if self.tta is None:
+            return self._forward(x)
+        from .tta import tta_forward
+
+        m = self.config.model.size_multiple
+        return tta_forward(self._forward, x, self.tta, multiple=m, resize=self.config.preprocess.resize)
+
+    def probabilities(self, image: ImageLike | object) -> torch.Tensor:
+        """(K, H, W) float32 class probabilities (softmax of the logits) at the image's original size."""
+        return torch.softmax(self.logits(image), dim=0)
 
     @property
     def class_names(self) -> list[str]:
@@ -74,7 +99,7 @@ class PredictorBase:
 
         h, w, c = self.input_size
         return sliding_window_logits(
-            self._forward,
+            self._infer,
             image_to_tensor(image, c),
             (h, w),
             self.config.preprocess.overlap,
@@ -86,7 +111,7 @@ class PredictorBase:
         h, w, c = self.input_size
         mode = self.config.preprocess.resize
         x = torch.cat([resize_images(image_to_tensor(im, c), (h, w), mode) for im in images])
-        return self._forward(x)
+        return self._infer(x)
 
     def logits(self, image: ImageLike | object) -> torch.Tensor:
         """(K, H, W) float32 logits at the image's original size."""
@@ -153,7 +178,7 @@ class PredictorBase:
         out: list[np.ndarray] = []
         pending: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
         for i in range(0, len(images), batch_size):
-            ids = self._forward(torch.from_numpy(images[i : i + batch_size]).permute(0, 3, 1, 2)).argmax(1)
+            ids = self._infer(torch.from_numpy(images[i : i + batch_size]).permute(0, 3, 1, 2)).argmax(1)
             ids = ids.to(self._ids_dtype())
             if ids.is_cuda:  # copy back without waiting; wait only for the batch before this one
                 host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)

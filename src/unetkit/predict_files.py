@@ -54,9 +54,22 @@ def predict_files(
     masks: str | Path | None = None,
     mode: str | None = None,
     device: str = "auto",
+    tta: str | None = None,
+    save_probs: str | None = None,
 ) -> int:
-    """Predict every image named by ``inputs`` (files, folders, globs) into ``out``; returns the count."""
+    """Predict every image named by ``inputs`` (files, folders, globs) into ``out``; returns the count.
+
+    ``tta``: test-time augmentation (``unetkit.tta``). ``save_probs``: also write each image's confidence
+    and entropy PNGs, "npz" with its float16 probabilities too (``unetkit.uncertainty``).
+    """
     predictor = load_predictor(model, device)
+    if tta is not None:
+        predictor.set_tta(tta)
+    if save_probs is not None:
+        from .uncertainty import PROB_FORMATS
+
+        if save_probs not in PROB_FORMATS:
+            raise DataError(f"--save-probs must be one of {', '.join(PROB_FORMATS)}, got {save_probs!r}")
     if mode is not None:
         if mode not in ("resize", "sliding"):
             raise DataError(f"--mode must be resize or sliding, got {mode!r}")
@@ -72,7 +85,14 @@ def predict_files(
             stem += "_1"
         used.add(stem)
         image = read_image(file)
-        pred = predictor.predict(image)
+        if save_probs is not None:
+            from .uncertainty import save_probabilities
+
+            probs = predictor.probabilities(image)
+            save_probabilities(out, stem, probs, predictor.class_names, save_probs)
+            pred = probs.argmax(0).numpy().astype(np.uint8 if n <= 256 else np.int32)
+        else:
+            pred = predictor.predict(image)
         save_png(out / f"{stem}.png", pred)
         save_png(out / f"{stem}_colour.png", colorize(pred, palette))
         save_png(out / f"{stem}_overlay.png", overlay(image, pred, palette))
