@@ -24,6 +24,7 @@ app.add_typer(datasets_app, name="datasets")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+LOSS_HELP = "ce, ohem, focal, dice, lovasz, or a pixel term + a region term: ce+dice, ohem+lovasz, ..."
 TTA_HELP = "test-time augmentation: flip, or e.g. flip,scales=0.75,1,1.25 (logits averaged over the views)"
 
 
@@ -160,6 +161,10 @@ def _train_config(**opts: Any):
             "schedule",
             "warmup_epochs",
             "loss",
+            "label_smoothing",
+            "ohem_thresh",
+            "ohem_min_kept",
+            "focal_gamma",
             "class_weights",
             "early_stopping",
             "precision",
@@ -235,7 +240,13 @@ def train(
     weight_decay: float | None = None,
     schedule: Annotated[str | None, typer.Option(help="constant, cosine or plateau")] = None,
     warmup_epochs: int | None = None,
-    loss: Annotated[str | None, typer.Option(help="ce, dice or ce+dice")] = None,
+    loss: Annotated[str | None, typer.Option(help=LOSS_HELP)] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="cross-entropy label smoothing (0: off)")] = None,
+    ohem_thresh: Annotated[
+        float | None, typer.Option(help="OHEM: keep pixels whose true-class probability is below")
+    ] = None,
+    ohem_min_kept: Annotated[int | None, typer.Option(help="OHEM: keep at least this many pixels per image")] = None,
+    focal_gamma: Annotated[float | None, typer.Option(help="focal loss exponent")] = None,
     class_weights: Annotated[str | None, typer.Option(help="none, inverse, median-frequency or a JSON file")] = None,
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="the recipe's augmentation")] = None,
     early_stopping: Annotated[int | None, typer.Option(help="patience in epochs (0: off)")] = None,

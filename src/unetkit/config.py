@@ -22,6 +22,16 @@ ResizeMode = Literal["bilinear", "nearest"]
 
 CONFIG_VERSION = 1
 
+# The loss kinds unetkit.losses implements: a pixel term, a region term, or one of each summed.
+LOSSES = (
+    "ce",
+    "ohem",
+    "focal",
+    "dice",
+    "lovasz",
+    *(f"{a}+{b}" for a in ("ce", "ohem", "focal") for b in ("dice", "lovasz")),
+)
+
 
 def _check(cond: bool, message: str) -> None:
     if not cond:
@@ -152,7 +162,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "constant"  # "constant", "cosine" (with warm-up) or "plateau"
     warmup_epochs: int = 0
-    loss: str = "ce"  # "ce", "dice" or "ce+dice"
+    loss: str = "ce"  # one of LOSSES: "ce", "ohem", "focal", "dice", "lovasz", or e.g. "ce+dice"
+    label_smoothing: float = 0.0  # for the ce and ohem terms
+    ohem_thresh: float | None = 0.7  # OHEM: hard = true-class probability below this (None: top-k losses)
+    ohem_min_kept: int = 10_000  # OHEM: pixels kept at least, per image
+    focal_gamma: float = 2.0
     class_weights: str = "none"  # "none", "inverse", "median-frequency" or a JSON file of weights
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     early_stopping: int = 0  # patience in epochs on validation mIoU; 0 = off
@@ -177,7 +191,14 @@ class TrainConfig:
         )
         _choice("optimizer", self.optimizer, ("adam", "adamw"))
         _choice("schedule", self.schedule, ("constant", "cosine", "plateau"))
-        _choice("loss", self.loss, ("ce", "dice", "ce+dice"))
+        _choice("loss", self.loss, LOSSES)
+        _check(0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check(
+            self.ohem_thresh is None or 0.0 < self.ohem_thresh <= 1.0,
+            f"ohem_thresh must be in (0, 1] or null, got {self.ohem_thresh}",
+        )
+        _check(self.ohem_min_kept >= 0, f"ohem_min_kept must be >= 0, got {self.ohem_min_kept}")
+        _check(self.focal_gamma >= 0, f"focal_gamma must be >= 0, got {self.focal_gamma}")
         _choice("precision", self.precision, ("auto", "fp32", "bf16"))
         _choice("compile", self.compile, ("auto", "on", "off"))
         _choice("nan_policy", self.nan_policy, ("stop", "skip"))

@@ -117,7 +117,16 @@ def _loss_fn(config: RunConfig, data: SegmentationData, device: torch.device) ->
         weight = load_class_weights(t.class_weights, n, class_names=config.class_names)
     if weight is not None:
         weight = weight.to(device=device, dtype=torch.float32)
-    return SegmentationLoss(t.loss, n_classes=n, weight=weight, ignore_index=_train_ignore_index(config))
+    return SegmentationLoss(
+        t.loss,
+        n_classes=n,
+        weight=weight,
+        ignore_index=_train_ignore_index(config),
+        label_smoothing=t.label_smoothing,
+        ohem_thresh=t.ohem_thresh,
+        ohem_min_kept=t.ohem_min_kept,
+        focal_gamma=t.focal_gamma,
+    )
 
 
 def _train_ignore_index(config: RunConfig) -> int | None:
