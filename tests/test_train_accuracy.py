@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import make_blobs, tiny_config, write_folder
 from typer.testing import CliRunner
 
