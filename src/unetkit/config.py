@@ -134,6 +134,7 @@ class AugmentConfig:
     brightness: float = 0.0
     contrast: float = 0.0
     saturation: float = 0.0
+    hue: float = 0.0  # max hue rotation as a fraction of the colour wheel (0.5 = half a turn)
 
     def __post_init__(self) -> None:
         self.scale = tuple(float(v) for v in self.scale)  # type: ignore[assignment]
@@ -141,8 +142,9 @@ class AugmentConfig:
             len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1],
             f"scale must be (min, max) with 0 < min <= max, got {self.scale}",
         )
-        for name in ("rotate", "brightness", "contrast", "saturation"):
+        for name in ("rotate", "brightness", "contrast", "saturation", "hue"):
             _check(getattr(self, name) >= 0, f"augment.{name} must be >= 0")
+        _check(self.hue <= 0.5, f"augment.hue must be <= 0.5 (half a turn of the colour wheel), got {self.hue}")
 
     @property
     def enabled(self) -> bool:
