@@ -49,3 +49,72 @@ def test_cli_loss_options_reach_the_config(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     t = json.loads((tmp_path / "r" / "config.json").read_text())["train"]
     assert (t["loss"], t["focal_gamma"], t["label_smoothing"], t["ohem_min_kept"]) == ("focal+dice", 1.5, 0.05, 9)
+
+
+def test_ema_equals_the_closed_form_after_k_steps() -> None:
+    import torch
+    from torch import nn
+
+    from unetkit.ema import ModelEMA
+
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    w0 = {k: v.clone() for k, v in model.state_dict().items()}
+    d, k = 0.9, 5
+    ema = ModelEMA(model, d, warmup=False)
+    seen = []
+    for step in range(1, k + 1):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(float(step))  # the weights after step t: w_0 + t(t+1)/2
+        model[1].num_batches_tracked += 1
+        seen.append({n: v.clone() for n, v in model.state_dict().items()})
+        ema.update(model)
+    for name, value in ema.state_dict().items():
+        if not value.dtype.is_floating_point:
+            assert torch.equal(value, seen[-1][name])  # integer buffers are copied
+            continue
+        closed = d**k * w0[name] + (1 - d) * sum(d ** (k - t) * seen[t - 1][name] for t in range(1, k + 1))
+        torch.testing.assert_close(value, closed)
+    assert ema.updates == k and not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_ema_warmup_decay_and_bad_decay() -> None:
+    from torch import nn
+
+    from unetkit.ema import ModelEMA
+
+    ema = ModelEMA(nn.Linear(2, 2), 0.999)
+    assert ema.current_decay() == pytest.approx(2 / 11)  # (1 + k) / (10 + k) at k = 1
+    ema.updates = 100_000
+    assert ema.current_decay() == 0.999
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ConfigError, match="--ema"):
+            ModelEMA(nn.Linear(2, 2), bad)
+
+
+def test_parse_duration() -> None:
+    from unetkit.timebudget import parse_duration
+
+    assert parse_duration("10m") == 600 and parse_duration("90s") == 90 and parse_duration("1h30m") == 5400
+    assert parse_duration("1.5h") == 5400 and parse_duration("600") == 600 and parse_duration(42) == 42
+    for bad in ("ten minutes", "0", "-5m", "5d"):
+        with pytest.raises(ConfigError, match="--time-budget"):
+            parse_duration(bad)
+
+
+def test_time_budget_schedule_and_accounting(monkeypatch) -> None:
+    from unetkit import timebudget
+
+    now = [100.0]
+    monkeypatch.setattr(timebudget, "clock", lambda: now[0])
+    budget = timebudget.TimeBudget(60).start()
+    assert budget.lr_factor(True, 0.25) == 0.25  # warm-up: the epoch-based ramp
+    now[0] += 10
+    assert budget.lr_factor(False, 1.0) == pytest.approx(1.0)  # warm-up ended at 10 s
+    now[0] += 25  # halfway through the 50 s after the warm-up
+    assert budget.lr_factor(False, 1.0) == pytest.approx(0.5)
+    assert not budget.exhausted(reserve=20) and budget.exhausted(reserve=26)
+    resumed = timebudget.TimeBudget(60, budget.state()).start()  # resume: the spent time carries over
+    assert resumed.elapsed == pytest.approx(35) and resumed.warmup_ended_at == pytest.approx(10)
+    now[0] += 25
+    assert resumed.exhausted() and resumed.lr_factor(False, 1.0) == pytest.approx(0.0)
