@@ -118,3 +118,15 @@ def test_time_budget_schedule_and_accounting(monkeypatch) -> None:
     assert resumed.elapsed == pytest.approx(35) and resumed.warmup_ended_at == pytest.approx(10)
     now[0] += 25
     assert resumed.exhausted() and resumed.lr_factor(False, 1.0) == pytest.approx(0.0)
+
+
+def test_cli_augmentation_options(tmp_path: Path) -> None:
+    images, masks = write_folder(tmp_path / "data", *make_blobs(8))
+    args = ["train", "--images", images, "--masks", masks, "--n-classes", "3", "--epochs", "1", "--out", tmp_path / "r"]
+    args += ["--input-size", "32", "32", "--n-filters", "4", "--batch-size", "4", "--device", "cpu", "--no-progress"]
+    args += ["--aug-scale", "0.5", "2.0", "--aug-colour", "0.3", "--aug-hue", "0.05"]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    a = json.loads((tmp_path / "r" / "config.json").read_text())["train"]["augment"]
+    assert a["scale"] == [0.5, 2.0] and a["brightness"] == a["contrast"] == a["saturation"] == 0.3
+    assert a["hue"] == 0.05 and a["hflip"] is False

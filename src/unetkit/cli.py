@@ -184,6 +184,8 @@ def _train_config(**opts: Any):
             if opts["augment"]
             else AugmentConfig()
         )
+    if any(opts.get(k) is not None for k in ("aug_scale", "aug_colour", "aug_hue")):
+        t["augment"] = _augment_options(t.get("augment", config.train.augment), opts)
     m = {k: opts[k] for k in ("depth", "dropout", "batch_norm") if opts.get(k) is not None}
     p = {k: opts[k] for k in ("resize",) if opts.get(k) is not None}
     return replace(
@@ -192,6 +194,18 @@ def _train_config(**opts: Any):
         model=replace(config.model, **m),
         preprocess=replace(config.preprocess, **p),
     )
+
+
+def _augment_options(augment: Any, opts: dict[str, Any]) -> Any:
+    """``augment`` with the scale range, colour jitter and hue the user gave (each turns augmentation on)."""
+    a: dict[str, Any] = {}
+    if opts.get("aug_scale") is not None:
+        a["scale"] = tuple(opts["aug_scale"])
+    if opts.get("aug_colour") is not None:
+        a["brightness"] = a["contrast"] = a["saturation"] = opts["aug_colour"]
+    if opts.get("aug_hue") is not None:
+        a["hue"] = opts["aug_hue"]
+    return replace(augment, **a)
 
 
 def _data_options(config: Any, opts: dict[str, Any]) -> Any:
@@ -249,6 +263,13 @@ def train(
     focal_gamma: Annotated[float | None, typer.Option(help="focal loss exponent")] = None,
     class_weights: Annotated[str | None, typer.Option(help="none, inverse, median-frequency or a JSON file")] = None,
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="the recipe's augmentation")] = None,
+    aug_scale: Annotated[
+        tuple[float, float] | None, typer.Option(help="random scale range MIN MAX, e.g. 0.5 2.0 (zoom out/in)")
+    ] = None,
+    aug_colour: Annotated[float | None, typer.Option(help="brightness/contrast/saturation jitter, e.g. 0.3")] = None,
+    aug_hue: Annotated[
+        float | None, typer.Option(help="hue jitter as a fraction of the colour wheel, e.g. 0.05")
+    ] = None,
     early_stopping: Annotated[int | None, typer.Option(help="patience in epochs (0: off)")] = None,
     mask_mode: Annotated[str | None, typer.Option(help="auto, index, binary, channels or palette")] = None,
     palette: Annotated[Path | None, typer.Option(help="JSON {class name: [r, g, b]}")] = None,
