@@ -64,9 +64,16 @@ class PredictorBase:
 
     def set_tta(self, spec: str | TTA | None) -> PredictorBase:
         """Average the logits over flipped/rescaled views, e.g. ``"flip,scales=0.75,1,1.25"``; returns self."""
+        from .errors import ConfigError
         from .tta import parse_tta
 
-        self.tta = parse_tta(spec)
+        tta = parse_tta(spec)
+        if tta is not None and tta.scales != (1.0,) and getattr(self, "dynamic", True) is False:
+            raise ConfigError(
+                f"--tta {tta.describe()}: this model takes one fixed input size, so only flip works; "
+                "for scales, export the run with `unetkit export RUN --out FILE.onnx --dynamic`"
+            )
+        self.tta = tta
         return self
 
     def _infer(self, x: torch.Tensor) -> torch.Tensor:
