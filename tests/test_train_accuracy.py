@@ -130,3 +130,35 @@ def test_cli_augmentation_options(tmp_path: Path) -> None:
     a = json.loads((tmp_path / "r" / "config.json").read_text())["train"]["augment"]
     assert a["scale"] == [0.5, 2.0] and a["brightness"] == a["contrast"] == a["saturation"] == 0.3
     assert a["hue"] == 0.05 and a["hflip"] is False
+
+
+def test_metrics_csv_has_per_class_validation_iou(tmp_path: Path, blobs) -> None:
+    import csv
+
+    from PIL import Image
+
+    from unetkit.plots import plot_curves
+    from unetkit.run import read_metrics
+
+    train, val = blobs
+    fit(tiny_config(epochs=2), tmp_path / "run", train_data=train, val_data=val, progress=False, log=None)
+    with (tmp_path / "run" / "metrics.csv").open() as f:
+        header = next(csv.reader(f))
+    per_class = ["val_iou_class_0", "val_iou_class_1", "val_iou_class_2"]
+    assert header[-5:] == ["val_mean_accuracy", "val_fw_iou", *per_class]
+    for row in read_metrics(tmp_path / "run" / "metrics.csv"):
+        ious = [row[k] for k in per_class if row[k] is not None]
+        assert row["val_miou"] == pytest.approx(sum(ious) / len(ious), abs=1e-5)
+        assert 0 <= row["val_mean_accuracy"] <= 1 and 0 <= row["val_fw_iou"] <= 1
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    plot_curves(rows, tmp_path / "with.png")
+    plot_curves([{k: v for k, v in r.items() if k not in per_class} for r in rows], tmp_path / "without.png")
+    assert Image.open(tmp_path / "with.png").size[0] > Image.open(tmp_path / "without.png").size[0]  # 4th panel
+
+
+def test_metrics_csv_keeps_extra_columns_and_blanks_nan(tmp_path: Path) -> None:
+    from unetkit.run import read_metrics, write_metrics
+
+    write_metrics(tmp_path / "m.csv", [{"epoch": 1, "train_loss": 0.5, "val_iou_pole": float("nan"), "note": "x"}])
+    (row,) = read_metrics(tmp_path / "m.csv")
+    assert row["epoch"] == 1 and row["val_iou_pole"] is None and "note" not in row

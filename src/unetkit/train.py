@@ -26,7 +26,7 @@ from .data.loader import SegmentationData
 from .device import autocast, cpu_has_fast_bf16, resolve_device, resolve_precision  # noqa: F401
 from .errors import ConfigError, RunError, UnetkitError
 from .losses import SegmentationLoss, class_weights, load_class_weights
-from .metrics import ConfusionMatrix
+from .metrics import ConfusionMatrix, SegmentationMetrics
 from .preprocess import to_float
 from .run import CONFIG, CURVES, LAST, METRICS, WEIGHTS
 
@@ -483,6 +483,7 @@ def fit(
                 vloss = distributed.weighted_mean(vloss, len(val_part), device)
                 vm = vcm.compute()
                 row |= {"val_loss": vloss, "val_accuracy": vm.pixel_accuracy, "val_miou": vm.mean_iou}
+                row |= validation_columns(vm, config.class_names or [])
                 score = vm.mean_iou
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
@@ -512,6 +513,16 @@ def fit(
         runio.unwrap(model).load_state_dict(best_weights)
     model.eval()
     return TrainResult(run_dir, model, history, best if best >= 0 else None, stopped_early)
+
+
+def validation_columns(vm: SegmentationMetrics, class_names: list[str]) -> dict[str, float | None]:
+    """The extra metrics.csv columns of a validation pass: mAcc, fwIoU and each class's IoU."""
+    from .plots import PER_CLASS_IOU
+
+    row: dict[str, float | None] = {"val_mean_accuracy": vm.mean_accuracy, "val_fw_iou": vm.fw_iou}
+    for name, iou in zip(class_names, vm.iou):
+        row[f"{PER_CLASS_IOU}{name}"] = None if math.isnan(iou) else iou
+    return row
 
 
 def _check_finite(
