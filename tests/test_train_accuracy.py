@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import make_blobs, tiny_config, write_folder
 from typer.testing import CliRunner
 
@@ -162,3 +163,99 @@ def test_metrics_csv_keeps_extra_columns_and_blanks_nan(tmp_path: Path) -> None:
     write_metrics(tmp_path / "m.csv", [{"epoch": 1, "train_loss": 0.5, "val_iou_pole": float("nan"), "note": "x"}])
     (row,) = read_metrics(tmp_path / "m.csv")
     assert row["epoch"] == 1 and row["val_iou_pole"] is None and "note" not in row
+
+
+def test_crop_training_at_native_size_not_a_multiple_of_16(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from unetkit import Predictor, load_run
+    from unetkit.config import ModelConfig, RunConfig
+    from unetkit.evaluate import evaluate
+
+    images, masks = make_blobs(10, size=(40, 52))
+    train_dir = write_folder(tmp_path / "train", images[:8], masks[:8])
+    val_dir = write_folder(tmp_path / "val", images[8:], masks[8:])
+    base = tiny_config(epochs=2, crop=(32, 32), class_aware_crop=0.5, batch_size=4)
+    config = RunConfig(
+        model=ModelConfig(input_size=(32, 32, 3), n_filters=4, n_classes=3),
+        train=base.train,
+        data=base.data.__class__(
+            images=str(train_dir[0]), masks=str(train_dir[1]), val_images=str(val_dir[0]), val_masks=str(val_dir[1])
+        ),
+    )
+    logs: list[str] = []
+    result = fit(config, tmp_path / "run", progress=False, log=logs.append)
+    assert len(result.history) == 2 and result.history[-1]["val_miou"] is not None
+    run = load_run(tmp_path / "run")
+    assert run.config.train.crop == (32, 32) and run.config.preprocess.predict_mode == "sliding"
+    pred = Predictor.from_run(tmp_path / "run", device="cpu").predict(np.array(Image.open(val_dir[0] / "img0.png")))
+    assert pred.shape == (40, 52)
+    report = evaluate(tmp_path / "run", val_dir[0], val_dir[1], device="cpu")
+    assert report.metrics.matrix.sum() == 2 * 40 * 52  # whole images, every pixel counted
+
+
+def test_crop_must_match_the_input_size() -> None:
+    from unetkit.config import ModelConfig, RunConfig
+
+    with pytest.raises(ConfigError, match="crop"):
+        RunConfig(model=ModelConfig(input_size=(32, 32, 3), n_filters=4, n_classes=3), train=TrainConfig(crop=(16, 16)))
+
+
+def test_ema_weights_are_validated_and_saved(tmp_path: Path, blobs) -> None:
+    from unetkit.run import load_tensors
+
+    train, val = blobs
+    fit(tiny_config(epochs=1, ema=0.9), tmp_path / "run", train_data=train, val_data=val, progress=False, log=None)
+    best, _ = load_tensors(tmp_path / "run" / "weights.safetensors")
+    last, meta = load_tensors(tmp_path / "run" / "last.safetensors")
+    assert meta["ema_updates"] == 2  # 16 images, batch 8
+    for name, value in best.items():
+        assert torch.equal(value, last[f"ema.{name}"])
+    assert any(not torch.equal(v, last[f"model.{k}"]) for k, v in best.items() if v.dtype.is_floating_point)
+
+
+def test_ema_resume_is_exact(tmp_path: Path, blobs) -> None:
+    from unetkit.run import load_tensors
+
+    train, val = blobs
+    kw = dict(train_data=train, val_data=val, progress=False, log=None)
+    fit(tiny_config(epochs=2, ema=0.8), tmp_path / "full", **kw)
+    fit(tiny_config(epochs=1, ema=0.8), tmp_path / "part", **kw)
+    fit(tiny_config(epochs=2, ema=0.8), tmp_path / "part", resume=True, **kw)
+    a, meta_a = load_tensors(tmp_path / "full" / "last.safetensors")
+    b, meta_b = load_tensors(tmp_path / "part" / "last.safetensors")
+    assert meta_a["ema_updates"] == meta_b["ema_updates"] == 4
+    for name in a:
+        if name.startswith("ema."):
+            torch.testing.assert_close(a[name], b[name])
+
+
+def test_time_budget_stops_by_the_clock_and_resume_keeps_the_account(tmp_path: Path, blobs, monkeypatch) -> None:
+    from unetkit import timebudget
+    from unetkit.run import load_tensors
+
+    now = [0.0]
+
+    def fake_clock() -> float:  # every look at the clock costs a second
+        now[0] += 1.0
+        return now[0]
+
+    monkeypatch.setattr(timebudget, "clock", fake_clock)
+    train, val = blobs
+    config = tiny_config(epochs=500, time_budget=20.0, schedule="cosine", warmup_epochs=1)
+    kw = dict(train_data=train, val_data=val, progress=False, log=None)
+    result = fit(config, tmp_path / "run", **kw)
+    assert 2 <= len(result.history) < 20  # stopped by the budget, long before the 500-epoch cap
+    assert (tmp_path / "run" / "weights.safetensors").exists() and result.best_miou is not None
+    assert result.history[-1]["lr"] < 0.2 * config.train.lr  # the cosine ran out with the budget
+    _, meta = load_tensors(tmp_path / "run" / "last.safetensors")
+    spent, warm_end = meta["budget"]["spent"], meta["budget"]["warmup_ended_at"]
+    assert 20 <= spent < 30 and 0 < warm_end < spent
+    config = tiny_config(epochs=500, time_budget=40.0, schedule="cosine", warmup_epochs=1)
+    more = fit(config, tmp_path / "run", resume=True, **kw)
+    _, meta = load_tensors(tmp_path / "run" / "last.safetensors")
+    assert 40 <= meta["budget"]["spent"] < 50 and len(more.history) > len(result.history)
+    assert meta["budget"]["warmup_ended_at"] == warm_end  # no second warm-up: the schedule continues
+    resumed_lr = more.history[len(result.history)]["lr"]
+    assert result.history[-1]["lr"] < resumed_lr < 0.9 * config.train.lr  # the cosine stretched to 40 s

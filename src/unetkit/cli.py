@@ -130,6 +130,10 @@ def _train_config(**opts: Any):
         raise UnetkitError("give --n-classes N (or a --palette / --class-names file that lists the classes)")
     channels = opts["channels"] or _guess_channels(opts["images"])
     h, w = opts["input_size"] or (96, 128)
+    if opts.get("crop") is not None:  # crops are what the network sees: the crop is the input size
+        if opts["input_size"] is not None and tuple(opts["input_size"]) != tuple(opts["crop"]):
+            raise UnetkitError("--crop H W sets the network's input size; leave out --input-size (or give the same)")
+        h, w = opts["crop"]
     model = ModelConfig(
         name=opts["model"] or "unet",
         input_size=(h, w, channels),
@@ -176,6 +180,7 @@ def _train_config(**opts: Any):
     }
     if opts.get("compile") is not None:
         t["compile"] = "on" if opts["compile"] else "off"
+    t |= _accuracy_options(opts)
     if opts.get("augment") is not None:  # off: none; on: the recipe's, or the strong recipe's if it has none
         from .recipes import STRONG_AUGMENT
 
@@ -194,6 +199,18 @@ def _train_config(**opts: Any):
         model=replace(config.model, **m),
         preprocess=replace(config.preprocess, **p),
     )
+
+
+def _accuracy_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """TrainConfig fields from --crop, --class-aware-crop, --ema and --time-budget."""
+    t: dict[str, Any] = {k: opts[k] for k in ("crop", "class_aware_crop", "ema") if opts.get(k) is not None}
+    if opts.get("time_budget") is not None:
+        from .timebudget import parse_duration
+
+        t["time_budget"] = parse_duration(opts["time_budget"])
+        if opts.get("epochs") is None:
+            t["epochs"] = 100_000  # the budget decides; --epochs is then a cap
+    return t
 
 
 def _augment_options(augment: Any, opts: dict[str, Any]) -> Any:
@@ -270,6 +287,17 @@ def train(
     aug_hue: Annotated[
         float | None, typer.Option(help="hue jitter as a fraction of the colour wheel, e.g. 0.05")
     ] = None,
+    crop: Annotated[
+        tuple[int, int] | None,
+        typer.Option(help="train on random H W crops of the images at native size (sets the input size)"),
+    ] = None,
+    class_aware_crop: Annotated[
+        float | None, typer.Option(help="share of crops centred on a rare-class pixel (with --crop), e.g. 0.5")
+    ] = None,
+    ema: Annotated[float | None, typer.Option(help="average the weights with this decay, e.g. 0.999")] = None,
+    time_budget: Annotated[
+        str | None, typer.Option(help="train for this long (e.g. 10m, 600, 1h30m); the schedule follows the clock")
+    ] = None,
     early_stopping: Annotated[int | None, typer.Option(help="patience in epochs (0: off)")] = None,
     mask_mode: Annotated[str | None, typer.Option(help="auto, index, binary, channels or palette")] = None,
     palette: Annotated[Path | None, typer.Option(help="JSON {class name: [r, g, b]}")] = None,
@@ -306,7 +334,12 @@ def train(
         raise typer.Exit(distributed.launch(sys.argv[1:], nproc, log=console().print))
     say = console().print if distributed.is_main() else _quiet  # under torchrun only rank 0 prints
     if resume is not None:
-        config = _data_options(resume_config(resume, epochs), locals())
+        budget = None
+        if time_budget is not None:
+            from .timebudget import parse_duration
+
+            budget = parse_duration(time_budget)
+        config = _data_options(resume_config(resume, epochs, budget), locals())
         say(f"resuming {resume} up to {config.train.epochs} epochs")
         result = fit(config, resume, resume=True, progress=progress, log=say)
     else:

@@ -179,6 +179,10 @@ class TrainConfig:
     seed: int = 0
     nan_policy: str = "stop"  # "stop" or "skip" a step whose loss is NaN/Inf
     recipe: str = "seed"
+    crop: tuple[int, int] | None = None  # train on random (h, w) crops of images kept at native size
+    class_aware_crop: float = 0.0  # share of crops centred on a pixel of a rare class
+    ema: float | None = None  # decay of an exponential moving average of the weights (validated, saved)
+    time_budget: float | None = None  # seconds of training; the schedule follows the clock, epochs is a cap
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
@@ -204,6 +208,15 @@ class TrainConfig:
         _choice("precision", self.precision, ("auto", "fp32", "bf16"))
         _choice("compile", self.compile, ("auto", "on", "off"))
         _choice("nan_policy", self.nan_policy, ("stop", "skip"))
+        if self.crop is not None:
+            self.crop = tuple(int(v) for v in self.crop)  # type: ignore[assignment]
+            _check(len(self.crop) == 2 and min(self.crop) > 0, f"crop must be (height, width) > 0, got {self.crop}")
+        _check(0.0 <= self.class_aware_crop <= 1.0, f"class_aware_crop must be in [0, 1], got {self.class_aware_crop}")
+        _check(self.ema is None or 0.0 < self.ema < 1.0, f"ema must be a decay in (0, 1), e.g. 0.999; got {self.ema}")
+        _check(
+            self.time_budget is None or (math.isfinite(self.time_budget) and self.time_budget > 0),
+            f"time_budget must be a positive number of seconds, got {self.time_budget}",
+        )
         _check(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             f"device must be auto, cpu or cuda[:N]; got {self.device!r}",
@@ -239,6 +252,13 @@ class RunConfig:
             self.data.ignore_index is None or self.data.ignore_index >= n,
             f"ignore_index {self.data.ignore_index} is a real class id (n_classes is {n}); "
             "choose a value >= n_classes, e.g. 255",
+        )
+
+        crop = self.train.crop
+        _check(
+            crop is None or tuple(crop) == tuple(self.model.input_size[:2]),
+            f"train.crop {crop} must equal the model's input size {tuple(self.model.input_size[:2])}: crops are "
+            "what the network is trained on (--crop H W sets both)",
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -37,10 +37,13 @@ def pads(cfg: AugmentConfig) -> bool:
     return cfg.scale != (1.0, 1.0) or cfg.rotate > 0
 
 
-def effective_ignore_index(ignore_index: int | None, cfg: AugmentConfig, n_classes: int) -> int | None:
+def effective_ignore_index(
+    ignore_index: int | None, cfg: AugmentConfig, n_classes: int, crops: bool = False
+) -> int | None:
     """The ignore index training batches carry: the data's own, else 255 (or n_classes when that is
-    larger) when ``cfg`` pads masks, so padded pixels count in neither the loss nor the metrics."""
-    if ignore_index is not None or not (cfg.enabled and pads(cfg)):
+    larger) when ``cfg`` (or crop training) pads masks, so padded pixels count in neither the loss
+    nor the metrics."""
+    if ignore_index is not None or not (crops or (cfg.enabled and pads(cfg))):
         return ignore_index
     return max(255, n_classes)
 
