@@ -24,11 +24,14 @@ from torch import nn
 
 from .config import RunConfig
 from .data.loader import SegmentationData
+from .device import resolve_device
 from .errors import ConfigError
+from .fsio import atomic_write_text
 from .metrics import BoundaryF1, ConfusionMatrix
 from .model import count_parameters
+from .plots import side_by_side
 from .preprocess import to_float
-from .run import atomic_write_text
+from .train import fit, load_data
 
 MODELS = ("fcn", "unet")
 TITLES = {"fcn": "FCN", "unet": "U-Net"}
@@ -121,7 +124,7 @@ def score_model(
     model.eval()
     with torch.no_grad():
         for x, y in data.batches(batch_size, device=device):
-            pred = model(to_float(x)).argmax(1)
+            pred = model(to_float(x, config.preprocess)).argmax(1)
             cm.update(pred, y)
             bf.update(pred, y)
     model.train(was_training)
@@ -146,17 +149,22 @@ def compare(
     examples: int = 4,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
+    overwrite: bool = False,
 ) -> Comparison:
     """Train each of ``models`` with ``config``'s recipe on the same data and write the study to ``out``.
 
     ``out/<model>/`` holds each run folder; ``out/compare.md``, ``out/compare.json`` and
     ``out/compare.png`` (input | truth | FCN | U-Net) hold the result. Validation data is required:
-    give ``val_data``, validation folders, or ``data.val_fraction`` in the config.
+    give ``val_data``, validation folders, or ``data.val_fraction`` in the config. Run folders that
+    already exist are refused unless ``overwrite``.
     """
-    from .train import fit, load_data, resolve_device
-
     log = log or (lambda _msg: None)
     out = Path(out)
+    if not overwrite:
+        from .run import claim_run_folder
+
+        for name in models:
+            claim_run_folder(out / name, create=False)
     if train_data is None:
         loaded = load_data(config, log=log)
         train_data, val_data = loaded[0], loaded[1]
@@ -172,7 +180,9 @@ def compare(
         cfg = replace(config, model=replace(config.model, name=name))
         log(f"--- {TITLES.get(name, name)}: {len(train_data)} training images, {cfg.train.epochs} epochs")
         t0 = time.perf_counter()
-        result = fit(cfg, out / name, train_data=train_data, val_data=val_data, progress=progress, log=log)
+        result = fit(
+            cfg, out / name, train_data=train_data, val_data=val_data, progress=progress, log=log, overwrite=overwrite
+        )
         seconds = time.perf_counter() - t0
         model = result.model.to(device)
         cm, bf = score_model(model, val_data, cfg, device=device, tolerance=tolerance)
@@ -225,8 +235,6 @@ def _write(
     examples: int,
     device: torch.device,
 ) -> None:
-    from .plots import side_by_side
-
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "compare.md", comparison.markdown() + "\n")
     atomic_write_text(out / "compare.json", json.dumps(comparison.to_dict(), indent=2, allow_nan=False))

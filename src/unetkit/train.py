@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -22,12 +23,16 @@ from torch import nn
 from . import distributed, perf
 from . import run as runio
 from .config import RunConfig
-from .data.loader import SegmentationData
-from .device import autocast, cpu_has_fast_bf16, resolve_device, resolve_precision  # noqa: F401
+from .data.augment import augment_batch, effective_ignore_index
+from .data.loader import SegmentationData, class_presence, presence_report
+from .data.stream import folder_cache_mode, load_streaming
+from .device import autocast, resolve_device, resolve_precision
 from .ema import ModelEMA
 from .errors import ConfigError, RunError, UnetkitError
+from .fsio import atomic_write_text, remove_stale_temps
 from .losses import SegmentationLoss, class_weights, load_class_weights
 from .metrics import ConfusionMatrix, SegmentationMetrics
+from .plots import plot_curves
 from .preprocess import to_float
 from .run import CONFIG, CURVES, LAST, METRICS, WEIGHTS
 from .timebudget import TimeBudget
@@ -133,8 +138,6 @@ def _loss_fn(config: RunConfig, data: SegmentationData, device: torch.device) ->
 
 def _train_ignore_index(config: RunConfig) -> int | None:
     """The data's ignore index, or the one augmentation pads masks with when the data has none."""
-    from .data.augment import effective_ignore_index
-
     t = config.train
     return effective_ignore_index(config.data.ignore_index, t.augment, config.model.n_classes, t.crop is not None)
 
@@ -212,8 +215,6 @@ class _Checkpointer:
         if self.run_dir is None or not history or self._plotted_rows == len(history):
             return
         try:
-            from .plots import plot_curves
-
             plot_curves(history, self.run_dir / CURVES)
         except Exception:  # a plot must never cost a finished epoch
             pass
@@ -243,10 +244,23 @@ class _SigintGuard:
         if self.hit:
             raise KeyboardInterrupt
         self.hit = True
+        _say_now(STOPPING)
 
     def __exit__(self, *exc: object) -> None:
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
+
+
+STOPPING = "stopping after this step (finished epochs are kept); Ctrl-C again to abort now"
+
+
+def _say_now(message: str) -> None:
+    """Print on stderr at once (from a signal handler: no rich, no buffering)."""
+    try:
+        sys.stderr.write(f"\n{message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed stderr must not turn a Ctrl-C into a crash
+        pass
 
 
 def evaluate_data(
@@ -273,7 +287,7 @@ def evaluate_data(
     memory = torch.channels_last if config.train.channels_last else torch.contiguous_format
     with torch.no_grad():
         for x, y in data.batches(batch_size or config.train.batch_size, device=device):
-            x = to_float(x)
+            x = to_float(x, config.preprocess)
             if pad_ignore is not None:
                 from .data.augment import pad_to_multiple
 
@@ -297,6 +311,8 @@ def fit(
     train_data: SegmentationData | None = None,
     val_data: SegmentationData | None = None,
     resume: bool = False,
+    overwrite: bool = False,
+    model: nn.Module | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
     epoch_callback: Callable[[dict[str, Any]], None] | None = None,
@@ -308,6 +324,10 @@ def fit(
     ``config.train.epochs`` epochs in total, with the optimizer and RNG state it stopped with.
     Under torchrun (RANK/WORLD_SIZE set) it trains data-parallel with DDP: ``config.train.batch_size``
     is the global batch, rank 0 alone logs and writes ``out``; see ``unetkit.distributed``.
+    An ``out`` that already holds a run is refused unless ``resume`` or ``overwrite`` (which deletes it).
+    ``model`` trains that network (e.g. a ``unet_model(...)``) instead of a fresh one built from
+    ``config.model``; it must be the network ``config.model`` describes, so that the run folder loads.
+    Without validation data the "best" weights are the last epoch's.
     """
     dist_info = distributed.info()  # rank 0 of 1 without torchrun
     if not dist_info.is_main:  # only rank 0 prints and writes the run folder
@@ -318,6 +338,8 @@ def fit(
     batch_size = distributed.local_batch_size(t.batch_size)  # per rank; t.batch_size stays the global batch
     dtype = resolve_precision(t.precision, device)
     run_dir = Path(out) if out is not None else None
+    if run_dir is not None and not resume and not overwrite and dist_info.is_main:
+        runio.claim_run_folder(run_dir, create=False)  # refuses an existing run before any data is read
     if device.type == "cpu":
         perf.tune_cpu()  # keep large freed blocks in the heap; one thread per physical core
     elif device.type == "cuda":
@@ -325,9 +347,12 @@ def fit(
 
     if train_data is None:
         train_data, val_data, mask_mode = load_data(config, log=log)
+        _cheap_checks(config, train_data, val_data, log)
         config = replace(config, data=replace(config.data, mask_mode=mask_mode))
     elif val_data is None and config.data.val_fraction:
         train_data, val_data = train_data.split(config.data.val_fraction, config.data.split_seed)
+    if not resume:
+        config = with_normalization(config, train_data, log)
     if len(train_data) == 0:
         raise ConfigError("the training set is empty")
     if t.crop is not None and config.preprocess.predict_mode == "resize":
@@ -335,7 +360,7 @@ def fit(
         config = replace(config, preprocess=replace(config.preprocess, predict_mode="sliding"))
 
     torch.manual_seed(t.seed)
-    model = runio.build_model(config.model).to(device)
+    model = (_check_given_model(model, config) if model is not None else runio.build_model(config.model)).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, config)
@@ -346,7 +371,7 @@ def fit(
 
     if resume:
         if run_dir is None or not (run_dir / LAST).exists():
-            raise RunError(f"nothing to resume: {run_dir} has no {LAST}")
+            raise RunError(_nothing_to_resume(run_dir))
         tensors, meta = runio.load_tensors(run_dir / LAST)
         if not isinstance(meta, dict) or "epoch" not in meta:
             raise RunError(f"{run_dir / LAST} holds no training state; it cannot be resumed")
@@ -367,13 +392,20 @@ def fit(
                 f"({type(e).__name__}: {detail}); restore an intact copy of the run folder, or train "
                 "again"
             ) from None
-        if start_epoch >= t.epochs:
+        if start_epoch > t.epochs:  # config.json must keep describing the run: never fewer epochs than it has
+            raise ConfigError(
+                f"{run_dir} already has {start_epoch} finished epochs, more than the {t.epochs} asked for; "
+                f"give --epochs above {start_epoch} to train more"
+            )
+        if start_epoch == t.epochs:
             log(f"{run_dir} already has {start_epoch} epochs; ask for more with --epochs")
     if run_dir is not None and dist_info.is_main:
         try:
+            if not resume:
+                runio.claim_run_folder(run_dir, overwrite=overwrite)
             run_dir.mkdir(parents=True, exist_ok=True)
-            runio.remove_stale_temps(run_dir)  # left by a killed run
-            runio.atomic_write_text(run_dir / CONFIG, config.to_json())
+            remove_stale_temps(run_dir)  # left by a killed run
+            atomic_write_text(run_dir / CONFIG, config.to_json())
         except OSError as e:
             raise RunError(
                 f"could not write {run_dir / CONFIG} ({e.strerror or e}); free space or fix "
@@ -414,8 +446,6 @@ def fit(
 
     augment = None
     if t.augment.enabled:
-        from .data.augment import augment_batch
-
         augment = augment_batch
     if t.crop is not None:
         augment = _crop_fn(config, train_data)
@@ -458,7 +488,7 @@ def fit(
                 factor = _factor(config, epoch + step / steps_per_epoch, budget) * plateau.factor
                 for group in opt.param_groups:
                     group["lr"] = t.lr * factor
-                x = to_float(x)
+                x = to_float(x, config.preprocess)
                 if augment is not None:
                     x, y = augment(
                         x, y, t.augment, ignore_index=ignore if ignore is not None else 255, generator=aug_gen
@@ -529,7 +559,7 @@ def fit(
                 score = vm.mean_iou
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
-            is_best = score > best
+            is_best = score > best or not (val_data is not None and len(val_data))  # no validation: the last
             if is_best:
                 best, since_best = score, 0
             else:
@@ -639,6 +669,32 @@ def _check_finite(
         )
 
 
+def _nothing_to_resume(run_dir: Path | None) -> str:
+    """Why ``run_dir`` cannot be resumed, and what to do instead."""
+    if run_dir is not None and (run_dir / WEIGHTS).exists():
+        return (
+            f"{run_dir} holds weights but no training state ({LAST}), as an imported Keras model does; "
+            f"to fine-tune it, start a new run from its weights: `unetkit train --init-from {run_dir} "
+            "--images DIR --masks DIR --out NEW_RUN`"
+        )
+    if run_dir is not None and (run_dir / CONFIG).exists():
+        return f"nothing to resume: no epoch of {run_dir} had finished; run the training command again"
+    return f"nothing to resume: {run_dir} has no {LAST} (is it a run folder?)"
+
+
+def _check_given_model(model: nn.Module, config: RunConfig) -> nn.Module:
+    """``model`` when it has the layers ``config.model`` describes (else its run folder would not load)."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in runio.build_model(config.model).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in runio.unwrap(model).state_dict().items()}
+    if expected != found:
+        raise ConfigError(
+            f"the model given to fit() is not the network config.model describes ({config.model}); build the "
+            "config with the same input_size, n_filters, n_classes and depth as the model"
+        )
+    return model
+
+
 def _interrupt_message(run_dir: Path | None, epoch: int) -> str:
     if run_dir is None:
         return f"interrupted during epoch {epoch + 1}: nothing was saved (no --out)"
@@ -697,32 +753,46 @@ def load_data(
     d, m = config.data, config.model
     if not d.images or not d.masks:
         raise ConfigError("no training data: give --images DIR and --masks DIR")
-    from .data.stream import folder_cache_mode, load_streaming
-
     size = cache_size(config, d.images, log)  # the model's input size, or the native size for crops
     val_size = cache_size(config, d.val_images, log) if d.val_images else size
     if folder_cache_mode(config, local_world_size=distributed.env_info().local_world_size, log=log) == "stream":
+        if d.label_map:
+            raise ConfigError("--label-map needs the in-memory cache for now: pass --cache memory")
         # same interface, decoded lazily
         return load_streaming(config, log=log, input_size=size, val_input_size=val_size)  # type: ignore[return-value]
     palette = config.palette if d.mask_mode == "palette" else None
+    if d.label_map and d.mask_mode == "palette":
+        raise ConfigError("--label-map works on class ids; with colour masks import them first (datasets import)")
     common = dict(
-        n_classes=m.n_classes,
+        n_classes=len(d.label_map) if d.label_map else m.n_classes,  # a label map's source ids are decoded
         mask_mode=d.mask_mode,
         palette=palette,
         ignore_index=d.ignore_index,
         resize=config.preprocess.resize,
+        recursive=d.recursive,
+        skip_bad=d.skip_bad,
+        log=log,
     )
     t0 = time.perf_counter()
     train, mode = SegmentationData.from_folders(d.images, d.masks, size, **common)
     val = None
     if d.val_images and d.val_masks:
         val, _ = SegmentationData.from_folders(d.val_images, d.val_masks, val_size, **(common | {"mask_mode": mode}))
-    elif d.val_fraction:
+    if d.label_map:
+        train, val = _map_labels(train, config), (_map_labels(val, config) if val is not None else None)
+    if d.val_fraction and not (d.val_images and d.val_masks):
         train, val = train.split(d.val_fraction, d.split_seed)
     log(
         f"read {len(train) + (len(val) if val else 0)} image/mask pairs ({mode} masks) in "
         f"{time.perf_counter() - t0:.1f}s, {(train.nbytes + (val.nbytes if val else 0)) / 2**20:.1f} MiB cached"
     )
+    for line in presence_report(
+        *class_presence(train.masks, m.n_classes, d.ignore_index),
+        class_names=config.class_names,
+        ignore_index=d.ignore_index,
+        mask_mode=mode,
+    ):
+        log(line)
     return train, val, mode
 
 
@@ -754,12 +824,91 @@ def cache_size(config: RunConfig, images: str | Path, log: Callable[[str], None]
     return h, w, config.model.input_size[2]
 
 
-def resume_config(run_dir: str | Path, epochs: int | None = None, time_budget: float | None = None) -> RunConfig:
-    """The config of a run to resume, with the total epoch count raised to ``epochs`` and the total
-    time budget to ``time_budget`` seconds (the time already spent is counted from the checkpoint)."""
+def _map_labels(data: SegmentationData, config: RunConfig) -> SegmentationData:
+    """Masks of source ids -> the label map's ids (``config.data.label_map``), once, on the cache."""
+    from .data.loader import mask_dtype
+
+    d = config.data
+    lut = list(d.label_map or [])
+    size = max(len(lut), (d.ignore_index or 0) + 1)
+    table = torch.arange(size, dtype=torch.long)
+    table[: len(lut)] = torch.tensor(lut, dtype=torch.long)
+    masks = table[data.masks.long()].to(mask_dtype(config.model.n_classes, d.ignore_index))
+    return SegmentationData(data.images, masks)
+
+
+def _cheap_checks(config: RunConfig, train: Any, val: Any, log: Callable[[str], None]) -> None:
+    """check-data's checks that cost nothing once the data is loaded (pairing, sizes and values were checked
+    while loading): classes never present, and classes in validation but absent from training."""
+    if not hasattr(train, "class_counts"):
+        return
+    from .data.check import class_presence_problems
+
+    n = config.model.n_classes
+    val_counts = val.class_counts(n).tolist() if val is not None and hasattr(val, "class_counts") else None
+    for p in class_presence_problems(train.class_counts(n).tolist(), val_counts, config.class_names or []):
+        if p.problem.endswith("never appears"):
+            continue  # load_data's class presence report says so once, with the likely fix
+        log(f"warning: {p.problem} (run `unetkit check-data` for the full report)")
+
+
+def with_normalization(config: RunConfig, data: Any, log: Callable[[str], None] = print) -> RunConfig:
+    """``config`` with the normalisation statistics of the training data (``--normalize``), unless already set."""
+    from .preprocess import normalization_stats
+
+    p = config.preprocess
+    have = {"scale": p.max_value, "mean-std": p.mean, "percentile": p.low}[p.normalize]
+    if have:
+        return config
+    if hasattr(data, "images"):
+        images = data.images
+    else:  # streaming: the first batches (up to 1024 images) stand for the set
+        chunks = []
+        for x, _ in data.batches(64, device="cpu"):
+            chunks.append(x)
+            if sum(len(c) for c in chunks) >= 1024:
+                break
+        images = torch.cat(chunks)
+    stats = normalization_stats(images.cpu(), p.normalize, config.train.seed)
+    if p.normalize != "scale":
+        log(f"normalisation {p.normalize} from the training set: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+    return replace(config, preprocess=replace(p, **stats))
+
+
+RESUME_TRAIN = (
+    "epochs",
+    "lr",
+    "batch_size",
+    "early_stopping",
+    "device",
+    "precision",
+    "compile",
+    "nan_policy",
+    "time_budget",
+)
+RESUME_DATA = ("images", "masks", "val_images", "val_masks", "cache", "num_workers", "recursive", "skip_bad")
+
+
+def resume_config(run_dir: str | Path, epochs: int | None = None, **changes: Any) -> RunConfig:
+    """The config of a run to resume, with the total epoch count set to ``epochs`` and the settings that
+    may change on resume (RESUME_TRAIN, RESUME_DATA: data paths become absolute) set to ``changes``.
+
+    Settings that define the model or the recipe cannot change: the checkpoint was trained with them.
+    """
+    unknown = sorted(set(changes) - set(RESUME_TRAIN) - set(RESUME_DATA))
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)} cannot change on resume; start a new run instead")
     config = RunConfig.load(Path(run_dir) / CONFIG)
     if epochs is not None:
-        config = replace(config, train=replace(config.train, epochs=epochs))
-    if time_budget is not None:
-        config = replace(config, train=replace(config.train, time_budget=time_budget))
-    return config
+        changes["epochs"] = epochs
+    t = {k: v for k, v in changes.items() if k in RESUME_TRAIN and v is not None}
+    d = {
+        k: _abspath(v) if k in RESUME_DATA[:4] else v for k, v in changes.items() if k in RESUME_DATA and v is not None
+    }
+    return replace(config, train=replace(config.train, **t), data=replace(config.data, **d))
+
+
+def _abspath(path: Any) -> str:
+    import os
+
+    return os.path.abspath(os.path.expanduser(str(path)))

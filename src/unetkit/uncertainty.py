@@ -19,7 +19,7 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["PROB_FORMATS", "confidence", "entropy", "to_gray8", "save_probabilities"]
+__all__ = ["PROB_FORMATS", "check_format", "confidence", "entropy", "to_gray8", "save_probabilities"]
 
 PROB_FORMATS = ("npz", "png")
 
@@ -44,15 +44,19 @@ def to_gray8(values: torch.Tensor) -> np.ndarray:
     return (values.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
+def check_format(kind: str) -> None:
+    if kind not in PROB_FORMATS:
+        raise ConfigError(f"--save-probs must be one of {', '.join(PROB_FORMATS)}, got {kind!r}")
+
+
 def save_probabilities(
     out: Path, stem: str, probs: torch.Tensor, class_names: list[str], kind: str = "npz"
 ) -> list[Path]:
     """Write ``stem``'s confidence and entropy PNGs, and with ``kind="npz"`` the float16 probabilities."""
+    from .fsio import atomic_write_bytes
     from .predict_files import save_png
-    from .run import atomic_write_bytes
 
-    if kind not in PROB_FORMATS:
-        raise ConfigError(f"--save-probs must be one of {', '.join(PROB_FORMATS)}, got {kind!r}")
+    check_format(kind)
     written = [out / f"{stem}_confidence.png", out / f"{stem}_entropy.png"]
     save_png(written[0], to_gray8(confidence(probs)))
     save_png(written[1], to_gray8(entropy(probs)))
