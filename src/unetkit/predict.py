@@ -96,7 +96,9 @@ class PredictorBase:
         from .tta import parse_tta
 
         tta = parse_tta(spec)
-        if tta is not None and tta.scales != (1.0,) and getattr(self, "dynamic", True) is False:
+        session = getattr(self, "session", None)  # an ONNX file whose height and width are fixed
+        fixed = session is not None and all(isinstance(d, int) for d in session.get_inputs()[0].shape[2:])
+        if tta is not None and tta.scales != (1.0,) and fixed:
             raise ConfigError(
                 f"--tta {tta.describe()}: this model takes one fixed input size, so only flip works; "
                 "for scales, export the run with `unetkit export RUN --out FILE.onnx --dynamic`"
