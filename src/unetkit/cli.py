@@ -30,6 +30,9 @@ app.add_typer(datasets_app, name="datasets")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+LOSS_HELP = "ce, ohem, focal, dice, lovasz, or a pixel term + a region term: ce+dice, ohem+lovasz, ..."
+TTA_HELP = "test-time augmentation: flip, or e.g. flip,scales=0.75,1,1.25 (logits averaged over the views)"
+
 
 def _print_version(value: bool) -> None:
     if value:
@@ -286,6 +289,10 @@ def _build_train_config(**opts: Any):
     if n_classes is None:
         raise UnetkitError("give --n-classes N (or a --palette / --class-names file that lists the classes)")
     h, w = opts["input_size"] or (96, 128)
+    if opts.get("crop") is not None:  # crops are what the network sees: the crop is the input size
+        if opts["input_size"] is not None and tuple(opts["input_size"]) != tuple(opts["crop"]):
+            raise UnetkitError("--crop H W sets the network's input size; leave out --input-size (or give the same)")
+        h, w = opts["crop"]
     channels = opts["channels"] if opts["channels"] is not None else _survey_images(opts, (h, w))
     model = ModelConfig(
         name=opts["model"] or "unet",
@@ -322,6 +329,10 @@ def _build_train_config(**opts: Any):
             "schedule",
             "warmup_epochs",
             "loss",
+            "label_smoothing",
+            "ohem_thresh",
+            "ohem_min_kept",
+            "focal_gamma",
             "class_weights",
             "early_stopping",
             "precision",
@@ -333,6 +344,7 @@ def _build_train_config(**opts: Any):
     }
     if opts.get("compile") is not None:
         t["compile"] = "on" if opts["compile"] else "off"
+    t |= _accuracy_options(opts)
     if opts.get("augment") is not None:  # off: none; on: the recipe's, or the strong recipe's if it has none
         from .recipes import STRONG_AUGMENT
 
@@ -341,6 +353,8 @@ def _build_train_config(**opts: Any):
             if opts["augment"]
             else AugmentConfig()
         )
+    if any(opts.get(k) is not None for k in ("aug_scale", "aug_colour", "aug_hue")):
+        t["augment"] = _augment_options(t.get("augment", config.train.augment), opts)
     m = {k: opts[k] for k in ("depth", "dropout", "batch_norm") if opts.get(k) is not None}
     p = {k: opts[k] for k in ("resize", "normalize") if opts.get(k) is not None}
     return replace(
@@ -349,6 +363,30 @@ def _build_train_config(**opts: Any):
         model=replace(config.model, **m),
         preprocess=replace(config.preprocess, **p),
     )
+
+
+def _accuracy_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """TrainConfig fields from --crop, --class-aware-crop, --ema and --time-budget."""
+    t: dict[str, Any] = {k: opts[k] for k in ("crop", "class_aware_crop", "ema") if opts.get(k) is not None}
+    if opts.get("time_budget") is not None:
+        from .timebudget import parse_duration
+
+        t["time_budget"] = parse_duration(opts["time_budget"])
+        if opts.get("epochs") is None:
+            t["epochs"] = 100_000  # the budget decides; --epochs is then a cap
+    return t
+
+
+def _augment_options(augment: Any, opts: dict[str, Any]) -> Any:
+    """``augment`` with the scale range, colour jitter and hue the user gave (each turns augmentation on)."""
+    a: dict[str, Any] = {}
+    if opts.get("aug_scale") is not None:
+        a["scale"] = tuple(opts["aug_scale"])
+    if opts.get("aug_colour") is not None:
+        a["brightness"] = a["contrast"] = a["saturation"] = opts["aug_colour"]
+    if opts.get("aug_hue") is not None:
+        a["hue"] = opts["aug_hue"]
+    return replace(augment, **a)
 
 
 def _labels_options(opts: dict[str, Any], names: list[str] | None, palette: list | None) -> dict[str, Any]:
@@ -438,9 +476,33 @@ def train(
     weight_decay: float | None = None,
     schedule: Annotated[str | None, typer.Option(help="constant, cosine or plateau")] = None,
     warmup_epochs: int | None = None,
-    loss: Annotated[str | None, typer.Option(help="ce, dice or ce+dice")] = None,
+    loss: Annotated[str | None, typer.Option(help=LOSS_HELP)] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="cross-entropy label smoothing (0: off)")] = None,
+    ohem_thresh: Annotated[
+        float | None, typer.Option(help="OHEM: keep pixels whose true-class probability is below")
+    ] = None,
+    ohem_min_kept: Annotated[int | None, typer.Option(help="OHEM: keep at least this many pixels per image")] = None,
+    focal_gamma: Annotated[float | None, typer.Option(help="focal loss exponent")] = None,
     class_weights: Annotated[str | None, typer.Option(help="none, inverse, median-frequency or a JSON file")] = None,
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="the recipe's augmentation")] = None,
+    aug_scale: Annotated[
+        tuple[float, float] | None, typer.Option(help="random scale range MIN MAX, e.g. 0.5 2.0 (zoom out/in)")
+    ] = None,
+    aug_colour: Annotated[float | None, typer.Option(help="brightness/contrast/saturation jitter, e.g. 0.3")] = None,
+    aug_hue: Annotated[
+        float | None, typer.Option(help="hue jitter as a fraction of the colour wheel, e.g. 0.05")
+    ] = None,
+    crop: Annotated[
+        tuple[int, int] | None,
+        typer.Option(help="train on random H W crops of the images at native size (sets the input size)"),
+    ] = None,
+    class_aware_crop: Annotated[
+        float | None, typer.Option(help="share of crops centred on a rare-class pixel (with --crop), e.g. 0.5")
+    ] = None,
+    ema: Annotated[float | None, typer.Option(help="average the weights with this decay, e.g. 0.999")] = None,
+    time_budget: Annotated[
+        str | None, typer.Option(help="train for this long (e.g. 10m, 600, 1h30m); the schedule follows the clock")
+    ] = None,
     early_stopping: Annotated[int | None, typer.Option(help="patience in epochs (0: off)")] = None,
     mask_mode: Annotated[str | None, typer.Option(help="auto, index, binary, channels or palette")] = None,
     palette: Annotated[Path | None, typer.Option(help="JSON {class name: \\[r, g, b]}")] = None,
@@ -532,6 +594,10 @@ def _resume_config(ctx: typer.Context, run: Path, opts: dict[str, Any], say: Cal
 
         raise RunError(_nothing_to_resume(run))
     changes = {n: opts[n] for n in given}
+    if changes.get("time_budget") is not None:
+        from .timebudget import parse_duration
+
+        changes["time_budget"] = parse_duration(changes["time_budget"])
     if opts.get("compile") is not None and "compile" in changes:
         changes["compile"] = "on" if opts["compile"] else "off"
     config = resume_config(run, **changes)
@@ -680,8 +746,15 @@ def evaluate(
         list[str] | None, typer.Option(help="fill holes in this class (id or name; repeatable)")
     ] = None,
     keep_largest: Annotated[list[str] | None, typer.Option(help="keep this class's largest component only")] = None,
+    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
+    confusion: Annotated[
+        Path | None, typer.Option(help="write the row-normalised confusion matrix as PNG (counts as .csv beside it)")
+    ] = None,
+    per_image: Annotated[
+        Path | None, typer.Option(help="write each image's pixel accuracy and mIoU as CSV, worst first")
+    ] = None,
 ) -> None:
-    """Pixel accuracy, mean IoU, per-class IoU and Dice over a whole folder pair (and what post-processing changes)."""
+    """aAcc, mAcc, mIoU, fwIoU and per-class IoU, Dice, precision, recall over a folder pair (and post-processing)."""
     from .evaluate import evaluate as run_evaluate
 
     post = _postprocess(run, min_size, fill_holes, keep_largest)
@@ -696,11 +769,19 @@ def evaluate(
         check_agreement=check_agreement,
         label_map=label_map,
         classes=classes,
+        tta=tta,
     )
     _say(report.table())
     if json_out is not None:
         report.save_json(json_out)
         _say(f"wrote {json_out}")
+    if confusion is not None:
+        csv_path = report.save_confusion(confusion)
+        _say(f"wrote {confusion} and {csv_path}")
+    if per_image is not None:
+        report.save_per_image(per_image)
+        worst = report.worst_first()[:3]
+        _say(f"wrote {per_image}; worst: " + ", ".join(f"{s.name} (mIoU {s.mean_iou:.3f})" for s in worst))
 
 
 @app.command()
@@ -713,6 +794,11 @@ def predict(
     mode: Annotated[str | None, typer.Option(help="resize or sliding (window at full resolution)")] = None,
     classes: Annotated[Path | None, typer.Option(help="classes.json: names and colours to show")] = None,
     device: str = "auto",
+    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
+    save_probs: Annotated[
+        str | None,
+        typer.Option(help="also write confidence and entropy PNGs; npz: with float16 probabilities, png: PNGs only"),
+    ] = None,
     precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
     outputs: Annotated[
         str, typer.Option(help="which files per image: any of mask,colour,overlay")
@@ -749,6 +835,8 @@ def predict(
         postprocess=_postprocess(run, min_size, fill_holes, keep_largest),
         progress=progress and sys.stderr.isatty(),
         log=_say,
+        tta=tta,
+        save_probs=save_probs,
     )
     _say(report.summary())
 
@@ -851,6 +939,7 @@ def serve(
     device: str = "auto",
     log_level: Annotated[str, typer.Option(help="info logs each request; warning is quiet")] = "info",
     classes: Annotated[Path | None, typer.Option(help="classes.json: names and colours to show")] = None,
+    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
     precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
     api_key_file: Annotated[
         Path | None, typer.Option(help="require 'Authorization: Bearer KEY' (KEY: this file's first line)")
@@ -909,6 +998,7 @@ def serve(
         max_batch=max_batch,
         device=device,
         log_level=log_level,
+        tta=tta,
         precision=precision,
         postprocess=post,
         api_key=api_key,
