@@ -463,6 +463,41 @@ def serve(
 
 @app.command()
 @guarded
+def ensemble(
+    runs: Annotated[list[Path], typer.Argument(help="run folders to combine (same classes and input channels)")],
+    out: Annotated[Path, typer.Option(help="ensemble folder to write (new or empty)")],
+    weights: Annotated[str, typer.Option(help="each member's best or last weights")] = "best",
+) -> None:
+    """Combine runs into one model that averages their probabilities; evaluate/predict/export/serve take it."""
+    from .ensemble import make_ensemble
+
+    path = make_ensemble(list(runs), out, weights=weights)
+    console().print(f"wrote the ensemble of {len(runs)} runs to {path}")
+    console().print(f"next: unetkit evaluate {path} --images DIR --masks DIR | unetkit export {path} --out ens.onnx")
+
+
+@app.command("runs")
+@guarded
+def runs_table(
+    folder: Annotated[Path, typer.Argument(help="folder holding run folders (searched a few levels down)")] = Path("."),
+    sort: Annotated[str, typer.Option(help="name, model, classes, epochs, miou, time or date")] = "date",
+    reverse: Annotated[bool | None, typer.Option("--reverse/--no-reverse", help="flip the order")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of the table")] = False,
+) -> None:
+    """A table of the runs under a folder: name, model, classes, epochs, best val mIoU, time, date."""
+    from .runs import format_table, list_runs, runs_json
+
+    rows = list_runs(folder, sort=sort, reverse=reverse)
+    if json_out:
+        typer.echo(runs_json(rows))
+    elif not rows:
+        console().print(f"no run folders under {folder}")
+    else:
+        console().print(format_table(rows), soft_wrap=True)
+
+
+@app.command()
+@guarded
 def demo(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("demo-run"),
     train_count: int = 640,

@@ -97,6 +97,8 @@ class DataConfig:
     ignore_index: int | None = None
     cache: str = "auto"  # "auto", "memory" (decode once into a uint8 tensor) or "stream" (DataLoader workers)
     num_workers: int = 2
+    split_file: str | None = None  # k-fold: the splits.json this run's train/val sets come from
+    fold: int | None = None  # k-fold: which entry of split_file
 
     def __post_init__(self) -> None:
         _choice("mask_mode", self.mask_mode, ("auto", "index", "binary", "channels", "palette"))
@@ -112,6 +114,12 @@ class DataConfig:
             self.ignore_index is None or self.ignore_index >= 0, f"ignore_index must be >= 0, got {self.ignore_index}"
         )
         _check(self.num_workers >= 0, "num_workers must be >= 0")
+        _check((self.split_file is None) == (self.fold is None), "give both split_file and fold, or neither")
+        _check(self.fold is None or self.fold >= 0, f"fold must be >= 0, got {self.fold}")
+        _check(
+            self.fold is None or not (self.val_images or self.val_fraction),
+            "a fold of split_file is its own validation set: leave out val_images/val_fraction",
+        )
 
 
 @dataclass
@@ -163,6 +171,8 @@ class TrainConfig:
     seed: int = 0
     nan_policy: str = "stop"  # "stop" or "skip" a step whose loss is NaN/Inf
     recipe: str = "seed"
+    init_from: str | None = None  # start from this run folder's (or Keras file's) weights; a new optimizer
+    freeze_encoder_epochs: int = 0  # keep the contracting path fixed for the first N epochs
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
@@ -181,6 +191,7 @@ class TrainConfig:
         _choice("precision", self.precision, ("auto", "fp32", "bf16"))
         _choice("compile", self.compile, ("auto", "on", "off"))
         _choice("nan_policy", self.nan_policy, ("stop", "skip"))
+        _check(self.freeze_encoder_epochs >= 0, f"freeze_encoder_epochs must be >= 0, got {self.freeze_encoder_epochs}")
         _check(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             f"device must be auto, cpu or cuda[:N]; got {self.device!r}",

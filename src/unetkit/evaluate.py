@@ -18,7 +18,7 @@ from .data.folders import pair_files
 from .data.io import read_image, read_mask
 from .data.masks import decode_mask, detect_mask_mode
 from .metrics import ConfusionMatrix, SegmentationMetrics
-from .predict import Predictor
+from .predict import PredictorBase
 from .run import atomic_write_text
 
 
@@ -40,7 +40,7 @@ class EvalReport:
 
 
 def evaluate(
-    model: str | Path | Predictor,
+    model: str | Path | PredictorBase,
     images: str | Path,
     masks: str | Path,
     *,
@@ -48,8 +48,13 @@ def evaluate(
     batch_size: int = 8,
     device: str = "auto",
 ) -> EvalReport:
-    """Evaluate a run folder (or a Predictor) on images/masks paired by file stem."""
-    predictor = model if isinstance(model, Predictor) else Predictor.from_run(model, device=device)
+    """Evaluate a run folder, ensemble folder, .onnx file or a Predictor on images/masks paired by file stem."""
+    if isinstance(model, PredictorBase):
+        predictor = model
+    else:
+        from .predict_files import load_predictor  # run folder, ensemble folder or .onnx file
+
+        predictor = load_predictor(model, device)
     config = predictor.config
     n = config.model.n_classes
     ignore = config.data.ignore_index

@@ -220,8 +220,13 @@ def export_onnx(
     if out.exists() and out.is_dir():
         raise ExportError(f"--out {out} is a folder; give a file name ending with .onnx")
     opset = DEFAULT_OPSET if opset is None else int(opset)
-    run = load_run(run_dir, weights=weights, device="cpu")
-    model, config = run.model.eval(), run.config
+    from .ensemble import is_ensemble, load_ensemble
+
+    if is_ensemble(run_dir):  # one graph averaging the members' probabilities
+        model, config = load_ensemble(run_dir)
+    else:
+        run = load_run(run_dir, weights=weights, device="cpu")
+        model, config = run.model.eval(), run.config
     h, w, c = config.model.input_size
     example = torch.rand(1, c, h, w, generator=torch.Generator().manual_seed(0))
     try:

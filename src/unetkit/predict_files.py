@@ -37,12 +37,16 @@ def _find_mask(folder: Path, stem: str) -> Path | None:
 
 
 def load_predictor(model: str | Path, device: str = "auto") -> Predictor:
-    """A run folder, or an .onnx file exported by `unetkit export`."""
+    """A run folder, an ensemble folder, or an .onnx file exported by `unetkit export`."""
     path = Path(model)
     if path.suffix.lower() == ".onnx":
         from .export import OnnxPredictor
 
         return OnnxPredictor(path)  # type: ignore[return-value]
+    from .ensemble import EnsemblePredictor, is_ensemble
+
+    if is_ensemble(path):
+        return EnsemblePredictor.from_run(path, device=device)
     return Predictor.from_run(path, device=device)
 
 
