@@ -27,8 +27,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _fail(message: str, code: int = 2) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escaped: "pip install 'unetkit[onnx]'" would otherwise lose "[onnx]" as a markup tag
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -169,6 +171,7 @@ def _train_config(**opts: Any):
     }
     if opts.get("compile") is not None:
         t["compile"] = "on" if opts["compile"] else "off"
+    t |= _init_options(opts)
     if opts.get("augment") is not None:  # off: none; on: the recipe's, or the strong recipe's if it has none
         from .recipes import STRONG_AUGMENT
 
@@ -185,6 +188,20 @@ def _train_config(**opts: Any):
         model=replace(config.model, **m),
         preprocess=replace(config.preprocess, **p),
     )
+
+
+def _init_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """--init-from, --freeze-encoder and --freeze-epochs as TrainConfig fields."""
+    t: dict[str, Any] = {}
+    if opts.get("init_from") is not None:
+        t["init_from"] = str(opts["init_from"])
+    if opts.get("freeze_encoder") or opts.get("freeze_epochs") is not None:
+        if opts.get("init_from") is None:
+            raise UnetkitError(
+                "--freeze-encoder keeps pretrained weights fixed: give --init-from RUN_OR_KERAS_FILE too"
+            )
+        t["freeze_encoder_epochs"] = opts["freeze_epochs"] if opts.get("freeze_epochs") is not None else 5
+    return t
 
 
 def _data_options(config: Any, opts: dict[str, Any]) -> Any:
@@ -262,11 +279,29 @@ def train(
             help="run N processes on this machine via torchrun (one per GPU; --batch-size stays the global batch)"
         ),
     ] = None,
+    log: Annotated[
+        list[str] | None, typer.Option("--log", help="also log to tensorboard and/or mlflow (repeat or comma-separate)")
+    ] = None,
+    log_images_every: Annotated[int, typer.Option(help="validation image panel every N epochs (0: none)")] = 5,
+    init_from: Annotated[
+        Path | None, typer.Option(help="start from this run's weights or a Keras .h5/.keras file (a new run)")
+    ] = None,
+    freeze_encoder: Annotated[bool, typer.Option(help="with --init-from: keep the encoder fixed at first")] = False,
+    freeze_epochs: Annotated[int | None, typer.Option(help="epochs the encoder stays frozen (default 5)")] = None,
+    folds: Annotated[int | None, typer.Option(help="k-fold cross-validation: K runs under --out")] = None,
+    fold: Annotated[int | None, typer.Option(help="with --folds: train only fold k (0-based)")] = None,
     progress: bool = True,
 ) -> None:
     """Train a model on a folder of images and a folder of masks; writes a run folder."""
+    import shlex
+
     from . import distributed
+    from .loggers import check_available
     from .train import fit, resume_config
+
+    loggers = check_available(log or [])  # a missing package is reported before anything else
+    command = "unetkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    extra = dict(loggers=loggers, log_images_every=log_images_every, command=command)
 
     if nproc is not None:
         raise typer.Exit(distributed.launch(sys.argv[1:], nproc, log=console().print))
@@ -274,15 +309,32 @@ def train(
     if resume is not None:
         config = _data_options(resume_config(resume, epochs), locals())
         say(f"resuming {resume} up to {config.train.epochs} epochs")
-        result = fit(config, resume, resume=True, progress=progress, log=say)
+        result = fit(config, resume, resume=True, progress=progress, log=say, **extra)
     else:
         if out is None:
             raise UnetkitError("give --out RUN_FOLDER (where weights, config and metrics are written)")
         config = _train_config(**locals())
         say(config.describe())
-        result = fit(config, out, progress=progress, log=say)
+        if folds is not None or fold is not None:
+            _train_folds(config, out, folds, fold, progress=progress, log=say, **extra)
+            return
+        result = fit(config, out, progress=progress, log=say, **extra)
     if distributed.is_main():
         _after_training(result)
+
+
+def _train_folds(config: Any, out: Path, folds: int | None, fold: int | None, **kwargs: Any) -> None:
+    """--folds K [--fold k]: K runs under OUT with OUT/splits.json; --fold alone reads K from that file."""
+    from .folds import SPLITS, load_splits, train_folds
+
+    if folds is None:
+        if not (out / SPLITS).exists():
+            raise UnetkitError(f"--fold needs --folds K (or an existing {out / SPLITS} to take K from)")
+        folds = len(load_splits(out / SPLITS))
+    train_folds(config, out, folds, fold=fold, **kwargs)
+    console().print(
+        f"fold summary: {out / 'folds.json'}; combine the folds with `unetkit ensemble {out}/fold_* --out ENS`"
+    )
 
 
 def _quiet(*_args: Any, **_kwargs: Any) -> None:

@@ -263,6 +263,18 @@ class Loggers:
             if panel is not None:
                 logger.log_panel(epoch, panel)
 
+    def __enter__(self) -> Loggers:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        """Close every logger: FINISHED, KILLED after Ctrl-C, FAILED after an error."""
+        if exc_type is None:
+            self.close("FINISHED")
+        else:
+            self.close(
+                "KILLED" if issubclass(exc_type, KeyboardInterrupt) or "Interrupt" in exc_type.__name__ else "FAILED"
+            )
+
     def close(self, status: str = "FINISHED") -> None:
         for logger in self.loggers:
             try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -273,6 +273,9 @@ def fit(
     progress: bool = True,
     log: Callable[[str], None] | None = print,
     epoch_callback: Callable[[dict[str, Any]], None] | None = None,
+    loggers: Sequence[str] = (),
+    log_images_every: int = 5,
+    command: str | None = None,
 ) -> TrainResult:
     """Train the model described by ``config`` and write the run folder ``out`` (None: nothing written).
 
@@ -281,6 +284,8 @@ def fit(
     ``config.train.epochs`` epochs in total, with the optimizer and RNG state it stopped with.
     Under torchrun (RANK/WORLD_SIZE set) it trains data-parallel with DDP: ``config.train.batch_size``
     is the global batch, rank 0 alone logs and writes ``out``; see ``unetkit.distributed``.
+    ``loggers`` names extra loggers ("tensorboard", "mlflow"; see ``unetkit.loggers``), with a panel of
+    validation images every ``log_images_every`` epochs; ``command`` goes into the model card.
     """
     dist_info = distributed.info()  # rank 0 of 1 without torchrun
     if not dist_info.is_main:  # only rank 0 prints and writes the run folder
@@ -291,6 +296,9 @@ def fit(
     batch_size = distributed.local_batch_size(t.batch_size)  # per rank; t.batch_size stays the global batch
     dtype = resolve_precision(t.precision, device)
     run_dir = Path(out) if out is not None else None
+    from .loggers import Loggers, check_available
+
+    check_available(loggers)  # a missing package is reported before any data is read
     if device.type == "cpu":
         perf.tune_cpu()  # keep large freed blocks in the heap; one thread per physical core
     elif device.type == "cuda":
@@ -306,6 +314,10 @@ def fit(
 
     torch.manual_seed(t.seed)
     model = runio.build_model(config.model).to(device)
+    if t.init_from and not resume:  # weights only: a new run, with its own fresh optimizer
+        from .finetune import init_from
+
+        init_from(model, t.init_from, log=log)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, config)
@@ -347,6 +359,9 @@ def fit(
                 f"could not write {run_dir / CONFIG} ({e.strerror or e}); free space or fix "
                 "permissions, or choose another --out"
             ) from None
+    run_loggers = Loggers.create(loggers if dist_info.is_main else (), run_dir, config, panel_every=log_images_every)
+    counts = {"train": len(train_data)} | ({"val": len(val_data)} if val_data is not None else {})
+    _write_card(run_dir if dist_info.is_main else None, config, history, counts, command)
 
     compiled = resolve_compile(t.compile, device)
     step_model = model
@@ -386,9 +401,11 @@ def fit(
         augment = augment_batch
 
     stopped_early = False
-    with _SigintGuard() as sigint, _progress(progress) as bar:
+    run_loggers.set_panel_data(val_data if val_data is not None and len(val_data) else train_data, config.palette)
+    with _SigintGuard() as sigint, _progress(progress) as bar, run_loggers:
         for epoch in range(start_epoch, t.epochs):
             model.train()
+            _freeze_for_epoch(model, t.freeze_encoder_epochs, epoch, log)
             distributed.seed_rank(t.seed, epoch)
             gen = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
             aug_gen = (
@@ -486,6 +503,7 @@ def fit(
                 plateau.step(score)
             state = {"epoch": epoch + 1, "best": best, "since_best": since_best, "plateau": plateau.state()}
             checkpointer.save(model, opt, history, state, is_best)
+            run_loggers.epoch_end(row, vm.iou if val_data is not None and len(val_data) else None, eval_model, device)
             if bar:
                 bar.update(task, completed=steps_per_epoch)
             log(_epoch_line(row, t.epochs))
@@ -496,6 +514,7 @@ def fit(
                 stopped_early = True
                 break
         checkpointer.plot(history)  # the epochs since the last throttled plot
+    _write_card(run_dir if dist_info.is_main else None, config, history, counts, command)
 
     distributed.barrier()  # rank 0 has written its last checkpoint before the others read the best weights
     if run_dir is not None and (run_dir / WEIGHTS).exists():
@@ -503,6 +522,33 @@ def fit(
         runio.unwrap(model).load_state_dict(best_weights)
     model.eval()
     return TrainResult(run_dir, model, history, best if best >= 0 else None, stopped_early)
+
+
+def _write_card(
+    run_dir: Path | None, config: RunConfig, history: list[dict[str, Any]], counts: dict[str, int], command: str | None
+) -> None:
+    """RUN/README.md, the model card; a card that cannot be written never costs the run."""
+    if run_dir is None:
+        return
+    from .card import write_card
+
+    try:
+        write_card(run_dir, config, history, counts=counts, command=command)
+    except OSError:
+        pass
+
+
+def _freeze_for_epoch(model: nn.Module, epochs: int, epoch: int, log: Callable[[str], None]) -> None:
+    """Keep the encoder fixed during the first ``epochs`` epochs (after ``model.train()``)."""
+    if not epochs:
+        return
+    from .finetune import set_encoder_frozen
+
+    set_encoder_frozen(model, epoch < epochs)
+    if epoch == 0:
+        log(f"encoder frozen for the first {epochs} epoch(s)")
+    elif epoch == epochs:
+        log(f"encoder unfrozen from epoch {epoch + 1}")
 
 
 def _check_finite(
@@ -581,7 +627,8 @@ def load_data(
     from .data.stream import folder_cache_mode, load_streaming
 
     if folder_cache_mode(config, local_world_size=distributed.env_info().local_world_size, log=log) == "stream":
-        return load_streaming(config, log=log)  # type: ignore[return-value]  # same interface, decoded lazily
+        train, val, mode = load_streaming(config, log=log)  # type: ignore[assignment]  # same interface, lazily decoded
+        return (*_fold_split(config, train, val), mode)  # type: ignore[return-value]
     palette = config.palette if d.mask_mode == "palette" else None
     common = dict(
         n_classes=m.n_classes,
@@ -599,11 +646,22 @@ def load_data(
         )
     elif d.val_fraction:
         train, val = train.split(d.val_fraction, d.split_seed)
+    train, val = _fold_split(config, train, val)
     log(
         f"read {len(train) + (len(val) if val else 0)} image/mask pairs ({mode} masks) in "
         f"{time.perf_counter() - t0:.1f}s, {(train.nbytes + (val.nbytes if val else 0)) / 2**20:.1f} MiB cached"
     )
     return train, val, mode
+
+
+def _fold_split(config: RunConfig, train: Any, val: Any) -> tuple[Any, Any]:
+    """For one fold of a k-fold run (``data.split_file``): that fold's training and validation subsets."""
+    d = config.data
+    if d.split_file is None or d.fold is None:
+        return train, val
+    from .folds import pair_names, split_data
+
+    return split_data(train, pair_names(d.images, d.masks), d.split_file, d.fold)  # type: ignore[arg-type]
 
 
 def resume_config(run_dir: str | Path, epochs: int | None = None) -> RunConfig:
