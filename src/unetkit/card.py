@@ -72,13 +72,20 @@ def _data_section(config: RunConfig, counts: dict[str, int] | None) -> list[str]
     def n(key: str) -> str:
         return f" ({counts[key]} images)" if key in counts else ""
 
-    lines = [f"- training: images `{d.images}`, masks `{d.masks}`{n('train')}"] if d.images else []
+    if d.images:
+        lines = [f"- training: images `{d.images}`, masks `{d.masks}`{n('train')}"]
+    else:
+        lines = [f"- training: data given in memory (Python API){n('train')}"]
     if d.val_images:
         lines.append(f"- validation: images `{d.val_images}`, masks `{d.val_masks}`{n('val')}")
     elif getattr(d, "fold", None) is not None:
         lines.append(f"- validation: fold {d.fold} of `{d.split_file}`{n('val')}")
     elif d.val_fraction:
         lines.append(f"- validation: {d.val_fraction:.0%} held out (split seed {d.split_seed}){n('val')}")
+    elif "val" in counts:
+        lines.append(f"- validation: data given in memory{n('val')}")
+    else:
+        lines.append("- no validation set: the best weights are those of the best training mIoU")
     lines.append(f"- masks read as {d.mask_mode}" + (f", ignore index {d.ignore_index}" if d.ignore_index else ""))
     lines += ["", "| id | class | colour |", "|---:|---|---|"]
     for i, (name, rgb) in enumerate(zip(config.class_names or [], config.palette or [])):
