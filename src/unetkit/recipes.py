@@ -6,8 +6,8 @@ normalisation after each 3x3 convolution of the conv blocks. Options the user gi
 applied after the recipe and win (see ``cli._train_config``): ``--no-batch-norm`` gives the seed's
 exact layers with the rest of the recipe.
 
-``strong``, and why each part is there (measured with benchmarks/recipe_study.py; numbers in the
-README, "Accuracy: recipes and the U-Net vs FCN study"):
+``strong``, and why each part is there (measured with benchmarks/recipe_study.py; numbers in
+docs/accuracy.md, section Recipes):
 
 - Batch norm in the conv blocks (+2,944 parameters at the defaults, 0.03 %): without it the seed's
   network sits on the majority class for its first tens of updates and then learns slowly; with it
