@@ -97,3 +97,6 @@ def test_runs_lists_an_ensemble_once(runs, tmp_path) -> None:
     make_ensemble([root / "a", root / "nested/b"], tmp_path / "ENS")
     (row,) = list_runs(tmp_path)
     assert row.name == "ENS" and row.kind == "ensemble" and row.model == "ensemble of 2"
+    assert (tmp_path / "ENS/members/1_b/README.md").read_text() == (root / "nested/b/README.md").read_text()
+    card = (tmp_path / "ENS/README.md").read_text()
+    assert "ensemble of 2 runs averaging their class probabilities" in card and "| 2 | disc |" in card

@@ -65,7 +65,19 @@ def _model_section(config: RunConfig, ensemble: dict[str, Any] | None, run_dir: 
     ]
 
 
-def _data_section(config: RunConfig, counts: dict[str, int] | None) -> list[str]:
+def _classes_table(config: RunConfig) -> list[str]:
+    lines = ["| id | class | colour |", "|---:|---|---|"]
+    for i, (name, rgb) in enumerate(zip(config.class_names or [], config.palette or [])):
+        hexa = "#{:02x}{:02x}{:02x}".format(*rgb)
+        lines.append(f"| {i} | {name} | `{hexa}` rgb({rgb[0]}, {rgb[1]}, {rgb[2]}) |")
+    return lines
+
+
+def _data_section(config: RunConfig, counts: dict[str, int] | None, ensemble: bool = False) -> list[str]:
+    if ensemble:
+        return ["- each member's own README.md (under `members/`) describes the data it saw; the classes:", ""] + (
+            _classes_table(config)
+        )
     d = config.data
     counts = counts or {}
 
@@ -87,11 +99,7 @@ def _data_section(config: RunConfig, counts: dict[str, int] | None) -> list[str]
     else:
         lines.append("- no validation set: the best weights are those of the best training mIoU")
     lines.append(f"- masks read as {d.mask_mode}" + (f", ignore index {d.ignore_index}" if d.ignore_index else ""))
-    lines += ["", "| id | class | colour |", "|---:|---|---|"]
-    for i, (name, rgb) in enumerate(zip(config.class_names or [], config.palette or [])):
-        hexa = "#{:02x}{:02x}{:02x}".format(*rgb)
-        lines.append(f"| {i} | {name} | `{hexa}` rgb({rgb[0]}, {rgb[1]}, {rgb[2]}) |")
-    return lines
+    return lines + [""] + _classes_table(config)
 
 
 def _recipe_section(config: RunConfig, run_dir: Path, command: str | None) -> list[str]:
@@ -175,7 +183,7 @@ def render_card(
     run_dir = Path(run_dir)
     sections = [
         ("Model", _model_section(config, ensemble, run_dir)),
-        ("Data", _data_section(config, counts)),
+        ("Data", _data_section(config, counts, ensemble is not None)),
         ("Recipe", _recipe_section(config, run_dir, command)),
         ("Results", _results_section(history)),
         ("Use it", _usage_section(run_dir)),

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .card import CARD
 from .config import RunConfig
 from .errors import RunError
 from .predict import Predictor
@@ -89,6 +90,9 @@ def make_ensemble(runs: list[str | Path], out: str | Path, *, weights: str = "be
     for i, run in enumerate(loaded):
         name = f"{MEMBERS}/{i}_{Path(run.path).resolve().name}"
         save_run(out / name, run.model, run.config, metrics=run.metrics)
+        card = Path(run.path) / CARD
+        if card.is_file():  # the member's model card travels with it
+            atomic_write_text(out / name / CARD, card.read_text(errors="replace"))
         names.append(name)
     manifest = {"kind": "ensemble", "members": names, "sources": [str(Path(r).resolve()) for r in runs]}
     config = loaded[0].config

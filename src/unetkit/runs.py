@@ -158,7 +158,8 @@ def format_table(rows: list[RunSummary]) -> str:
     for r in rows:
         miou = f"{r.best_val_miou:.4f} (ep {r.best_epoch})" if r.best_val_miou is not None else "-"
         epochs = f"{r.epochs}/{r.epochs_planned}" if r.kind == "run" else "-"
-        body.append([r.name, r.model, str(r.classes), epochs, miou, _duration(r.seconds), r.date.replace("T", " ")])
+        time = _duration(r.seconds) if r.kind == "run" else "-"
+        body.append([r.name, r.model, str(r.classes), epochs, miou, time, r.date.replace("T", " ")])
     widths = [max(len(x) for x in col) for col in zip(header, *body)]
     right = {2, 3, 4, 5}
     lines = []
