@@ -314,6 +314,8 @@ def fit(
 
     torch.manual_seed(t.seed)
     model = runio.build_model(config.model).to(device)
+    if t.freeze_encoder_epochs and dist_info.enabled:  # DDP expects a gradient for every parameter it was given
+        raise ConfigError("--freeze-encoder is not supported with several processes yet; train it in one process")
     if t.init_from and not resume:  # weights only: a new run, with its own fresh optimizer
         from .finetune import init_from
 
