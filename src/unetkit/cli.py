@@ -1,4 +1,9 @@
-"""The `unetkit` command: a thin shell that maps options to a config and calls the Python API."""
+"""The `unetkit` command: a thin shell that maps options to a config and calls the Python API.
+
+Each command imports the API it calls inside its own body: ``unetkit --help`` stays fast and
+``unetkit serve`` or ``predict`` never load the training loop (the CLI is the one module that
+dispatches to every other, and nothing imports it).
+"""
 
 from __future__ import annotations
 

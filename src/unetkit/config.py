@@ -16,11 +16,19 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from .errors import ConfigError
+from .palette import default_palette
 
 MaskMode = Literal["auto", "index", "binary", "channels", "palette"]
 ResizeMode = Literal["bilinear", "nearest"]
 
 CONFIG_VERSION = 1
+
+
+def valid_sizes_near(size: int, multiple: int) -> tuple[int, int]:
+    """The nearest multiples of ``multiple`` below and above ``size`` (below is at least ``multiple``)."""
+    below = max(multiple, size // multiple * multiple)
+    above = -(-size // multiple) * multiple
+    return below, max(above, multiple)
 
 
 def _check(cond: bool, message: str) -> None:
@@ -53,8 +61,6 @@ class ModelConfig:
         _check(self.depth >= 2, f"depth must be at least 2, got {self.depth}")
         multiple = 2 ** (self.depth - 1)
         if h % multiple or w % multiple or h <= 0 or w <= 0:
-            from .model import valid_sizes_near
-
             raise ConfigError(
                 f"input size {h}x{w} is not divisible by {multiple} (the network halves it {self.depth - 1} "
                 f"times). Nearest valid: height {valid_sizes_near(h, multiple)}, width {valid_sizes_near(w, multiple)}."
@@ -216,8 +222,6 @@ class RunConfig:
             self.class_names = [f"class_{i}" for i in range(n)]
         _check(len(self.class_names) == n, f"{len(self.class_names)} class names for {n} classes")
         if self.palette is None:
-            from .plots import default_palette
-
             self.palette = default_palette(n)
         _check(
             len(self.palette) >= n and all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in self.palette),

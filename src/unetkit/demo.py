@@ -6,7 +6,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import train as trainer
 from .config import ModelConfig, RunConfig, TrainConfig
+from .data import synthetic
+from .data.io import read_image, read_mask
 from .data.loader import SegmentationData
 from .evaluate import evaluate
 from .plots import side_by_side
@@ -24,9 +27,6 @@ def run_demo(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train on ``train_count`` scenes, pick the best epoch on ``val_count`` others, test on a third set."""
-    from . import train as trainer
-    from .data import synthetic
-
     out = Path(out)
     h, w = 96, 128
     t0 = time.perf_counter()
@@ -56,8 +56,6 @@ def run_demo(
     report = evaluate(predictor, test_dir / "image", test_dir / "mask")
     report.save_json(out / "test_metrics.json")
     log(report.table())
-    from .data.io import read_image, read_mask
-
     rows = []
     for i in range(4):
         image = read_image(test_dir / "image" / f"scene_{i:05d}.png")

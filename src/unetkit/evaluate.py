@@ -17,9 +17,10 @@ import torch
 from .data.folders import pair_files
 from .data.io import read_image, read_mask
 from .data.masks import decode_mask, detect_mask_mode
+from .errors import DataError
+from .fsio import atomic_write_text
 from .metrics import ConfusionMatrix, SegmentationMetrics
 from .predict import PredictorBase
-from .run import atomic_write_text
 
 
 @dataclass
@@ -70,8 +71,6 @@ def evaluate(
         image = read_image(img_path)
         mask = decode_mask(read_mask(mask_path), mode, n, palette=palette, ignore_index=ignore, path=mask_path)
         if image.shape[:2] != mask.shape[:2]:
-            from .errors import DataError
-
             raise DataError(
                 f"{img_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
                 f"{mask.shape[1]}x{mask.shape[0]}; image and mask must have the same size"

@@ -35,9 +35,10 @@ import torch
 from . import __version__
 from .config import RunConfig
 from .errors import ConfigError, RunError, UnetkitError
+from .fsio import atomic_write_bytes
 from .predict import PredictorBase
 from .preprocess import to_float
-from .run import atomic_write_bytes, load_run
+from .run import load_run
 
 DEFAULT_OPSET = 17
 DEFAULT_RTOL = 1e-4

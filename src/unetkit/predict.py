@@ -15,9 +15,11 @@ from torch import nn
 
 from . import perf
 from .config import RunConfig
+from .data.io import read_image
 from .device import resolve_device, resolve_precision
 from .preprocess import image_to_tensor, resize_images, to_float
 from .run import load_run
+from .tiling import sliding_window_logits
 
 ImageLike = np.ndarray | str | Path
 
@@ -25,8 +27,6 @@ ImageLike = np.ndarray | str | Path
 def as_image(image: ImageLike | object) -> np.ndarray:
     """A path, PIL image or array -> (H, W, C) uint8 array."""
     if isinstance(image, (str, Path)):
-        from .data.io import read_image
-
         return read_image(image)
     if not isinstance(image, np.ndarray):  # PIL.Image
         image = np.asarray(image)
@@ -70,8 +70,6 @@ class PredictorBase:
         return tuple(self.config.model.input_size)  # type: ignore[return-value]
 
     def _sliding(self, image: np.ndarray) -> torch.Tensor:
-        from .tiling import sliding_window_logits
-
         h, w, c = self.input_size
         return sliding_window_logits(
             self._forward,

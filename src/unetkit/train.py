@@ -22,11 +22,15 @@ from torch import nn
 from . import distributed, perf
 from . import run as runio
 from .config import RunConfig
+from .data.augment import augment_batch, effective_ignore_index
 from .data.loader import SegmentationData
-from .device import autocast, cpu_has_fast_bf16, resolve_device, resolve_precision  # noqa: F401
+from .data.stream import folder_cache_mode, load_streaming
+from .device import autocast, resolve_device, resolve_precision
 from .errors import ConfigError, RunError, UnetkitError
+from .fsio import atomic_write_text, remove_stale_temps
 from .losses import SegmentationLoss, class_weights, load_class_weights
 from .metrics import ConfusionMatrix
+from .plots import plot_curves
 from .preprocess import to_float
 from .run import CONFIG, CURVES, LAST, METRICS, WEIGHTS
 
@@ -122,8 +126,6 @@ def _loss_fn(config: RunConfig, data: SegmentationData, device: torch.device) ->
 
 def _train_ignore_index(config: RunConfig) -> int | None:
     """The data's ignore index, or the one augmentation pads masks with when the data has none."""
-    from .data.augment import effective_ignore_index
-
     return effective_ignore_index(config.data.ignore_index, config.train.augment, config.model.n_classes)
 
 
@@ -195,8 +197,6 @@ class _Checkpointer:
         if self.run_dir is None or not history or self._plotted_rows == len(history):
             return
         try:
-            from .plots import plot_curves
-
             plot_curves(history, self.run_dir / CURVES)
         except Exception:  # a plot must never cost a finished epoch
             pass
@@ -354,8 +354,8 @@ def fit(
     if run_dir is not None and dist_info.is_main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            runio.remove_stale_temps(run_dir)  # left by a killed run
-            runio.atomic_write_text(run_dir / CONFIG, config.to_json())
+            remove_stale_temps(run_dir)  # left by a killed run
+            atomic_write_text(run_dir / CONFIG, config.to_json())
         except OSError as e:
             raise RunError(
                 f"could not write {run_dir / CONFIG} ({e.strerror or e}); free space or fix "
@@ -398,8 +398,6 @@ def fit(
 
     augment = None
     if t.augment.enabled:
-        from .data.augment import augment_batch
-
         augment = augment_batch
 
     stopped_early = False
@@ -626,8 +624,6 @@ def load_data(
     d, m = config.data, config.model
     if not d.images or not d.masks:
         raise ConfigError("no training data: give --images DIR and --masks DIR")
-    from .data.stream import folder_cache_mode, load_streaming
-
     if folder_cache_mode(config, local_world_size=distributed.env_info().local_world_size, log=log) == "stream":
         train, val, mode = load_streaming(config, log=log)  # type: ignore[assignment]  # same interface, lazily decoded
         return (*_fold_split(config, train, val), mode)  # type: ignore[return-value]

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import DataError
 from ..preprocess import resize_images, resize_masks, to_channels
+from .folders import load_pairs, pair_files
 
 
 def mask_dtype(n_classes: int, ignore_index: int | None) -> torch.dtype:
@@ -167,8 +168,6 @@ class SegmentationData:
         progress=None,
     ) -> tuple[SegmentationData, str]:
         """Read and validate a folder pair; returns the data and the mask mode used."""
-        from .folders import load_pairs, pair_files
-
         pairs = pair_files(images, masks)
         x, y, mode = load_pairs(
             pairs,
