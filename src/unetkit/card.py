@@ -12,9 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy
 import torch
 
+from . import __version__
 from .config import ModelConfig, RunConfig
+from .fsio import atomic_write_text
+from .run import CONFIG, build_model
 
 CARD = "README.md"
 FALLBACK = "MODEL_CARD.md"  # used when the folder already holds a README.md that unetkit did not write
@@ -23,8 +27,6 @@ MARKER = "<!-- model card written by unetkit; rewritten with the run -->"
 
 def parameter_count(model: ModelConfig) -> int:
     """Parameters of the network a ModelConfig describes (built on the meta device: nothing allocated)."""
-    from .run import build_model
-
     with torch.device("meta"):
         return sum(p.numel() for p in build_model(model).parameters())
 
@@ -44,8 +46,6 @@ def _model_section(config: RunConfig, ensemble: dict[str, Any] | None, run_dir: 
     m = config.model
     h, w, c = m.input_size
     if ensemble is not None:
-        from .run import CONFIG
-
         members = [RunConfig.load(run_dir / name / CONFIG).model for name in ensemble["members"]]
         total = sum(parameter_count(mc) for mc in members)
         lines = [f"- ensemble of {len(members)} runs averaging their class probabilities, {total:,} parameters"]
@@ -158,10 +158,6 @@ def _usage_section(run_dir: Path) -> list[str]:
 
 
 def _software() -> list[str]:
-    import numpy
-
-    from . import __version__
-
     return [
         f"- unetkit {__version__}, PyTorch {torch.__version__}, NumPy {numpy.__version__}, "
         f"Python {sys.version.split()[0]}",
@@ -200,8 +196,6 @@ def render_card(
 
 def write_card(run_dir: str | Path, config: RunConfig, history: list[dict[str, Any]], **kwargs: Any) -> Path:
     """Write RUN/README.md (atomically); see ``render_card`` for the arguments."""
-    from .run import atomic_write_text
-
     path = Path(run_dir) / CARD
     if path.exists() and not path.read_text(errors="replace").startswith(MARKER):
         path = path.with_name(FALLBACK)  # never overwrite someone's own README

@@ -23,11 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .card import CARD
+from .card import CARD, write_card
 from .config import RunConfig
 from .errors import RunError
+from .fsio import atomic_write_text
 from .predict import Predictor
-from .run import CONFIG, atomic_write_text, load_run, save_run
+from .run import CONFIG, load_run, save_run
 
 MANIFEST = "ensemble.json"
 MEMBERS = "members"
@@ -98,8 +99,6 @@ def make_ensemble(runs: list[str | Path], out: str | Path, *, weights: str = "be
     config = loaded[0].config
     atomic_write_text(out / CONFIG, config.to_json())
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
-    from .card import write_card
-
     write_card(out, config, [], ensemble=manifest)
     return out
 

@@ -21,6 +21,7 @@ from .errors import DataError
 from .fsio import atomic_write_text
 from .metrics import ConfusionMatrix, SegmentationMetrics
 from .predict import PredictorBase
+from .predict_files import load_predictor
 
 
 @dataclass
@@ -52,9 +53,7 @@ def evaluate(
     """Evaluate a run folder, ensemble folder, .onnx file or a Predictor on images/masks paired by file stem."""
     if isinstance(model, PredictorBase):
         predictor = model
-    else:
-        from .predict_files import load_predictor  # run folder, ensemble folder or .onnx file
-
+    else:  # a run folder, an ensemble folder or an .onnx file
         predictor = load_predictor(model, device)
     config = predictor.config
     n = config.model.n_classes

@@ -34,6 +34,7 @@ import torch
 
 from . import __version__
 from .config import RunConfig
+from .ensemble import is_ensemble, load_ensemble
 from .errors import ConfigError, RunError, UnetkitError
 from .fsio import atomic_write_bytes
 from .predict import PredictorBase
@@ -221,8 +222,6 @@ def export_onnx(
     if out.exists() and out.is_dir():
         raise ExportError(f"--out {out} is a folder; give a file name ending with .onnx")
     opset = DEFAULT_OPSET if opset is None else int(opset)
-    from .ensemble import is_ensemble, load_ensemble
-
     if is_ensemble(run_dir):  # one graph averaging the members' probabilities
         model, config = load_ensemble(run_dir)
     else:

@@ -15,14 +15,15 @@ import torch
 from torch import nn
 
 from .errors import RunError
+from .keras_io import import_keras
+from .model import FCN
+from .run import load_run, unwrap
 
 KERAS_SUFFIXES = (".h5", ".keras", ".hdf5")
 
 
 def head_prefixes(model: nn.Module) -> tuple[str, ...]:
     """The state-dict prefixes of the layers that depend on the number of classes."""
-    from .model import FCN
-
     return ("classifier.", "upsample.") if isinstance(model, FCN) else ("conv10.",)
 
 
@@ -30,13 +31,9 @@ def source_state(source: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     """The weights of a run folder (its best weights) or of a Keras file of the seed's U-Net, and a label."""
     path = Path(source)
     if path.is_dir():
-        from .run import load_run
-
         run = load_run(path)
         return {k: v.detach().cpu() for k, v in run.model.state_dict().items()}, f"run {path}"
     if path.suffix.lower() in KERAS_SUFFIXES or path.name.endswith(".weights.h5"):
-        from .keras_io import import_keras
-
         model, _ = import_keras(path)
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}, f"Keras file {path}"
     if not path.exists():
@@ -50,8 +47,6 @@ def init_from(model: nn.Module, source: str | Path, *, log: Callable[[str], None
     Only the class-dependent head may differ in shape (it is re-initialised); a missing layer or any
     other shape difference raises RunError, as the two networks are then not the same architecture.
     """
-    from .run import unwrap
-
     target = unwrap(model)
     state, label = source_state(source)
     own = target.state_dict()
@@ -96,8 +91,6 @@ def init_from(model: nn.Module, source: str | Path, *, log: Callable[[str], None
 
 def encoder_modules(model: nn.Module) -> nn.Module:
     """The contracting path (the seed's conv_block stack) of a U-Net or FCN."""
-    from .run import unwrap
-
     return unwrap(model).encoder  # type: ignore[return-value]
 
 

@@ -23,6 +23,8 @@ import torch
 
 from .config import RunConfig
 from .errors import ConfigError, UnetkitError
+from .plots import colorize
+from .preprocess import to_channels, to_float
 
 LOGGERS = ("tensorboard", "mlflow")
 TENSORBOARD_DIR = "tensorboard"
@@ -197,9 +199,6 @@ class ValidationPanel:
     @torch.no_grad()
     def render(self, model: torch.nn.Module, device: torch.device) -> np.ndarray:
         """(N * H, 3 * W, 3) uint8: the model's predictions now, next to the inputs and the truth."""
-        from .plots import colorize
-        from .preprocess import to_channels, to_float
-
         was_training = model.training
         model.eval()
         try:

@@ -11,6 +11,7 @@ from PIL import Image
 from .data.folders import expand_inputs
 from .data.io import IMAGE_EXTENSIONS, read_image, read_mask
 from .data.masks import decode_mask
+from .ensemble import EnsemblePredictor, is_ensemble
 from .errors import DataError
 from .fsio import atomic_write_bytes
 from .plots import colorize, overlay, side_by_side
@@ -43,8 +44,6 @@ def load_predictor(model: str | Path, device: str = "auto") -> Predictor:
         from .export import OnnxPredictor
 
         return OnnxPredictor(path)  # type: ignore[return-value]
-    from .ensemble import EnsemblePredictor, is_ensemble
-
     if is_ensemble(path):
         return EnsemblePredictor.from_run(path, device=device)
     return Predictor.from_run(path, device=device)

@@ -12,7 +12,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .card import best_row, parameter_count
+from .config import RunConfig
+from .ensemble import MANIFEST, is_ensemble, read_manifest
 from .errors import ConfigError, RunError
+from .run import CONFIG, LAST, METRICS, WEIGHTS, read_metrics
 
 SORT_KEYS = ("name", "model", "classes", "epochs", "miou", "time", "date")
 MAX_DEPTH = 4
@@ -37,9 +41,6 @@ class RunSummary:
 
 
 def _is_run(path: Path) -> bool:
-    from .ensemble import MANIFEST
-    from .run import CONFIG, LAST, METRICS, WEIGHTS
-
     if not (path / CONFIG).is_file():
         return False
     return any((path / f).exists() for f in (WEIGHTS, LAST, METRICS, MANIFEST))
@@ -71,11 +72,6 @@ def find_runs(root: str | Path, max_depth: int = MAX_DEPTH) -> list[Path]:
 
 def summarize_run(path: Path, root: Path) -> RunSummary:
     """One row of the table, from config.json, metrics.csv and the files' times."""
-    from .card import best_row, parameter_count
-    from .config import RunConfig
-    from .ensemble import is_ensemble, read_manifest
-    from .run import CONFIG, METRICS, read_metrics
-
     config = RunConfig.load(path / CONFIG)
     kind = "ensemble" if is_ensemble(path) else "run"
     if kind == "ensemble":

@@ -21,13 +21,17 @@ from torch import nn
 
 from . import distributed, perf
 from . import run as runio
+from .card import write_card
 from .config import RunConfig
 from .data.augment import augment_batch, effective_ignore_index
 from .data.loader import SegmentationData
+from .data.splits import pair_names, split_data
 from .data.stream import folder_cache_mode, load_streaming
 from .device import autocast, resolve_device, resolve_precision
 from .errors import ConfigError, RunError, UnetkitError
+from .finetune import init_from, set_encoder_frozen
 from .fsio import atomic_write_text, remove_stale_temps
+from .loggers import Loggers, check_available
 from .losses import SegmentationLoss, class_weights, load_class_weights
 from .metrics import ConfusionMatrix
 from .plots import plot_curves
@@ -296,8 +300,6 @@ def fit(
     batch_size = distributed.local_batch_size(t.batch_size)  # per rank; t.batch_size stays the global batch
     dtype = resolve_precision(t.precision, device)
     run_dir = Path(out) if out is not None else None
-    from .loggers import Loggers, check_available
-
     check_available(loggers)  # a missing package is reported before any data is read
     if device.type == "cpu":
         perf.tune_cpu()  # keep large freed blocks in the heap; one thread per physical core
@@ -317,8 +319,6 @@ def fit(
     if t.freeze_encoder_epochs and dist_info.enabled:  # DDP expects a gradient for every parameter it was given
         raise ConfigError("--freeze-encoder is not supported with several processes yet; train it in one process")
     if t.init_from and not resume:  # weights only: a new run, with its own fresh optimizer
-        from .finetune import init_from
-
         init_from(model, t.init_from, log=log)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -530,8 +530,6 @@ def _write_card(
     """RUN/README.md, the model card; a card that cannot be written never costs the run."""
     if run_dir is None:
         return
-    from .card import write_card
-
     try:
         write_card(run_dir, config, history, counts=counts, command=command)
     except OSError:
@@ -542,8 +540,6 @@ def _freeze_for_epoch(model: nn.Module, epochs: int, epoch: int, log: Callable[[
     """Keep the encoder fixed during the first ``epochs`` epochs (after ``model.train()``)."""
     if not epochs:
         return
-    from .finetune import set_encoder_frozen
-
     set_encoder_frozen(model, epoch < epochs)
     if epoch == 0:
         log(f"encoder frozen for the first {epochs} epoch(s)")
@@ -657,8 +653,6 @@ def _fold_split(config: RunConfig, train: Any, val: Any) -> tuple[Any, Any]:
     d = config.data
     if d.split_file is None or d.fold is None:
         return train, val
-    from .folds import pair_names, split_data
-
     return split_data(train, pair_names(d.images, d.masks), d.split_file, d.fold)  # type: ignore[arg-type]
 
 
