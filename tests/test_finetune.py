@@ -50,6 +50,17 @@ def test_fine_tuned_run_with_a_new_head(tmp_path, source) -> None:
     assert load_run(tmp_path / "ft").config.train.init_from == str(source)
 
 
+def test_encoder_trains_after_the_frozen_epochs(tmp_path, source) -> None:
+    images, masks = make_blobs(16, seed=3)
+    data = SegmentationData.from_arrays(images, masks, (32, 32, 3), n_classes=3)
+    lines: list[str] = []
+    config = tiny_config(epochs=2, init_from=str(source), freeze_encoder_epochs=1)
+    result = fit(config, None, train_data=data, progress=False, log=lines.append)
+    assert "encoder unfrozen from epoch 2" in lines
+    old = load_run(source).model.state_dict()
+    assert not torch.equal(old["encoder.0.conv1.weight"], result.model.state_dict()["encoder.0.conv1.weight"])
+
+
 def test_same_classes_copies_every_layer(source) -> None:
     model = build_model(tiny_config().model)
     lines: list[str] = []

@@ -90,6 +90,16 @@ def test_mlflow_tracking_uri_is_honoured(tmp_path, blobs, monkeypatch) -> None:
     assert client.get_metric_history(found.info.run_id, "loss/train")
 
 
+def test_unreachable_tracking_store_is_one_error(tmp_path, blobs, monkeypatch) -> None:
+    pytest.importorskip("mlflow")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (blocker / "store").as_uri())
+    train, _ = blobs
+    with pytest.raises(UnetkitError, match="--log mlflow could not start"):
+        fit(_config(1), tmp_path / "run", train_data=train, progress=False, log=None, loggers=["mlflow"])
+
+
 def test_missing_package_named_before_training(tmp_path, blobs, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow now raises ImportError
     train, _ = blobs

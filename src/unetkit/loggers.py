@@ -236,7 +236,20 @@ class Loggers:
             "tensorboard": TensorBoardLogger,
             "mlflow": MlflowLogger,
         }
-        return cls([makers[n](Path(run_dir), config) for n in names], config, panel_every)  # type: ignore[arg-type]
+        opened: list[RunLogger] = []
+        for name in names:
+            try:
+                opened.append(makers[name](Path(run_dir), config))  # type: ignore[arg-type]
+            except Exception as e:  # an unreachable tracking server, a read-only folder ...
+                for logger in opened:
+                    logger.close("FAILED")
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                where = f" at {mlflow_uri(Path(run_dir))}" if name == "mlflow" else ""  # type: ignore[arg-type]
+                raise UnetkitError(
+                    f"--log {name} could not start{where} ({first}); fix the logger's target (for MLflow, "
+                    "MLFLOW_TRACKING_URI) or train without it"
+                ) from None
+        return cls(opened, config, panel_every)
 
     def __bool__(self) -> bool:
         return bool(self.loggers)
