@@ -118,7 +118,7 @@ def score_model(
     model.eval()
     with torch.no_grad():
         for x, y in data.batches(batch_size, device=device):
-            pred = model(to_float(x)).argmax(1)
+            pred = model(to_float(x, config.preprocess)).argmax(1)
             cm.update(pred, y)
             bf.update(pred, y)
     model.train(was_training)

@@ -32,7 +32,7 @@ def as_image(image: ImageLike | object) -> np.ndarray:
         image = np.asarray(image)
     if image.ndim == 2:
         image = image[:, :, None]
-    if image.dtype != np.uint8:
+    if image.dtype not in (np.uint8, np.uint16):  # 16-bit keeps its precision, as data.io reads it
         if np.issubdtype(image.dtype, np.floating) and np.nanmax(image) <= 1.0:
             image = np.round(np.nan_to_num(image) * 255)
         image = np.clip(image, 0, 255).astype(np.uint8)
@@ -224,7 +224,7 @@ class Predictor(PredictorBase):
         """(N, C, H, W) uint8 -> (N, K, H, W) float32 logits."""
         if self.device.type == "cuda" and x.device.type == "cpu":
             x = x.pin_memory()
-        x = to_float(x.to(self.device, non_blocking=True))
+        x = to_float(x.to(self.device, non_blocking=True), self.config.preprocess)
         if self.config.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with (

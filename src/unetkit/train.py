@@ -255,7 +255,7 @@ def evaluate_data(
     memory = torch.channels_last if config.train.channels_last else torch.contiguous_format
     with torch.no_grad():
         for x, y in data.batches(batch_size or config.train.batch_size, device=device):
-            x = to_float(x).contiguous(memory_format=memory)
+            x = to_float(x, config.preprocess).contiguous(memory_format=memory)
             with autocast(device, dtype):
                 logits = model(x)
             if loss_fn is not None:
@@ -308,9 +308,12 @@ def fit(
 
     if train_data is None:
         train_data, val_data, mask_mode = load_data(config, log=log)
+        _cheap_checks(config, train_data, val_data, log)
         config = replace(config, data=replace(config.data, mask_mode=mask_mode))
     elif val_data is None and config.data.val_fraction:
         train_data, val_data = train_data.split(config.data.val_fraction, config.data.split_seed)
+    if not resume:
+        config = with_normalization(config, train_data, log)
     if len(train_data) == 0:
         raise ConfigError("the training set is empty")
 
@@ -434,7 +437,7 @@ def fit(
                 factor = lr_factor(config, epoch + step / steps_per_epoch) * plateau.factor
                 for group in opt.param_groups:
                     group["lr"] = t.lr * factor
-                x = to_float(x)
+                x = to_float(x, config.preprocess)
                 if augment is not None:
                     x, y = augment(
                         x, y, t.augment, ignore_index=ignore if ignore is not None else 255, generator=aug_gen
@@ -621,11 +624,15 @@ def load_data(
     if not d.images or not d.masks:
         raise ConfigError("no training data: give --images DIR and --masks DIR")
     if folder_cache_mode(config, local_world_size=distributed.env_info().local_world_size, log=log) == "stream":
+        if d.label_map:
+            raise ConfigError("--label-map needs the in-memory cache for now: pass --cache memory")
         train, val, mode = load_streaming(config, log=log)  # type: ignore[assignment]  # same interface, lazily decoded
         return (*_fold_split(config, train, val), mode)  # type: ignore[return-value]
     palette = config.palette if d.mask_mode == "palette" else None
+    if d.label_map and d.mask_mode == "palette":
+        raise ConfigError("--label-map works on class ids; with colour masks import them first (datasets import)")
     common = dict(
-        n_classes=m.n_classes,
+        n_classes=len(d.label_map) if d.label_map else m.n_classes,  # a label map's source ids are decoded
         mask_mode=d.mask_mode,
         palette=palette,
         ignore_index=d.ignore_index,
@@ -638,7 +645,9 @@ def load_data(
         val, _ = SegmentationData.from_folders(
             d.val_images, d.val_masks, m.input_size, **(common | {"mask_mode": mode})
         )
-    elif d.val_fraction:
+    if d.label_map:
+        train, val = _map_labels(train, config), (_map_labels(val, config) if val is not None else None)
+    if d.val_fraction and not (d.val_images and d.val_masks):
         train, val = train.split(d.val_fraction, d.split_seed)
     train, val = _fold_split(config, train, val)
     log(
@@ -654,6 +663,55 @@ def _fold_split(config: RunConfig, train: Any, val: Any) -> tuple[Any, Any]:
     if d.split_file is None or d.fold is None:
         return train, val
     return split_data(train, pair_names(d.images, d.masks), d.split_file, d.fold)  # type: ignore[arg-type]
+
+
+def _map_labels(data: SegmentationData, config: RunConfig) -> SegmentationData:
+    """Masks of source ids -> the label map's ids (``config.data.label_map``), once, on the cache."""
+    from .data.loader import mask_dtype
+
+    d = config.data
+    lut = list(d.label_map or [])
+    size = max(len(lut), (d.ignore_index or 0) + 1)
+    table = torch.arange(size, dtype=torch.long)
+    table[: len(lut)] = torch.tensor(lut, dtype=torch.long)
+    masks = table[data.masks.long()].to(mask_dtype(config.model.n_classes, d.ignore_index))
+    return SegmentationData(data.images, masks)
+
+
+def _cheap_checks(config: RunConfig, train: Any, val: Any, log: Callable[[str], None]) -> None:
+    """check-data's checks that cost nothing once the data is loaded (pairing, sizes and values were checked
+    while loading): classes never present, and classes in validation but absent from training."""
+    if not hasattr(train, "class_counts"):
+        return
+    from .data.check import class_presence_problems
+
+    n = config.model.n_classes
+    val_counts = val.class_counts(n).tolist() if val is not None and hasattr(val, "class_counts") else None
+    for p in class_presence_problems(train.class_counts(n).tolist(), val_counts, config.class_names or []):
+        log(f"warning: {p.problem} (run `unetkit check-data` for the full report)")
+
+
+def with_normalization(config: RunConfig, data: Any, log: Callable[[str], None] = print) -> RunConfig:
+    """``config`` with the normalisation statistics of the training data (``--normalize``), unless already set."""
+    from .preprocess import normalization_stats
+
+    p = config.preprocess
+    have = {"scale": p.max_value, "mean-std": p.mean, "percentile": p.low}[p.normalize]
+    if have:
+        return config
+    if hasattr(data, "images"):
+        images = data.images
+    else:  # streaming: the first batches (up to 1024 images) stand for the set
+        chunks = []
+        for x, _ in data.batches(64, device="cpu"):
+            chunks.append(x)
+            if sum(len(c) for c in chunks) >= 1024:
+                break
+        images = torch.cat(chunks)
+    stats = normalization_stats(images.cpu(), p.normalize, config.train.seed)
+    if p.normalize != "scale":
+        log(f"normalisation {p.normalize} from the training set: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+    return replace(config, preprocess=replace(p, **stats))
 
 
 def resume_config(run_dir: str | Path, epochs: int | None = None) -> RunConfig:
