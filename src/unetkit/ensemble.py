@@ -133,6 +133,7 @@ class EnsemblePredictor(Predictor):
     """A Predictor whose network is the ensemble: the same preprocessing, batching and argmax as one run."""
 
     backend = "pytorch-ensemble"
+    members: int = 0  # how many runs the ensemble averages
 
     @classmethod
     def from_run(  # type: ignore[override]

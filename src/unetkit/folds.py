@@ -111,7 +111,7 @@ def summarize(out: str | Path) -> dict[str, Any]:
     """Each trained fold's best validation scores and their mean and standard deviation; writes folds.json."""
     out = Path(out)
     splits = load_splits(out / SPLITS)
-    folds = []
+    folds: list[dict[str, Any]] = []
     for i in range(len(splits)):
         best = _best(out / f"fold_{i}")
         if best is not None:

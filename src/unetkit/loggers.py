@@ -74,7 +74,7 @@ def check_available(names: Sequence[str]) -> list[str]:
     for name in out:
         try:
             if name == "tensorboard":
-                import tensorboard  # noqa: F401
+                import tensorboard  # type: ignore[import-untyped]  # noqa: F401
                 from torch.utils.tensorboard import SummaryWriter  # noqa: F401
             else:
                 import mlflow  # noqa: F401

@@ -48,7 +48,7 @@ def load_splits(path: str | Path) -> list[dict[str, list[str]]]:
         raise ConfigError(f"split file {path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid JSON ({e}); delete it to make a new split") from None
-    ok = isinstance(splits, list) and splits
+    ok = isinstance(splits, list) and bool(splits)
     ok = ok and all(
         isinstance(s, dict)
         and set(s) == {"train", "val"}
