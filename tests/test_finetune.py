@@ -80,6 +80,10 @@ def test_other_architecture_is_a_clear_error(source, tmp_path) -> None:
         init_from(bn, source)
     with pytest.raises(RunError, match="does not exist"):
         init_from(wider, tmp_path / "nowhere")
+    (tmp_path / "ens").mkdir()
+    (tmp_path / "ens" / "ensemble.json").write_text("{}")
+    with pytest.raises(RunError, match="is an ensemble"):
+        init_from(wider, tmp_path / "ens")
 
 
 def test_init_from_keras_file(tmp_path) -> None:

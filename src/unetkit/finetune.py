@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .ensemble import MEMBERS, is_ensemble
 from .errors import RunError
 from .keras_io import import_keras
 from .model import FCN
@@ -30,6 +31,11 @@ def head_prefixes(model: nn.Module) -> tuple[str, ...]:
 def source_state(source: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     """The weights of a run folder (its best weights) or of a Keras file of the seed's U-Net, and a label."""
     path = Path(source)
+    if is_ensemble(path):
+        raise RunError(
+            f"--init-from {path} is an ensemble, which has no single set of weights; start from one of its "
+            f"members ({path / MEMBERS}/...)"
+        )
     if path.is_dir():
         run = load_run(path)
         return {k: v.detach().cpu() for k, v in run.model.state_dict().items()}, f"run {path}"
