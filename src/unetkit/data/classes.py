@@ -25,7 +25,7 @@ class ClassList:
 
     def __post_init__(self) -> None:
         if not self.colors:
-            from ..plots import default_palette
+            from ..palette import default_palette
 
             self.colors = default_palette(len(self.names))
         if len(self.colors) != len(self.names):
