@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from ..fsio import atomic_write_text
 from .classes import ClassList
 from .folders import _mask_base, list_images, natural_key
 from .io import read_image, read_mask
@@ -462,15 +463,11 @@ def format_report(report: CheckReport, limit: int = 20) -> str:
 
 
 def write_report_json(report: CheckReport, path: str | Path) -> None:
-    from ..run import atomic_write_text
-
     atomic_write_text(path, json.dumps(report.to_dict(), indent=2) + "\n")
 
 
 def write_class_weights(report: CheckReport, path: str | Path, method: str = "median-frequency") -> None:
     """A JSON list of one weight per class, as ``train --class-weights FILE`` reads it."""
-    from ..run import atomic_write_text
-
     if method not in report.class_weights:
         raise DataError(f"no {method} class weights: no class pixels were counted (see the problems listed)")
     atomic_write_text(path, json.dumps(report.class_weights[method]) + "\n")

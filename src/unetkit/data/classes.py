@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..fsio import atomic_write_text
+from ..palette import default_palette
 
 
 @dataclass
@@ -25,8 +27,6 @@ class ClassList:
 
     def __post_init__(self) -> None:
         if not self.colors:
-            from ..palette import default_palette
-
             self.colors = default_palette(len(self.names))
         if len(self.colors) != len(self.names):
             raise DataError(f"{len(self.colors)} colours for {len(self.names)} classes")
@@ -54,8 +54,6 @@ def default_ignore_index(n_classes: int) -> int:
 
 def write_classes(path: str | Path, classes: ClassList) -> None:
     """Write ``classes.json`` atomically."""
-    from ..run import atomic_write_text
-
     atomic_write_text(path, json.dumps(classes.to_dict(), indent=2) + "\n")
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ...errors import DataError
+from ...fsio import atomic_write_bytes
 from ..classes import ClassList, write_classes
 from ..labelmap import LabelMap, apply_label_map
 
@@ -140,8 +141,6 @@ def write_dataset(
     progress: Callable[[int], object] | None = None,
 ) -> ImportResult:
     """Write ``out/images``, ``out/masks`` (index PNGs, 16-bit past 256 ids) and ``out/classes.json``."""
-    from ...run import atomic_write_bytes
-
     out = Path(out)
     classes = export.classes
     mapped = apply_label_map(label_map, classes) if label_map is not None else None
