@@ -97,7 +97,7 @@ def _data_section(config: RunConfig, counts: dict[str, int] | None, ensemble: bo
     elif "val" in counts:
         lines.append(f"- validation: data given in memory{n('val')}")
     else:
-        lines.append("- no validation set: the best weights are those of the best training mIoU")
+        lines.append("- no validation set: the saved weights are the last epoch's")
     lines.append(f"- masks read as {d.mask_mode}" + (f", ignore index {d.ignore_index}" if d.ignore_index else ""))
     return lines + [""] + _classes_table(config)
 

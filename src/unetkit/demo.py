@@ -14,6 +14,7 @@ from .data.loader import SegmentationData
 from .evaluate import evaluate
 from .plots import side_by_side
 from .predict import Predictor
+from .run import claim_run_folder
 
 
 def run_demo(
@@ -25,9 +26,15 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    overwrite: bool = False,
 ) -> dict:
-    """Train on ``train_count`` scenes, pick the best epoch on ``val_count`` others, test on a third set."""
+    """Train on ``train_count`` scenes, pick the best epoch on ``val_count`` others, test on a third set.
+
+    An ``out`` that already holds a run is refused unless ``overwrite``.
+    """
     out = Path(out)
+    if not overwrite:
+        claim_run_folder(out, create=False)
     h, w = 96, 128
     t0 = time.perf_counter()
     images, masks = synthetic.make_dataset(train_count + val_count, h, w, seed=seed)
@@ -49,7 +56,9 @@ def run_demo(
     config.data.mask_mode = "index"
     log(config.describe())
     t1 = time.perf_counter()
-    result = trainer.fit(config, out, train_data=train_data, val_data=val_data, progress=progress, log=log)
+    result = trainer.fit(
+        config, out, train_data=train_data, val_data=val_data, progress=progress, log=log, overwrite=overwrite
+    )
     train_seconds = time.perf_counter() - t1
 
     predictor = Predictor(result.model, config)

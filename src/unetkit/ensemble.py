@@ -137,7 +137,7 @@ class EnsemblePredictor(Predictor):
 
     @classmethod
     def from_run(  # type: ignore[override]
-        cls, path: str | Path, *, device: str | torch.device = "auto", weights: str = "best", precision: str = "auto"
+        cls, path: str | Path, *, device: str | torch.device = "auto", weights: str = "best", precision: str = "fp32"
     ) -> EnsemblePredictor:
         module, config = load_ensemble(path)
         predictor = cls(module, config, device=device, precision=precision)
