@@ -345,6 +345,7 @@ def _build_train_config(**opts: Any):
     if opts.get("compile") is not None:
         t["compile"] = "on" if opts["compile"] else "off"
     t |= _accuracy_options(opts)
+    t |= _init_options(opts)
     if opts.get("augment") is not None:  # off: none; on: the recipe's, or the strong recipe's if it has none
         from .recipes import STRONG_AUGMENT
 
@@ -387,6 +388,20 @@ def _augment_options(augment: Any, opts: dict[str, Any]) -> Any:
     if opts.get("aug_hue") is not None:
         a["hue"] = opts["aug_hue"]
     return replace(augment, **a)
+
+
+def _init_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """--init-from, --freeze-encoder and --freeze-epochs as TrainConfig fields."""
+    t: dict[str, Any] = {}
+    if opts.get("init_from") is not None:
+        t["init_from"] = str(opts["init_from"])
+    if opts.get("freeze_encoder") or opts.get("freeze_epochs") is not None:
+        if opts.get("init_from") is None:
+            raise UnetkitError(
+                "--freeze-encoder keeps pretrained weights fixed: give --init-from RUN_OR_KERAS_FILE too"
+            )
+        t["freeze_encoder_epochs"] = opts["freeze_epochs"] if opts.get("freeze_epochs") is not None else 5
+    return t
 
 
 def _labels_options(opts: dict[str, Any], names: list[str] | None, palette: list | None) -> dict[str, Any]:
@@ -534,6 +549,17 @@ def train(
             help="run N processes on this machine via torchrun (one per GPU; --batch-size stays the global batch)"
         ),
     ] = None,
+    log: Annotated[
+        list[str] | None, typer.Option("--log", help="also log to tensorboard and/or mlflow (repeat or comma-separate)")
+    ] = None,
+    log_images_every: Annotated[int, typer.Option(help="validation image panel every N epochs (0: none)")] = 5,
+    init_from: Annotated[
+        Path | None, typer.Option(help="start from this run's weights or a Keras .h5/.keras file (a new run)")
+    ] = None,
+    freeze_encoder: Annotated[bool, typer.Option(help="with --init-from: keep the encoder fixed at first")] = False,
+    freeze_epochs: Annotated[int | None, typer.Option(help="epochs the encoder stays frozen (default 5)")] = None,
+    folds: Annotated[int | None, typer.Option(help="k-fold cross-validation: K runs under --out")] = None,
+    fold: Annotated[int | None, typer.Option(help="with --folds: train only fold k (0-based)")] = None,
     progress: bool = True,
     overwrite: Annotated[bool, typer.Option(help="replace the run already in --out (its files are deleted)")] = False,
     recursive: Annotated[
@@ -544,10 +570,16 @@ def train(
     ] = False,
 ) -> None:
     """Train a model on a folder of images and a folder of masks; writes a run folder."""
+    import shlex
+
     from . import distributed
+    from .loggers import check_available
     from .run import claim_run_folder
     from .train import fit
 
+    loggers = check_available(log or [])  # a missing package is reported before anything else
+    command = "unetkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    extra = dict(loggers=loggers, log_images_every=log_images_every, command=command)
     if resume is None and out is None:
         raise UnetkitError("give --out RUN_FOLDER (where weights, config and metrics are written)")
     if resume is None and not overwrite and distributed.is_main():
@@ -560,16 +592,34 @@ def train(
     if resume is not None:
         config = _resume_config(ctx, resume, locals(), say)
         say(f"resuming {resume} up to {config.train.epochs} epochs")
-        result = fit(config, resume, resume=True, progress=progress, log=say)
+        result = fit(config, resume, resume=True, progress=progress, log=say, **extra)
     else:
         config = _train_config(**locals())
         say(config.describe())
-        result = fit(config, out, progress=progress, log=say, overwrite=overwrite)
+        if folds is not None or fold is not None:
+            _train_folds(config, out, folds, fold, progress=progress, log=say, overwrite=overwrite, **extra)
+            return
+        result = fit(config, out, progress=progress, log=say, overwrite=overwrite, **extra)
     if distributed.is_main():
         _after_training(result)
 
 
-_RESUME_KEEPS = ("progress", "resume", "nproc", "overwrite", "out")  # how to run, not what the run is
+def _train_folds(config: Any, out: Path, folds: int | None, fold: int | None, **kwargs: Any) -> None:
+    """--folds K [--fold k]: K runs under OUT with OUT/splits.json; --fold alone reads K from that file."""
+    from .folds import SPLITS, load_splits, train_folds
+
+    if folds is None:
+        if not (out / SPLITS).exists():
+            raise UnetkitError(f"--fold needs --folds K (or an existing {out / SPLITS} to take K from)")
+        folds = len(load_splits(out / SPLITS))
+    train_folds(config, out, folds, fold=fold, **kwargs)
+    console().print(
+        f"fold summary: {out / 'folds.json'}; combine the folds with `unetkit ensemble {out}/fold_* --out ENS`"
+    )
+
+
+# how to run, not what the run is (a resumed run may log to other places)
+_RESUME_KEEPS = ("progress", "resume", "nproc", "overwrite", "out", "log", "log_images_every")
 
 
 def _resume_config(ctx: typer.Context, run: Path, opts: dict[str, Any], say: Callable[..., None]) -> Any:
@@ -1005,6 +1055,41 @@ def serve(
         cors_origins=tuple(cors_origin or ()),
         uvicorn_options=tls,
     )
+
+
+@app.command()
+@guarded
+def ensemble(
+    runs: Annotated[list[Path], typer.Argument(help="run folders to combine (same classes and input channels)")],
+    out: Annotated[Path, typer.Option(help="ensemble folder to write (new or empty)")],
+    weights: Annotated[str, typer.Option(help="each member's best or last weights")] = "best",
+) -> None:
+    """Combine runs into one model that averages their probabilities; evaluate/predict/export/serve take it."""
+    from .ensemble import make_ensemble
+
+    path = make_ensemble(list(runs), out, weights=weights)
+    console().print(f"wrote the ensemble of {len(runs)} runs to {path}")
+    console().print(f"next: unetkit evaluate {path} --images DIR --masks DIR | unetkit export {path} --out ens.onnx")
+
+
+@app.command("runs")
+@guarded
+def runs_table(
+    folder: Annotated[Path, typer.Argument(help="folder holding run folders (searched a few levels down)")] = Path("."),
+    sort: Annotated[str, typer.Option(help="name, model, classes, epochs, miou, time or date")] = "date",
+    reverse: Annotated[bool | None, typer.Option("--reverse/--no-reverse", help="flip the order")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of the table")] = False,
+) -> None:
+    """A table of the runs under a folder: name, model, classes, epochs, best val mIoU, time, date."""
+    from .runs import format_table, list_runs, runs_json
+
+    rows = list_runs(folder, sort=sort, reverse=reverse)
+    if json_out:
+        typer.echo(runs_json(rows))
+    elif not rows:
+        console().print(f"no run folders under {folder}")
+    else:
+        console().print(format_table(rows), soft_wrap=True)
 
 
 @app.command()
