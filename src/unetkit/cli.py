@@ -465,9 +465,12 @@ def serve(
 @guarded
 def demo(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("demo-run"),
-    train_count: int = 640,
-    val_count: int = 128,
-    epochs: int = 10,
+    recipe: Annotated[
+        str, typer.Option(help="strong (the seed's network + batch norm, ~5 min) or seed (the tutorial's recipe)")
+    ] = "strong",
+    train_count: Annotated[int | None, typer.Option(help="training scenes [default: the recipe's]")] = None,
+    val_count: Annotated[int | None, typer.Option(help="validation and test scenes [default: 128]")] = None,
+    epochs: Annotated[int | None, typer.Option(help="[default: the recipe's]")] = None,
     seed: int = 0,
     progress: bool = True,
 ) -> None:
@@ -476,6 +479,7 @@ def demo(
 
     run_demo(
         out,
+        recipe=recipe,
         train_count=train_count,
         val_count=val_count,
         epochs=epochs,
