@@ -104,10 +104,10 @@ def test_cmyk_becomes_rgb(tmp_path):
 
 
 @pytest.mark.parametrize("ext", ["png", "tif"])
-def test_16bit_images_shift_by_8(tmp_path, ext):
+def test_16bit_images_keep_full_precision(tmp_path, ext):
     a = np.array([[0, 0x1234], [0xFF00, 65535]], dtype=np.uint16)
     out = read_image(save(tmp_path / f"a.{ext}", a))
-    assert out.dtype == np.uint8 and out[:, :, 0].tolist() == [[0, 0x12], [0xFF, 255]]
+    assert out.dtype == np.uint16 and out[:, :, 0].tolist() == [[0, 0x1234], [0xFF00, 65535]]
 
 
 def test_float_tiff_stretched_nan_zero(tmp_path):

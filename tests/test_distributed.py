@@ -83,16 +83,16 @@ def _worker(rank: int, world: int, port: int, config_json: str, out: str, report
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    import unetkit.run as runio
+    import unetkit.fsio as fsio
 
     written: list[str] = []
-    real_write = runio.atomic_write_bytes
+    real_write = fsio.atomic_write_bytes
 
     def spy(path, data):  # every file of the run folder goes through atomic_write_bytes
         written.append(Path(path).name)
         real_write(path, data)
 
-    runio.atomic_write_bytes = spy
+    fsio.atomic_write_bytes = spy
     logged: list[str] = []
     config = RunConfig.from_dict(json.loads(config_json))
     result = fit(config, out, progress=False, log=logged.append)

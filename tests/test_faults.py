@@ -28,6 +28,7 @@ import torch
 from conftest import make_blobs, tiny_config, write_folder
 from PIL import Image
 
+import unetkit.fsio as fsio
 import unetkit.run as runio
 import unetkit.train as train_mod
 from unetkit import SegmentationData, fit, load_run
@@ -341,10 +342,10 @@ def test_ctrl_c_in_the_first_epoch_says_there_is_nothing_to_resume(tmp_path, tin
 
 
 class _DiskFull:
-    """Wraps run.atomic_write_bytes: raise ENOSPC on the first write of ``name`` once ``after`` epochs are saved."""
+    """Wraps fsio.atomic_write_bytes: raise ENOSPC on the first write of ``name`` once ``after`` epochs are saved."""
 
     def __init__(self, name: str, after: int = 1):
-        self.name, self.after, self.real, self.fired = name, after, runio.atomic_write_bytes, False
+        self.name, self.after, self.real, self.fired = name, after, fsio.atomic_write_bytes, False
 
     def __call__(self, path, data) -> None:
         run = Path(path).parent
@@ -359,7 +360,7 @@ class _DiskFull:
 def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_data, monkeypatch, name):
     run = tmp_path / "run"
     full = _DiskFull(name)
-    monkeypatch.setattr(runio, "atomic_write_bytes", full)
+    monkeypatch.setattr(fsio, "atomic_write_bytes", full)
     real_save = train_mod._Checkpointer.save
     monkeypatch.setattr(
         train_mod._Checkpointer,
@@ -389,7 +390,7 @@ def test_failing_fsync_leaves_no_temporary_file_and_the_old_file(tmp_path, tiny_
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_fsync(fd)
 
-    monkeypatch.setattr(runio.os, "fsync", fsync)
+    monkeypatch.setattr(fsio.os, "fsync", fsync)
     with pytest.raises(RunError, match="could not write the checkpoint.*No space left on device"):
         fit(tiny_config(epochs=2), run, train_data=tiny_data, resume=True, progress=False, log=None)
     monkeypatch.undo()
@@ -401,7 +402,7 @@ def test_unwritable_run_folder_is_a_clear_error(tmp_path, tiny_data, monkeypatch
     def no_space(path, data) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(runio, "atomic_write_bytes", no_space)
+    monkeypatch.setattr(fsio, "atomic_write_bytes", no_space)
     with pytest.raises(RunError, match=r"could not write .*config\.json \(No space left on device\)"):
         fit(tiny_config(epochs=1), tmp_path / "run", train_data=tiny_data, progress=False, log=None)
 
@@ -415,7 +416,7 @@ def test_stale_temporary_files_of_a_dead_writer_are_removed(tmp_path):
     other = tmp_path / ".notes.tmp"
     for p in (stale, mine, other):
         p.write_bytes(b"partial")
-    assert runio.remove_stale_temps(tmp_path) == [stale]
+    assert fsio.remove_stale_temps(tmp_path) == [stale]
     assert mine.exists() and other.exists()
 
 

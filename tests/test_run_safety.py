@@ -67,7 +67,7 @@ EDITS = {
     "n_classes zero": (_set("model", "n_classes", 0), "n_classes must be >= 1"),
     "input size not divisible": (_set("model", "input_size", [32, 30, 3]), "not divisible by 16"),
     "input size of two items": (_set("model", "input_size", [32, 32]), "input_size must have 3 items"),
-    "five channels": (_set("model", "input_size", [32, 32, 5]), "channels must be 1, 3 or 4"),
+    "zero channels": (_set("model", "input_size", [32, 32, 0]), "channels must be >= 1"),
     "unknown model": (_set("model", "name", "resnet"), "model must be one of unet, fcn"),
     "dropout 1.5": (_set("model", "dropout", 1.5), "dropout must be in [0, 1)"),
     "dropout NaN": (_set("model", "dropout", float("nan")), "dropout must be in [0, 1)"),

@@ -1,4 +1,9 @@
-"""The `unetkit` command: a thin shell that maps options to a config and calls the Python API."""
+"""The `unetkit` command: a thin shell that maps options to a config and calls the Python API.
+
+Each command imports the API it calls inside its own body: ``unetkit --help`` stays fast and
+``unetkit serve`` or ``predict`` never load the training loop (the CLI is the one module that
+dispatches to every other, and nothing imports it).
+"""
 
 from __future__ import annotations
 
@@ -108,6 +113,93 @@ def datasets_synthetic(
     console().print(f"wrote {count} scenes to {path}/image and {path}/mask (palette: {path}/classes.json)")
 
 
+@datasets_app.command("import")
+@guarded
+def datasets_import(
+    fmt: Annotated[
+        str, typer.Argument(metavar="FORMAT", help="coco, labelme, cvat-mask, voc, cityscapes, camvid or label-studio")
+    ],
+    sources: Annotated[list[Path], typer.Argument(metavar="SOURCE...", help="the export's files and folders")],
+    out: Annotated[Path, typer.Option(help="folder to write images/, masks/ and classes.json into")],
+    background: Annotated[
+        bool, typer.Option("--background/--no-background", help="coco: unlabelled pixels are class 0 (else ignored)")
+    ] = True,
+    line_width: Annotated[int, typer.Option(help="labelme: width of line shapes in pixels")] = 10,
+    label_map: Annotated[
+        Path | None, typer.Option(help="JSON label map (merge, ignore, reduce_zero_label, rename)")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing images/ and masks/ in --out")] = False,
+) -> None:
+    """Convert a labelling tool's export into index masks + classes.json (see docs/labels.md)."""
+    from .data.importers import import_dataset
+    from .data.labelmap import load_label_map
+
+    lm = load_label_map(label_map) if label_map is not None else None
+    result = import_dataset(
+        fmt, sources, out, background=background, line_width=line_width, label_map=lm, overwrite=overwrite
+    )
+    console().print(
+        f"wrote {result.count} image/mask pairs ({len(result.classes)} classes) to {out}/images and {out}/masks; "
+        f"classes: {out}/classes.json\nnext: unetkit check-data --images {out}/images --masks {out}/masks "
+        f"--classes {out}/classes.json"
+    )
+
+
+@app.command("check-data")
+@guarded
+def check_data_command(
+    images: Annotated[Path, typer.Option(help="folder of training images")],
+    masks: Annotated[Path, typer.Option(help="folder of training masks")],
+    n_classes: Annotated[
+        int | None, typer.Option(help="number of classes (default: from --classes or the masks)")
+    ] = None,
+    ignore_index: Annotated[int | None, typer.Option(help="mask value that is not a class")] = None,
+    mask_mode: Annotated[str, typer.Option(help="auto, index, binary, channels or palette")] = "auto",
+    classes: Annotated[Path | None, typer.Option(help="classes.json (names, colours, ignore index)")] = None,
+    label_map: Annotated[Path | None, typer.Option(help="JSON label map applied before counting")] = None,
+    val_images: Path | None = None,
+    val_masks: Path | None = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write the class distribution as a PNG")] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="write suggested class weights for train --class-weights")
+    ] = None,
+    weights_method: Annotated[str, typer.Option(help="median-frequency or inverse")] = "median-frequency",
+    progress: bool = True,
+) -> None:
+    """Check a data set before training: pairing, sizes, mask values, classes, duplicates, statistics."""
+    from .data.check import check_and_write, format_report
+
+    bar = _progress_bar(progress)
+    with bar as advance:
+        report = check_and_write(
+            images, masks, n_classes=n_classes, ignore_index=ignore_index, mask_mode=mask_mode,
+            classes_file=classes, label_map_file=label_map, val_images=val_images, val_masks=val_masks,
+            json_path=json_out, plot_path=plot, weights_path=weights, weights_method=weights_method, progress=advance,
+        )  # fmt: skip
+    console().print(format_report(report))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _progress_bar(enabled: bool):
+    """A context manager yielding ``advance(n)`` (a rich progress bar on a terminal, else nothing)."""
+    import contextlib
+
+    if not enabled or not sys.stderr.isatty():
+        return contextlib.nullcontext(None)
+
+    @contextlib.contextmanager
+    def bar():
+        from rich.progress import Progress
+
+        with Progress(transient=True) as p:
+            task = p.add_task("checking", total=None)
+            yield lambda n: p.advance(task, n)
+
+    return bar()
+
+
 def _train_config(**opts: Any):
     """Build a RunConfig: defaults, then the recipe, then every option the user gave explicitly."""
     from .config import AugmentConfig, DataConfig, ModelConfig, PreprocessConfig, RunConfig, TrainConfig
@@ -122,7 +214,11 @@ def _train_config(**opts: Any):
         from .data.masks import load_class_names
 
         names = load_class_names(opts["class_names"])
+    labels = _labels_options(opts, names, palette)
+    if labels:
+        names, palette = labels["class_names"], labels["palette"]
     n_classes = opts["n_classes"] if opts["n_classes"] is not None else (len(names) if names else None)
+    n_classes = labels.get("n_classes", n_classes)
     if n_classes is None:
         raise UnetkitError("give --n-classes N (or a --palette / --class-names file that lists the classes)")
     channels = opts["channels"] or _guess_channels(opts["images"])
@@ -141,7 +237,9 @@ def _train_config(**opts: Any):
         val_fraction=opts["val_fraction"] or 0.0,
         mask_mode=opts["mask_mode"] or ("palette" if palette else "auto"),
         palette_file=_s(opts["palette"]),
-        ignore_index=opts["ignore_index"],
+        ignore_index=labels.get("ignore_index", opts["ignore_index"]),
+        label_map_file=_s(opts.get("label_map")),
+        label_map=labels.get("label_map"),
     )
     config = RunConfig(
         model=model, preprocess=PreprocessConfig(), data=data, train=TrainConfig(), class_names=names, palette=palette
@@ -178,13 +276,40 @@ def _train_config(**opts: Any):
             else AugmentConfig()
         )
     m = {k: opts[k] for k in ("depth", "dropout", "batch_norm") if opts.get(k) is not None}
-    p = {k: opts[k] for k in ("resize",) if opts.get(k) is not None}
+    p = {k: opts[k] for k in ("resize", "normalize") if opts.get(k) is not None}
     return replace(
         _data_options(config, opts),
         train=replace(config.train, **t),
         model=replace(config.model, **m),
         preprocess=replace(config.preprocess, **p),
     )
+
+
+def _labels_options(opts: dict[str, Any], names: list[str] | None, palette: list | None) -> dict[str, Any]:
+    """What --classes FILE and --label-map FILE set: class names, colours, ignore index, id lookup table."""
+    from .data.classes import ClassList, read_classes
+    from .data.labelmap import apply_label_map, load_label_map
+
+    classes_file, map_file = opts.get("classes"), opts.get("label_map")
+    if classes_file is None and map_file is None:
+        return {}
+    if classes_file is not None:
+        source = read_classes(classes_file)
+    elif names is not None:
+        source = ClassList(names, palette or [], opts["ignore_index"])
+    elif opts["n_classes"] is not None:  # with a label map, --n-classes counts the source ids
+        source = ClassList([f"class_{i}" for i in range(opts["n_classes"])], ignore_index=opts["ignore_index"])
+    else:
+        raise UnetkitError("--label-map needs the source classes: give --classes classes.json or --n-classes N")
+    out: dict[str, Any] = {"class_names": source.names, "palette": source.colors, "n_classes": len(source)}
+    if source.ignore_index is not None:
+        out["ignore_index"] = source.ignore_index
+    if map_file is not None:
+        mapped = apply_label_map(load_label_map(map_file), source)
+        c = mapped.classes
+        out = {"class_names": c.names, "palette": c.colors, "n_classes": len(c), "label_map": mapped.lut}
+        out["ignore_index"] = c.ignore_index
+    return out
 
 
 def _data_options(config: Any, opts: dict[str, Any]) -> Any:
@@ -240,6 +365,11 @@ def train(
     mask_mode: Annotated[str | None, typer.Option(help="auto, index, binary, channels or palette")] = None,
     palette: Annotated[Path | None, typer.Option(help="JSON {class name: [r, g, b]}")] = None,
     class_names: Annotated[Path | None, typer.Option(help="JSON list of class names")] = None,
+    classes: Annotated[Path | None, typer.Option(help="classes.json (names, colours, ignore index)")] = None,
+    label_map: Annotated[
+        Path | None, typer.Option(help="JSON label map: merge, ignore, reduce_zero_label, rename")
+    ] = None,
+    normalize: Annotated[str | None, typer.Option(help="scale (the seed), mean-std or percentile")] = None,
     resize: Annotated[str | None, typer.Option(help="image resize: bilinear or nearest")] = None,
     recipe: Annotated[str, typer.Option(help="seed (the tutorial exactly) or strong")] = "seed",
     precision: Annotated[str | None, typer.Option(help="auto, fp32 or bf16")] = None,
@@ -347,12 +477,14 @@ def evaluate(
     masks: Annotated[Path, typer.Option(help="folder of masks")],
     json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics as JSON")] = None,
     mask_mode: str | None = None,
+    label_map: Annotated[Path | None, typer.Option(help="JSON label map (default: the run's own)")] = None,
+    classes: Annotated[Path | None, typer.Option(help="classes.json of the masks' source classes")] = None,
     device: str = "auto",
 ) -> None:
     """Pixel accuracy, mean IoU, per-class IoU and Dice over a whole folder pair."""
     from .evaluate import evaluate as run_evaluate
 
-    report = run_evaluate(run, images, masks, mask_mode=mask_mode, device=device)
+    report = run_evaluate(run, images, masks, mask_mode=mask_mode, device=device, label_map=label_map, classes=classes)
     console().print(report.table())
     if json_out is not None:
         report.save_json(json_out)

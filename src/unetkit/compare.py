@@ -24,11 +24,14 @@ from torch import nn
 
 from .config import RunConfig
 from .data.loader import SegmentationData
+from .device import resolve_device
 from .errors import ConfigError
+from .fsio import atomic_write_text
 from .metrics import BoundaryF1, ConfusionMatrix
 from .model import count_parameters
+from .plots import side_by_side
 from .preprocess import to_float
-from .run import atomic_write_text
+from .train import fit, load_data
 
 MODELS = ("fcn", "unet")
 TITLES = {"fcn": "FCN", "unet": "U-Net"}
@@ -115,7 +118,7 @@ def score_model(
     model.eval()
     with torch.no_grad():
         for x, y in data.batches(batch_size, device=device):
-            pred = model(to_float(x)).argmax(1)
+            pred = model(to_float(x, config.preprocess)).argmax(1)
             cm.update(pred, y)
             bf.update(pred, y)
     model.train(was_training)
@@ -147,8 +150,6 @@ def compare(
     ``out/compare.png`` (input | truth | FCN | U-Net) hold the result. Validation data is required:
     give ``val_data``, validation folders, or ``data.val_fraction`` in the config.
     """
-    from .train import fit, load_data, resolve_device
-
     log = log or (lambda _msg: None)
     out = Path(out)
     if train_data is None:
@@ -217,8 +218,6 @@ def _write(
     examples: int,
     device: torch.device,
 ) -> None:
-    from .plots import side_by_side
-
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "compare.md", comparison.markdown() + "\n")
     atomic_write_text(out / "compare.json", json.dumps(comparison.to_dict(), indent=2, allow_nan=False))

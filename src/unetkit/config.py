@@ -16,11 +16,19 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from .errors import ConfigError
+from .palette import default_palette
 
 MaskMode = Literal["auto", "index", "binary", "channels", "palette"]
 ResizeMode = Literal["bilinear", "nearest"]
 
 CONFIG_VERSION = 1
+
+
+def valid_sizes_near(size: int, multiple: int) -> tuple[int, int]:
+    """The nearest multiples of ``multiple`` below and above ``size`` (below is at least ``multiple``)."""
+    below = max(multiple, size // multiple * multiple)
+    above = -(-size // multiple) * multiple
+    return below, max(above, multiple)
 
 
 def _check(cond: bool, message: str) -> None:
@@ -49,12 +57,10 @@ class ModelConfig:
         _choice("model", self.name, ("unet", "fcn"))
         _check(len(self.input_size) == 3, f"input_size must be (height, width, channels), got {self.input_size}")
         h, w, c = self.input_size
-        _check(c in (1, 3, 4), f"input channels must be 1, 3 or 4, got {c}")
+        _check(c >= 1, f"input channels must be >= 1 (1 gray, 3 RGB, 4 RGBA, more for multi-band TIFFs), got {c}")
         _check(self.depth >= 2, f"depth must be at least 2, got {self.depth}")
         multiple = 2 ** (self.depth - 1)
         if h % multiple or w % multiple or h <= 0 or w <= 0:
-            from .model import valid_sizes_near
-
             raise ConfigError(
                 f"input size {h}x{w} is not divisible by {multiple} (the network halves it {self.depth - 1} "
                 f"times). Nearest valid: height {valid_sizes_near(h, multiple)}, width {valid_sizes_near(w, multiple)}."
@@ -75,8 +81,21 @@ class PreprocessConfig:
     resize: str = "bilinear"  # images; masks are always resized with nearest neighbour
     predict_mode: str = "resize"  # "resize" the image to the model size, or "sliding" window at full size
     overlap: float = 0.25  # sliding-window overlap as a fraction of the window
+    # per-channel normalisation (preprocess.to_float), statistics from the training set
+    normalize: str = "scale"  # "scale" (x / max_value, the seed), "mean-std" or "percentile" (1st..99th)
+    max_value: float = 0.0  # scale's divisor; 0: by bit depth (255 for 8-bit images, 65535 for 16-bit)
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    low: list[float] | None = None
+    high: list[float] | None = None
 
     def __post_init__(self) -> None:
+        _choice("normalize", self.normalize, ("scale", "mean-std", "percentile"))
+        _check(self.max_value >= 0, f"max_value must be >= 0, got {self.max_value}")
+        _check(
+            not (self.mean and self.std) or len(self.mean) == len(self.std),
+            "preprocess.mean and preprocess.std must have one value per channel",
+        )
         _choice("resize", self.resize, ("bilinear", "nearest"))
         _choice("predict_mode", self.predict_mode, ("resize", "sliding"))
         _check(0.0 <= self.overlap < 1.0, f"overlap must be in [0, 1), got {self.overlap}")
@@ -95,6 +114,8 @@ class DataConfig:
     mask_mode: str = "auto"
     palette_file: str | None = None  # JSON {class name: [r, g, b]} for mask_mode "palette"
     ignore_index: int | None = None
+    label_map_file: str | None = None  # the --label-map JSON it came from (docs/labels.md)
+    label_map: list[int] | None = None  # source class id -> trained class id (or the ignore index)
     cache: str = "auto"  # "auto", "memory" (decode once into a uint8 tensor) or "stream" (DataLoader workers)
     num_workers: int = 2
 
@@ -205,8 +226,6 @@ class RunConfig:
             self.class_names = [f"class_{i}" for i in range(n)]
         _check(len(self.class_names) == n, f"{len(self.class_names)} class names for {n} classes")
         if self.palette is None:
-            from .plots import default_palette
-
             self.palette = default_palette(n)
         _check(
             len(self.palette) >= n and all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in self.palette),
@@ -216,6 +235,13 @@ class RunConfig:
             self.data.ignore_index is None or self.data.ignore_index >= n,
             f"ignore_index {self.data.ignore_index} is a real class id (n_classes is {n}); "
             "choose a value >= n_classes, e.g. 255",
+        )
+
+        jitter = self.train.augment.brightness or self.train.augment.contrast or self.train.augment.saturation
+        _check(
+            not (jitter and self.preprocess.normalize == "mean-std"),
+            "colour augmentation (brightness/contrast/saturation) works on values in [0, 1]: "
+            "use --normalize scale or percentile with it, or turn it off",
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,12 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from .config import ModelConfig, RunConfig, TrainConfig
+from . import train as trainer
+from .config import AugmentConfig, ModelConfig, RunConfig, TrainConfig
+from .data import synthetic
+from .data.io import read_image, read_mask
 from .data.loader import SegmentationData
 from .evaluate import evaluate
-from .plots import side_by_side
+from .plots import plot_curves, side_by_side
 from .predict import Predictor
 from .recipes import apply_recipe
+from .run import CURVES, METRICS, load_run, read_metrics
 
 HEIGHT, WIDTH = 96, 128  # the seed's input size
 
@@ -50,8 +54,6 @@ PLANS: dict[str, DemoPlan] = {
 def demo_config(recipe: str = "strong", *, epochs: int | None = None, seed: int = 0, **train: Any) -> RunConfig:
     """The demo's RunConfig: the seed's network (n_filters 32, depth 5) at 96x128 for the 13 scene classes,
     the recipe, then the plan's settings, then ``train`` (TrainConfig fields, e.g. ``batch_size=4``)."""
-    from .config import AugmentConfig
-    from .data import synthetic
 
     plan = PLANS[recipe] if recipe in PLANS else PLANS["strong"]
     config = RunConfig(
@@ -91,8 +93,6 @@ def run_demo(
     """Train on ``train_count`` scenes, pick the best epoch on ``val_count`` others, test on ``val_count``
     scenes of another seed; counts, epochs and the time budget (``budget_s``: seconds, None for none)
     default to the recipe's plan (``PLANS``); giving ``epochs`` turns the plan's budget off."""
-    from . import train as trainer
-    from .data import synthetic
 
     out = Path(out)
     config = demo_config(recipe, epochs=epochs, seed=seed, **train)
@@ -185,8 +185,6 @@ def _budget_check(budget_s: float | None, start: float, epochs: int) -> Callable
 
 def _after_stop(out: Path, stop: _OutOfTime, log: Callable[[str], None]) -> tuple[Any, list[dict[str, Any]]]:
     """The best weights and the history of a run stopped at the budget (fit() has saved both)."""
-    from .plots import plot_curves
-    from .run import CURVES, METRICS, load_run, read_metrics
 
     log(
         f"time budget: {stop}, before the schedule's end (this machine is slower or busier than two idle "
@@ -199,8 +197,6 @@ def _after_stop(out: Path, stop: _OutOfTime, log: Callable[[str], None]) -> tupl
 
 def _examples(predictor: Predictor, test_dir: Path, count: int, config: RunConfig, path: Path) -> None:
     """examples.png: four test scenes with vehicles and pedestrians, as input | truth | prediction."""
-    from .data import synthetic
-    from .data.io import read_image, read_mask
 
     names = [f"scene_{i:05d}.png" for i in range(count)]
     truths = [read_mask(test_dir / "mask" / name) for name in names]

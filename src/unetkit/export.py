@@ -35,9 +35,10 @@ import torch
 from . import __version__
 from .config import RunConfig
 from .errors import ConfigError, RunError, UnetkitError
+from .fsio import atomic_write_bytes
 from .predict import PredictorBase
 from .preprocess import to_float
-from .run import atomic_write_bytes, load_run
+from .run import load_run
 
 DEFAULT_OPSET = 17
 DEFAULT_RTOL = 1e-4
@@ -98,6 +99,16 @@ def _need(module: str) -> Any:
         raise ExportError(f"{module} is not installed; install the ONNX extra: pip install 'unetkit[onnx]'") from None
 
 
+def _scale_text(config: RunConfig) -> str:
+    """How pixel values become the graph's input (preprocess.to_float), in words."""
+    p = config.preprocess
+    if p.normalize == "mean-std":
+        return f"(x - mean) / std per channel, mean {p.mean}, std {p.std}"
+    if p.normalize == "percentile":
+        return f"clip((x - low) / (high - low), 0, 1) per channel, low {p.low}, high {p.high}"
+    return f"x / {p.max_value:g}" if p.max_value else "x / 255 (8-bit) or x / 65535 (16-bit)"
+
+
 def _metadata(config: RunConfig, dynamic: bool, opset: int, source: str) -> dict[str, str]:
     h, w, c = config.model.input_size
     multiple = config.model.size_multiple
@@ -105,7 +116,8 @@ def _metadata(config: RunConfig, dynamic: bool, opset: int, source: str) -> dict
     preprocess = {
         "layout": "NCHW",
         "dtype": "float32",
-        "scale": "uint8 / 255",
+        "scale": _scale_text(config),
+        "normalize": config.preprocess.normalize,
         "channels": c,
         "resize": config.preprocess.resize,
         "predict_mode": config.preprocess.predict_mode,
@@ -124,7 +136,7 @@ def _metadata(config: RunConfig, dynamic: bool, opset: int, source: str) -> dict
         "opset": str(opset),
         "source": source,
         "input": f"{INPUT_NAME}: float32 {shape}, {'gray' if c == 1 else 'RGB' if c == 3 else 'RGBA'} "
-        f"in [0, 1] (uint8 / 255), resized {config.preprocess.resize} to the input size",
+        f"normalised as {_scale_text(config)}, resized {config.preprocess.resize} to the input size",
         "output": f"{OUTPUT_NAME}: float32 (N, {config.model.n_classes}, H, W); class = argmax over axis 1",
     }
     return {META_PREFIX + k: v for k, v in meta.items()}
@@ -327,7 +339,7 @@ class OnnxPredictor(PredictorBase):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) uint8 -> (N, K, H, W) float32 logits, in chunks when the file's batch is fixed."""
-        arr = to_float(x.cpu()).numpy()
+        arr = to_float(x.cpu(), self.config.preprocess).numpy()
         step = self._batch or len(arr)
         outs = []
         for i in range(0, len(arr), step):

@@ -28,8 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import ModelConfig, RunConfig
+from .data.masks import load_class_names, load_palette_file
 from .errors import UnetkitError
 from .model import UNet, unet_model
+from .run import save_run
 
 __all__ = ["KerasImportError", "KerasExportError", "read_keras_weights", "import_keras", "export_keras_weights"]
 
@@ -596,10 +599,6 @@ def import_run(
     kept. The run's training settings are the seed's recipe, so fine-tuning continues as the
     tutorial trained.
     """
-    from .config import ModelConfig, RunConfig
-    from .data.masks import load_class_names, load_palette_file
-    from .run import save_run
-
     model, settings = import_keras(path, input_size=input_size)
     names = palette = None
     if class_names is not None:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import valid_sizes_near
+
 # Keras draws He-normal from a normal truncated at two standard deviations and rescales the
 # standard deviation by this factor so that the truncated distribution keeps variance 2 / fan_in.
 _TRUNCATION_CORRECTION = 0.87962566103423978
@@ -27,13 +29,6 @@ def he_normal_(weight: torch.Tensor, fan_in: int) -> None:
 def glorot_uniform_(weight: torch.Tensor) -> None:
     """Keras's default kernel initialiser (fan_in + fan_out is symmetric, so layout does not matter)."""
     nn.init.xavier_uniform_(weight)
-
-
-def valid_sizes_near(size: int, multiple: int) -> tuple[int, int]:
-    """The nearest multiples of ``multiple`` below and above ``size`` (below is at least ``multiple``)."""
-    below = max(multiple, size // multiple * multiple)
-    above = -(-size // multiple) * multiple
-    return below, max(above, multiple)
 
 
 def check_size(height: int, width: int, multiple: int) -> None:

@@ -1,24 +1,14 @@
-"""Palettes, colour masks, overlays, side-by-side pictures and training curves."""
+"""Colour masks, overlays, side-by-side pictures and training curves."""
 
 from __future__ import annotations
 
-import colorsys
+import io
 from pathlib import Path
 
 import numpy as np
 
-
-def default_palette(n_classes: int) -> list[list[int]]:
-    """Distinct colours: black for class 0, then evenly spaced hues (golden-ratio steps)."""
-    colours = [[0, 0, 0]]
-    for i in range(1, n_classes):
-        h = (i * 0.618033988749895) % 1.0
-        s = 0.65 + 0.35 * ((i // 7) % 2)
-        v = 0.95 - 0.25 * ((i // 3) % 2)
-        colours.append([round(c * 255) for c in colorsys.hsv_to_rgb(h, s, v)])
-    if n_classes == 2:
-        colours[1] = [255, 255, 255]
-    return colours[:n_classes]
+from .fsio import atomic_write_bytes
+from .preprocess import to_channels
 
 
 def colorize(mask: np.ndarray, palette: list[list[int]]) -> np.ndarray:
@@ -30,8 +20,6 @@ def colorize(mask: np.ndarray, palette: list[list[int]]) -> np.ndarray:
 
 def overlay(image: np.ndarray, mask: np.ndarray, palette: list[list[int]], alpha: float = 0.5) -> np.ndarray:
     """Blend the colour mask over an (H, W, C) uint8 image."""
-    from .preprocess import to_channels
-
     rgb = to_channels(image, 3).astype(np.float32)
     colours = colorize(mask, palette).astype(np.float32)
     return np.clip(rgb * (1 - alpha) + colours * alpha, 0, 255).astype(np.uint8)
@@ -47,10 +35,6 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: str | Path) -> None:
-    import io
-
-    from .run import atomic_write_bytes
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())

@@ -15,9 +15,11 @@ from torch import nn
 
 from . import perf
 from .config import RunConfig
+from .data.io import read_image
 from .device import resolve_device, resolve_precision
 from .preprocess import image_to_tensor, resize_images, to_float
 from .run import load_run
+from .tiling import sliding_window_logits
 
 ImageLike = np.ndarray | str | Path
 
@@ -25,14 +27,12 @@ ImageLike = np.ndarray | str | Path
 def as_image(image: ImageLike | object) -> np.ndarray:
     """A path, PIL image or array -> (H, W, C) uint8 array."""
     if isinstance(image, (str, Path)):
-        from .data.io import read_image
-
         return read_image(image)
     if not isinstance(image, np.ndarray):  # PIL.Image
         image = np.asarray(image)
     if image.ndim == 2:
         image = image[:, :, None]
-    if image.dtype != np.uint8:
+    if image.dtype not in (np.uint8, np.uint16):  # 16-bit keeps its precision, as data.io reads it
         if np.issubdtype(image.dtype, np.floating) and np.nanmax(image) <= 1.0:
             image = np.round(np.nan_to_num(image) * 255)
         image = np.clip(image, 0, 255).astype(np.uint8)
@@ -70,8 +70,6 @@ class PredictorBase:
         return tuple(self.config.model.input_size)  # type: ignore[return-value]
 
     def _sliding(self, image: np.ndarray) -> torch.Tensor:
-        from .tiling import sliding_window_logits
-
         h, w, c = self.input_size
         return sliding_window_logits(
             self._forward,
@@ -226,7 +224,7 @@ class Predictor(PredictorBase):
         """(N, C, H, W) uint8 -> (N, K, H, W) float32 logits."""
         if self.device.type == "cuda" and x.device.type == "cpu":
             x = x.pin_memory()
-        x = to_float(x.to(self.device, non_blocking=True))
+        x = to_float(x.to(self.device, non_blocking=True), self.config.preprocess)
         if self.config.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with (

@@ -12,9 +12,9 @@ from .data.folders import expand_inputs
 from .data.io import IMAGE_EXTENSIONS, read_image, read_mask
 from .data.masks import decode_mask
 from .errors import DataError
+from .fsio import atomic_write_bytes
 from .plots import colorize, overlay, side_by_side
 from .predict import Predictor
-from .run import atomic_write_bytes
 
 
 def save_png(path: str | Path, array: np.ndarray) -> None:

@@ -8,8 +8,8 @@ RUN/
   metrics.csv          one row per finished epoch
   curves.png           loss, accuracy and mIoU per epoch
 ```
-Every file is written to a temporary name, flushed and renamed, so a crash never leaves a
-half-written file under the real name.
+Every file is written to a temporary name, flushed and renamed (``unetkit.fsio``), so a crash never
+leaves a half-written file under the real name.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from safetensors.torch import safe_open
 from safetensors.torch import save as st_save
 from torch import nn
 
+from . import fsio
 from .config import ModelConfig, RunConfig
 from .errors import RunError
 from .model import MODELS
@@ -39,8 +38,6 @@ WEIGHTS = "weights.safetensors"
 LAST = "last.safetensors"
 METRICS = "metrics.csv"
 CURVES = "curves.png"
-
-TMP_SUFFIX = ".tmp"  # atomic writes go to ".NAME.PID.RANDOM.tmp" first
 
 METRIC_FIELDS = [
     "epoch",
@@ -54,66 +51,6 @@ METRIC_FIELDS = [
     "seconds",
     "images_per_s",
 ]
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def remove_stale_temps(folder: str | Path) -> list[Path]:
-    """Delete temporary files that a killed writer left in ``folder`` (its process is gone); return them.
-
-    Temporary names are ``.NAME.PID.RANDOM.tmp``: a file whose PID still runs is left alone, so a
-    live writer in another process never loses its file.
-    """
-    removed = []
-    for p in Path(folder).glob(f".*{TMP_SUFFIX}"):
-        parts = p.name.split(".")
-        if len(parts) < 5 or not parts[-3].isdigit():
-            continue  # not one of ours
-        pid = int(parts[-3])
-        if pid == os.getpid() or _pid_alive(pid):
-            continue
-        try:
-            p.unlink()
-            removed.append(p)
-        except OSError:
-            pass
-    return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -134,7 +71,7 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> None:
     """Atomically write a safetensors file; ``metadata`` is stored as one JSON string."""
     meta = {"unetkit": json.dumps(metadata)} if metadata is not None else None
-    atomic_write_bytes(path, st_save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta))
+    fsio.atomic_write_bytes(path, st_save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta))
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
@@ -176,7 +113,7 @@ def write_metrics(path: str | Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _fmt(row.get(k)) for k in METRIC_FIELDS})
-    atomic_write_text(path, buf.getvalue())
+    fsio.atomic_write_text(path, buf.getvalue())
 
 
 def _fmt(v: Any) -> Any:
@@ -210,7 +147,7 @@ def save_run(
     """Write a loadable run folder from a model and its config (used by import and by notebooks)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / CONFIG, config.to_json())
+    fsio.atomic_write_text(run_dir / CONFIG, config.to_json())
     save_tensors(run_dir / WEIGHTS, model_state(model), {"kind": "weights"})
     if metrics:
         write_metrics(run_dir / METRICS, metrics)

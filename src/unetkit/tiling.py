@@ -47,7 +47,7 @@ def sliding_window_logits(
     pw = max(ww, -(-width // multiple) * multiple)
     if (ph, pw) != (height, width):
         mode = "reflect" if ph - height < height and pw - width < width else "replicate"
-        image = F.pad(image.float(), (0, pw - width, 0, ph - height), mode=mode).to(torch.uint8)
+        image = F.pad(image.float(), (0, pw - width, 0, ph - height), mode=mode).to(image.dtype)
     stride_h = max(1, int(wh * (1 - overlap)))
     stride_w = max(1, int(ww * (1 - overlap)))
     boxes = [(y, x) for y in _starts(ph, wh, stride_h) for x in _starts(pw, ww, stride_w)]

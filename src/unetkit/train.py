@@ -22,11 +22,15 @@ from torch import nn
 from . import distributed, perf
 from . import run as runio
 from .config import RunConfig
+from .data.augment import augment_batch, effective_ignore_index
 from .data.loader import SegmentationData
-from .device import autocast, cpu_has_fast_bf16, resolve_device, resolve_precision  # noqa: F401
+from .data.stream import folder_cache_mode, load_streaming
+from .device import autocast, resolve_device, resolve_precision
 from .errors import ConfigError, RunError, UnetkitError
+from .fsio import atomic_write_text, remove_stale_temps
 from .losses import SegmentationLoss, class_weights, load_class_weights
 from .metrics import ConfusionMatrix
+from .plots import plot_curves
 from .preprocess import to_float
 from .run import CONFIG, CURVES, LAST, METRICS, WEIGHTS
 
@@ -122,8 +126,6 @@ def _loss_fn(config: RunConfig, data: SegmentationData, device: torch.device) ->
 
 def _train_ignore_index(config: RunConfig) -> int | None:
     """The data's ignore index, or the one augmentation pads masks with when the data has none."""
-    from .data.augment import effective_ignore_index
-
     return effective_ignore_index(config.data.ignore_index, config.train.augment, config.model.n_classes)
 
 
@@ -195,8 +197,6 @@ class _Checkpointer:
         if self.run_dir is None or not history or self._plotted_rows == len(history):
             return
         try:
-            from .plots import plot_curves
-
             plot_curves(history, self.run_dir / CURVES)
         except Exception:  # a plot must never cost a finished epoch
             pass
@@ -251,7 +251,7 @@ def evaluate_data(
     memory = torch.channels_last if config.train.channels_last else torch.contiguous_format
     with torch.no_grad():
         for x, y in data.batches(batch_size or config.train.batch_size, device=device):
-            x = to_float(x).contiguous(memory_format=memory)
+            x = to_float(x, config.preprocess).contiguous(memory_format=memory)
             with autocast(device, dtype):
                 logits = model(x)
             if loss_fn is not None:
@@ -298,9 +298,12 @@ def fit(
 
     if train_data is None:
         train_data, val_data, mask_mode = load_data(config, log=log)
+        _cheap_checks(config, train_data, val_data, log)
         config = replace(config, data=replace(config.data, mask_mode=mask_mode))
     elif val_data is None and config.data.val_fraction:
         train_data, val_data = train_data.split(config.data.val_fraction, config.data.split_seed)
+    if not resume:
+        config = with_normalization(config, train_data, log)
     if len(train_data) == 0:
         raise ConfigError("the training set is empty")
 
@@ -340,8 +343,8 @@ def fit(
     if run_dir is not None and dist_info.is_main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            runio.remove_stale_temps(run_dir)  # left by a killed run
-            runio.atomic_write_text(run_dir / CONFIG, config.to_json())
+            remove_stale_temps(run_dir)  # left by a killed run
+            atomic_write_text(run_dir / CONFIG, config.to_json())
         except OSError as e:
             raise RunError(
                 f"could not write {run_dir / CONFIG} ({e.strerror or e}); free space or fix "
@@ -381,8 +384,6 @@ def fit(
 
     augment = None
     if t.augment.enabled:
-        from .data.augment import augment_batch
-
         augment = augment_batch
 
     stopped_early = False
@@ -417,7 +418,7 @@ def fit(
                 factor = lr_factor(config, epoch + step / steps_per_epoch) * plateau.factor
                 for group in opt.param_groups:
                     group["lr"] = t.lr * factor
-                x = to_float(x)
+                x = to_float(x, config.preprocess)
                 if augment is not None:
                     x, y = augment(
                         x, y, t.augment, ignore_index=ignore if ignore is not None else 255, generator=aug_gen
@@ -578,13 +579,15 @@ def load_data(
     d, m = config.data, config.model
     if not d.images or not d.masks:
         raise ConfigError("no training data: give --images DIR and --masks DIR")
-    from .data.stream import folder_cache_mode, load_streaming
-
     if folder_cache_mode(config, local_world_size=distributed.env_info().local_world_size, log=log) == "stream":
+        if d.label_map:
+            raise ConfigError("--label-map needs the in-memory cache for now: pass --cache memory")
         return load_streaming(config, log=log)  # type: ignore[return-value]  # same interface, decoded lazily
     palette = config.palette if d.mask_mode == "palette" else None
+    if d.label_map and d.mask_mode == "palette":
+        raise ConfigError("--label-map works on class ids; with colour masks import them first (datasets import)")
     common = dict(
-        n_classes=m.n_classes,
+        n_classes=len(d.label_map) if d.label_map else m.n_classes,  # a label map's source ids are decoded
         mask_mode=d.mask_mode,
         palette=palette,
         ignore_index=d.ignore_index,
@@ -597,13 +600,64 @@ def load_data(
         val, _ = SegmentationData.from_folders(
             d.val_images, d.val_masks, m.input_size, **(common | {"mask_mode": mode})
         )
-    elif d.val_fraction:
+    if d.label_map:
+        train, val = _map_labels(train, config), (_map_labels(val, config) if val is not None else None)
+    if d.val_fraction and not (d.val_images and d.val_masks):
         train, val = train.split(d.val_fraction, d.split_seed)
     log(
         f"read {len(train) + (len(val) if val else 0)} image/mask pairs ({mode} masks) in "
         f"{time.perf_counter() - t0:.1f}s, {(train.nbytes + (val.nbytes if val else 0)) / 2**20:.1f} MiB cached"
     )
     return train, val, mode
+
+
+def _map_labels(data: SegmentationData, config: RunConfig) -> SegmentationData:
+    """Masks of source ids -> the label map's ids (``config.data.label_map``), once, on the cache."""
+    from .data.loader import mask_dtype
+
+    d = config.data
+    lut = list(d.label_map or [])
+    size = max(len(lut), (d.ignore_index or 0) + 1)
+    table = torch.arange(size, dtype=torch.long)
+    table[: len(lut)] = torch.tensor(lut, dtype=torch.long)
+    masks = table[data.masks.long()].to(mask_dtype(config.model.n_classes, d.ignore_index))
+    return SegmentationData(data.images, masks)
+
+
+def _cheap_checks(config: RunConfig, train: Any, val: Any, log: Callable[[str], None]) -> None:
+    """check-data's checks that cost nothing once the data is loaded (pairing, sizes and values were checked
+    while loading): classes never present, and classes in validation but absent from training."""
+    if not hasattr(train, "class_counts"):
+        return
+    from .data.check import class_presence_problems
+
+    n = config.model.n_classes
+    val_counts = val.class_counts(n).tolist() if val is not None and hasattr(val, "class_counts") else None
+    for p in class_presence_problems(train.class_counts(n).tolist(), val_counts, config.class_names or []):
+        log(f"warning: {p.problem} (run `unetkit check-data` for the full report)")
+
+
+def with_normalization(config: RunConfig, data: Any, log: Callable[[str], None] = print) -> RunConfig:
+    """``config`` with the normalisation statistics of the training data (``--normalize``), unless already set."""
+    from .preprocess import normalization_stats
+
+    p = config.preprocess
+    have = {"scale": p.max_value, "mean-std": p.mean, "percentile": p.low}[p.normalize]
+    if have:
+        return config
+    if hasattr(data, "images"):
+        images = data.images
+    else:  # streaming: the first batches (up to 1024 images) stand for the set
+        chunks = []
+        for x, _ in data.batches(64, device="cpu"):
+            chunks.append(x)
+            if sum(len(c) for c in chunks) >= 1024:
+                break
+        images = torch.cat(chunks)
+    stats = normalization_stats(images.cpu(), p.normalize, config.train.seed)
+    if p.normalize != "scale":
+        log(f"normalisation {p.normalize} from the training set: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+    return replace(config, preprocess=replace(p, **stats))
 
 
 def resume_config(run_dir: str | Path, epochs: int | None = None) -> RunConfig:

@@ -205,6 +205,16 @@ def _sample_indices(n: int, k: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, n - 1, num=min(n, k))})
 
 
+def _image_dtype(pairs: Sequence[Pair]) -> torch.dtype:
+    """int32 (16-bit values) when the first readable image is 16-bit, else uint8."""
+    for image_path, _ in pairs[:DETECT_SAMPLES]:
+        try:
+            return torch.int32 if read_image(image_path).dtype == np.uint16 else torch.uint8
+        except DataError:
+            continue  # reported with the other problems
+    return torch.uint8
+
+
 def load_pairs(
     pairs: Sequence[Pair],
     input_size: tuple[int, int, int],
@@ -255,7 +265,7 @@ def load_pairs(
             [cache[i] for i in used], n_classes, ignore_index=ignore_index, paths=[pairs[i][1] for i in used]
         )
 
-    images = torch.empty((n, c, h, w), dtype=torch.uint8)
+    images = torch.empty((n, c, h, w), dtype=_image_dtype(pairs))
     mask_torch_dtype = torch.uint8 if mask_dtype(n_classes, ignore_index) == np.uint8 else torch.int32
     masks = torch.empty((n, h, w), dtype=mask_torch_dtype)
 

@@ -1,14 +1,16 @@
 """Decode image and mask files into numpy arrays, turning every failure into one clear ``DataError``.
 
-Images become uint8 (H, W, C) with C in 1/3/4, ready for ``preprocess.to_channels``. Masks keep their
-raw values (palette PNGs keep their indices, 16-bit masks their 16-bit values): turning them into
-class ids is ``masks.decode_mask``'s job, so that no conversion silently changes a label.
+Images become (H, W, C) arrays: uint8 for 8-bit files, uint16 for 16-bit ones, with C = 1/3/4 from
+Pillow, or any number of bands for TIFFs read through tifffile (extra ``tiff``) when Pillow cannot read
+them (more than 4 samples per pixel, planar layouts, ...). Masks keep their raw values (palette PNGs
+keep their indices, 16-bit masks their 16-bit values): turning them into class ids is
+``masks.decode_mask``'s job, so that no conversion silently changes a label.
 
 Conversions that change values, for images only:
 
-- 16-bit integer images (``I;16*``): ``value >> 8``. The same scale for every file, so an intensity
-  means the same in every image of a data set (data using only 12 of the 16 bits look dark:
-  rescale them beforehand if that matters).
+- 16-bit integer images (``I;16*``) keep their full 16-bit values (uint16); ``preprocess.to_float``
+  divides by 65535, or normalises with the training set's statistics (``--normalize``), so data using
+  only 12 of the 16 bits can use their whole range. (Earlier unetkit versions kept ``value >> 8``.)
 - 32-bit integer and float images (``I``, ``F``, e.g. TIFFs from scientific tools): finite values
   are stretched per image from their min..max to 0..255 (a constant image becomes 0); NaN and
   -inf become 0, +inf 255. There is no common scale for such data, so this is the pragmatic choice.
@@ -90,10 +92,6 @@ def _open(path: Path, what: str) -> Image.Image:
         raise DataError(f"{what} {path} is unreadable or truncated ({detail}); {_FIX_REEXPORT}") from None
 
 
-def _scale_16bit(a: np.ndarray) -> np.ndarray:
-    return (a.astype(np.uint16) >> 8).astype(np.uint8)
-
-
 def _scale_wide(a: np.ndarray) -> np.ndarray:
     """Stretch finite values of a 32-bit int or float array to 0..255; NaN/-inf -> 0, +inf -> 255."""
     with np.errstate(invalid="ignore"):  # signalling NaNs in damaged files warn on the cast
@@ -121,20 +119,62 @@ def _image_array(im: Image.Image) -> np.ndarray:
     elif mode in ("LA", "La", "PA", "RGBa"):
         a = np.asarray(im.convert("RGBA"))
     elif mode.startswith("I;16"):
-        a = _scale_16bit(np.asarray(im))
+        a = np.asarray(im).astype(np.uint16)
     elif mode in ("I", "F"):
         a = _scale_wide(np.asarray(im))
     else:  # CMYK, YCbCr, LAB, HSV, RGBX, ...
         a = np.asarray(im.convert("RGB"))
     if a.ndim == 2:
         a = a[:, :, None]
-    return np.require(a, dtype=np.uint8, requirements=["C", "W"])  # writable, for torch.from_numpy
+    if a.dtype != np.uint16:
+        a = a.astype(np.uint8, copy=False)
+    return np.require(a, requirements=["C", "W"])  # writable, for torch.from_numpy
+
+
+def _tiff_array(path: Path) -> np.ndarray:
+    """A TIFF through tifffile -> (H, W, bands) uint8/uint16 (other types stretched to uint8 per image)."""
+    try:
+        import tifffile
+    except ImportError:
+        raise DataError(
+            f"image {path} is a TIFF that Pillow cannot read (e.g. more than 4 bands); reading it needs "
+            "tifffile: pip install 'unetkit[tiff]'"
+        ) from None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            if int(np.prod(series.shape)) > 16 * MAX_PIXELS:  # before decoding: a guard against bombs
+                raise DataError(f"image {path} claims {series.shape} values, over the limit; downscale or tile it")
+            a, axes = series.asarray(), series.axes
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"image {path} is not a TIFF tifffile reads ({e}); {_FIX_REEXPORT}") from None
+    if a.ndim == 3 and axes[0] in "SC" and axes[-1] not in "SC":  # planar: bands first
+        a = np.moveaxis(a, 0, -1)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or 0 in a.shape:
+        raise DataError(f"image {path} has axes {axes} (shape {a.shape}); give a single 2D image with bands")
+    if a.shape[0] * a.shape[1] > MAX_PIXELS:
+        raise DataError(f"image {path} is {a.shape[1]}x{a.shape[0]} pixels, over the limit of {MAX_PIXELS:,}")
+    if a.dtype == np.bool_:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype not in (np.uint8, np.uint16):
+        a = _scale_wide(a)
+    return np.require(a, requirements=["C", "W"])
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as uint8 (H, W, C) with C = 1 (gray), 3 (RGB) or 4 (RGBA); DataError on failure."""
+    """Read an image file as (H, W, C): uint8 for 8-bit files, uint16 for 16-bit ones; C = 1 (gray),
+    3 (RGB), 4 (RGBA), or the band count of a multi-band TIFF; DataError on failure."""
     path = Path(path)
-    im = _open(path, "image")
+    try:
+        im = _open(path, "image")
+    except DataError:
+        if path.suffix.lower() in (".tif", ".tiff") and path.is_file():
+            return _tiff_array(path)
+        raise
     try:
         return _image_array(im)
     except Exception as e:

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import DataError
 from ..preprocess import resize_images, resize_masks, to_channels
+from .folders import load_pairs, pair_files
 
 
 def mask_dtype(n_classes: int, ignore_index: int | None) -> torch.dtype:
@@ -44,9 +45,10 @@ class SegmentationData:
     masks: torch.Tensor
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+        if self.images.dtype not in (torch.uint8, torch.int32) or self.images.dim() != 4:
             raise DataError(
-                f"images must be a (N, C, H, W) uint8 tensor, got {tuple(self.images.shape)} {self.images.dtype}"
+                "images must be a (N, C, H, W) uint8 (or int32 for 16-bit) tensor, "
+                f"got {tuple(self.images.shape)} {self.images.dtype}"
             )
         if (
             self.masks.dim() != 3
@@ -137,9 +139,9 @@ class SegmentationData:
         images, masks = np.asarray(images), np.asarray(masks)
         if images.ndim == 3:
             images = images[..., None]
-        if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-            raise DataError(f"images must be (N, H, W, C) with C in 1/3/4, got shape {images.shape}")
-        if images.dtype != np.uint8:
+        if images.ndim != 4:
+            raise DataError(f"images must be (N, H, W, C), got shape {images.shape}")
+        if images.dtype not in (np.uint8, np.uint16):
             if not np.issubdtype(images.dtype, np.floating) or np.nanmax(images) > 1.0 or np.nanmin(images) < 0:
                 raise DataError("images must be uint8 (0-255) or floats in [0, 1]")
             images = np.round(np.nan_to_num(images) * 255).astype(np.uint8)
@@ -148,7 +150,8 @@ class SegmentationData:
             raise DataError(f"masks {masks.shape} do not match images {images.shape[:3]}")
         _check_values(masks, n_classes, ignore_index, "the masks array")
         h, w, c = input_size
-        x = torch.from_numpy(np.ascontiguousarray(np.stack([to_channels(im, c) for im in images]))).permute(0, 3, 1, 2)
+        x = np.ascontiguousarray(np.stack([to_channels(im, c) for im in images]))
+        x = torch.from_numpy(x.astype(np.int32) if x.dtype == np.uint16 else x).permute(0, 3, 1, 2)
         y = torch.from_numpy(masks.astype(np.int64)).to(mask_dtype(n_classes, ignore_index))
         return cls(resize_images(x.contiguous(), (h, w), resize), resize_masks(y, (h, w)))
 
@@ -167,8 +170,6 @@ class SegmentationData:
         progress=None,
     ) -> tuple[SegmentationData, str]:
         """Read and validate a folder pair; returns the data and the mask mode used."""
-        from .folders import load_pairs, pair_files
-
         pairs = pair_files(images, masks)
         x, y, mode = load_pairs(
             pairs,

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
 from ..preprocess import preprocess_image, resize_masks
+from .folders import DETECT_SAMPLES, pair_files
 from .io import read_image, read_mask
 from .loader import split_indices
 from .masks import MASK_MODES, decode_mask, detect_mask_mode, mask_dtype
@@ -245,8 +246,6 @@ class StreamingData:
         num_workers: int = 2,
     ) -> tuple[StreamingData, str]:
         """Pair a folder of images with a folder of masks (decoding nothing yet); returns data and mask mode."""
-        from .folders import pair_files
-
         pairs = pair_files(images, masks)
         mode = resolve_mask_mode(pairs, mask_mode, n_classes=n_classes, palette=palette, ignore_index=ignore_index)
         return cls(pairs, input_size, n_classes, mode, palette, ignore_index, resize, num_workers), mode
@@ -261,8 +260,6 @@ def resolve_mask_mode(
     ignore_index: int | None = None,
 ) -> str:
     """The mask mode to use: ``mask_mode`` itself, or for "auto" the one detected from a few masks."""
-    from .folders import DETECT_SAMPLES
-
     if not pairs:
         raise DataError("no image/mask pairs to load")
     if mask_mode != "auto":
@@ -362,8 +359,6 @@ def folder_cache_mode(config: Any, *, local_world_size: int = 1, log: Callable[[
     d, m = config.data, config.model
     if d.cache != "auto":
         return d.cache
-    from .folders import pair_files
-
     count = len(pair_files(d.images, d.masks))
     if d.val_images and d.val_masks:
         count += len(pair_files(d.val_images, d.val_masks))

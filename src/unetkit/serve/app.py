@@ -31,8 +31,10 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import __version__
 from ..plots import colorize, overlay
 from ..predict import PredictorBase
+from ..predict_files import load_predictor
 from .batcher import MicroBatcher, Overloaded
 from .budget import BudgetTimeout, PixelBudget
 from .uploads import (
@@ -43,6 +45,7 @@ from .uploads import (
     decode_image,
     extract_image_bytes,
     image_size,
+    read_body,
 )
 
 log = logging.getLogger("unetkit.serve")
@@ -196,8 +199,6 @@ def create_app(
 ) -> FastAPI:
     """A FastAPI app serving one model: a run folder, an exported .onnx file, or a ready predictor."""
     if isinstance(model_path_or_predictor, (str, Path)):
-        from ..predict_files import load_predictor
-
         predictor: PredictorBase = load_predictor(model_path_or_predictor, device)  # type: ignore[assignment]
         source = Path(model_path_or_predictor).name
     else:
@@ -233,7 +234,7 @@ def create_app(
 
     app = FastAPI(
         title="unetkit",
-        version=_version(),
+        version=__version__,
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
@@ -354,15 +355,7 @@ def create_app(
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
-    from .uploads import read_body
-
     return await read_body(request.stream(), request.headers.get("content-length"), limit)
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
 
 
 def render_docs(spec: dict[str, Any]) -> str:

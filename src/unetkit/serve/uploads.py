@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..data.io import _image_array  # the one conversion path for 16-bit, float, palette, CMYK, ...
+
 # PIL formats accepted from clients (a small decoder surface): what unetkit reads from folders, plus WebP/GIF.
 FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
 IMAGE_TYPES = "image/png, image/jpeg, image/bmp, image/tiff, image/webp, image/gif"
@@ -183,8 +185,6 @@ def image_size(data: bytes, max_pixels: int) -> tuple[int, int]:
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode to uint8 (H, W, C), C in 1/3/4, with the same conversions as reading files (data.io)."""
-    from ..data.io import _image_array  # the one conversion path for 16-bit, float, palette, CMYK, ...
-
     image_size(data, max_pixels)
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as im:

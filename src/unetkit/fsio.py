@@ -1,0 +1,74 @@
+"""Atomic file writes and the clean-up of temporaries a killed writer left behind.
+
+A leaf module: it imports nothing from unetkit, so that every module that writes files (the run
+folder, plots, reports, exports) can use it without pulling in anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+TMP_SUFFIX = ".tmp"  # atomic writes go to ".NAME.PID.RANDOM.tmp" first
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """``atomic_write_bytes`` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete temporary files that a killed writer left in ``folder`` (its process is gone); return them.
+
+    Temporary names are ``.NAME.PID.RANDOM.tmp``: a file whose PID still runs is left alone, so a
+    live writer in another process never loses its file.
+    """
+    removed = []
+    for p in Path(folder).glob(f".*{TMP_SUFFIX}"):
+        parts = p.name.split(".")
+        if len(parts) < 5 or not parts[-3].isdigit():
+            continue  # not one of ours
+        pid = int(parts[-3])
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
