@@ -20,6 +20,7 @@ import asyncio
 import io
 import json
 import os
+import secrets
 import socket
 import statistics
 import subprocess
@@ -72,8 +73,12 @@ def test_images(count: int, height: int, width: int) -> list[bytes]:
     return out
 
 
+API_KEY = secrets.token_urlsafe(24)  # access control on, as a deployment would run it (--no-auth: off)
+HEADERS: dict[str, str] = {"Authorization": f"Bearer {API_KEY}"}
+
+
 def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as r:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=HEADERS), timeout=10) as r:
         return json.loads(r.read())
 
 
@@ -95,7 +100,13 @@ def start_server(model: Path, port: int, args: argparse.Namespace, log: Path) ->
         "--max-batch",
         str(args.max_batch),
     ]
-    proc = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    env = dict(os.environ)
+    env.pop("UNETKIT_API_KEY", None)
+    if HEADERS:
+        env["UNETKIT_API_KEY"] = API_KEY
+    if args.precision:
+        command += ["--precision", args.precision]
+    proc = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -138,7 +149,7 @@ async def one_round(url: str, images: list[bytes], n: int, concurrency: int, max
                 errors[key] = errors.get(key, 0) + 1
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60.0) as http:
+    async with httpx.AsyncClient(limits=limits, timeout=60.0, headers=HEADERS) as http:
         await asyncio.gather(*(client(i, http) for i in range(concurrency)))
     seconds = time.perf_counter() - start
     lat = sorted(latencies)
@@ -173,7 +184,11 @@ def main() -> None:
     ap.add_argument("--batch-window-ms", type=float, default=5.0)
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "int8"], help="serve --precision (int8: export it first)")
+    ap.add_argument("--no-auth", action="store_true", help="serve without an API key (default: access control on)")
     args = ap.parse_args()
+    if args.no_auth:
+        HEADERS.clear()
     if min(args.requests, args.concurrency, args.rounds) < 1 or args.max_seconds <= 0:
         raise SystemExit("--requests, --concurrency and --rounds must be >= 1, --max-seconds > 0")
 
@@ -191,7 +206,8 @@ def main() -> None:
             h, w, c = info["input_size"]
             name = model.name if args.model else args.arch
             print(
-                f"{name} ({info['model']['backend']}, input {h}x{w}x{c}, {info['n_classes']} classes), "
+                f"{name} ({info['model']['backend']} {info['model'].get('precision', '')}, "
+                f"input {h}x{w}x{c}, {info['n_classes']} classes), "
                 f"images {args.image_size[0]}x{args.image_size[1]} PNG, format={args.format}, "
                 f"batch window {args.batch_window_ms:g} ms, max batch {args.max_batch}, "
                 f"{os.cpu_count()} CPU cores, torch threads default"

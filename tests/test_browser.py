@@ -39,8 +39,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+API_KEY = "browser-test-key-0123456789"
+
+
 @pytest.fixture
 def server(tmp_path: Path):
+    yield from _serve(tmp_path, {})
+
+
+@pytest.fixture
+def keyed_server(tmp_path: Path):
+    yield from _serve(tmp_path, {"UNETKIT_API_KEY": API_KEY})
+
+
+def _serve(tmp_path: Path, env: dict[str, str]):
     pytest.importorskip("fastapi")
     import torch
 
@@ -68,13 +80,13 @@ def server(tmp_path: Path):
         "--port",
         str(port),
     ]
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                with urllib.request.urlopen(url + "/", timeout=2) as r:
                     if r.status == 200:
                         break
             except OSError:
@@ -116,11 +128,20 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
     try:
         driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
     except Exception as e:  # a browser that cannot start here (sandboxing, missing libraries)
         pytest.skip(f"chromium could not start: {str(e).splitlines()[0]}")
     driver.set_page_load_timeout(30)
+    try:
+        driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    except Exception:  # older drivers: the prefs above apply
+        pass
     try:
         yield driver
     finally:
@@ -195,4 +216,44 @@ def test_page_shows_overlay_and_legend(server: str, browser, tmp_path: Path) -> 
     wait_for(browser, "document.body.dataset.state === 'error'")
     message = browser.find_element(By.ID, "error").text
     assert "422" in message and "not an image" in message
+    # ... and no longer shows the previous image's result under the refusal, as if it were this file's
+    assert not browser.find_element(By.ID, "viewer").is_displayed()
+    assert browser.execute_script("return document.getElementById('download-mask').disabled")
     browser.save_screenshot(str(tmp_path / "error.png"))
+
+
+def wait_file(path: Path, timeout: float = 20.0) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size > 0:
+            return path
+        time.sleep(0.1)
+    raise AssertionError(f"{path} was not downloaded; folder holds {sorted(p.name for p in path.parent.iterdir())}")
+
+
+def test_page_asks_for_the_key_once_and_downloads(keyed_server: str, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    from unetkit.predict import Predictor
+
+    image_path = tmp_path / "street scene.png"
+    Image.fromarray(scene()).save(image_path)
+    browser.get(keyed_server + "/")
+    wait_for(browser, "!document.getElementById('keyform').hidden")
+    assert browser.execute_script("return document.body.dataset.state") == "key"
+    browser.find_element(By.ID, "key").send_keys("wrong-key-wrong-key")
+    browser.find_element(By.CSS_SELECTOR, "#keyform button").click()
+    wait_for(browser, "document.getElementById('key-message').textContent.includes('refused')")
+    browser.find_element(By.ID, "key").send_keys(API_KEY)
+    browser.find_element(By.CSS_SELECTOR, "#keyform button").click()
+    wait_for(browser, "document.body.dataset.state === 'ready'")
+    browser.find_element(By.ID, "file").send_keys(str(image_path))
+    wait_for(browser, "document.body.dataset.state === 'done'")  # the key was kept: not asked again
+
+    browser.find_element(By.ID, "download-mask").click()
+    mask = np.asarray(Image.open(wait_file(tmp_path / "downloads" / "street_scene_mask.png")))
+    expected = Predictor.from_run(tmp_path / "run", device="cpu").predict(scene())
+    np.testing.assert_array_equal(mask, expected)
+    browser.find_element(By.ID, "download-overlay").click()
+    shown = Image.open(wait_file(tmp_path / "downloads" / "street_scene_overlay.png"))
+    assert shown.size == (128, 96)

@@ -56,7 +56,7 @@ def images(seed: int = 0) -> list[np.ndarray]:
 def test_static_export_parity(static) -> None:
     print(static.summary())
     assert static.path.exists() and static.size_bytes == static.path.stat().st_size
-    assert static.input_shape == [1, 3, 32, 32] and not static.dynamic
+    assert static.input_shape == ["batch", 3, 32, 32] and not static.dynamic
     assert static.checked_shapes == [(1, 3, 32, 32)]
     assert static.max_abs_diff <= static.tolerance and static.max_abs_diff < 1e-5
     assert static.argmax_agreement == 1.0

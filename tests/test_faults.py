@@ -329,11 +329,11 @@ def test_ctrl_c_in_the_first_epoch_says_there_is_nothing_to_resume(tmp_path, tin
     calls = []
     real = train_mod.to_float
 
-    def to_float(x):  # the first step presses Ctrl-C
+    def to_float(x, *args):  # the first step presses Ctrl-C
         if not calls:
             os.kill(os.getpid(), signal.SIGINT)
         calls.append(1)
-        return real(x)
+        return real(x, *args)
 
     monkeypatch.setattr(train_mod, "to_float", to_float)
     with pytest.raises(TrainingInterrupted, match="nothing to resume; run the same command again"):
@@ -426,9 +426,9 @@ def _poison(monkeypatch, at_call: int, how: str) -> list[int]:
     if how == "nan-input":  # a batch whose image holds NaN (uint8 data cannot: poison it after scaling)
         real = train_mod.to_float
 
-        def to_float(x):
+        def to_float(x, *args):
             calls.append(1)
-            out = real(x)
+            out = real(x, *args)
             if len(calls) == at_call:
                 out = out.clone()
                 out[0, 0, 0, 0] = float("nan")

@@ -56,18 +56,24 @@ def report(request: pytest.FixtureRequest) -> Iterator[None]:
         print(line)
 
 
+API_KEY = "fuzz-test-key-0123456789abcdef"  # access control on: the fuzzing goes through it
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory):
     config = RunConfig(model=ModelConfig(input_size=(32, 32, 3), n_filters=4, n_classes=3))
     run = save_run(
         tmp_path_factory.mktemp("serve-fuzz") / "run", unet_model((32, 32, 3), n_filters=4, n_classes=3), config
     )
-    return create_app(run, max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS, batch_window_ms=0, device="cpu")
+    return create_app(
+        run, max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS, batch_window_ms=0, device="cpu", api_key=API_KEY
+    )
 
 
 @pytest.fixture(scope="module")
 def client(app) -> Iterator[TestClient]:
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, raise_server_exceptions=False, headers=AUTH) as c:
         yield c
 
 
@@ -86,7 +92,7 @@ if schemathesis is not None:
 
     @pytest.fixture(scope="module")
     def api_schema(app):
-        schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+        schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers=AUTH)
         schema.config.generation.update(
             max_examples=int(os.environ.get("UNETKIT_SERVE_FUZZ_SCHEMA", "150")), database="none"
         )
@@ -96,7 +102,7 @@ if schemathesis is not None:
 
     @schema.parametrize()
     def test_no_server_error_for_any_request_the_schema_allows_or_forbids(case):
-        response = case.call()
+        response = case.call(headers=AUTH)
         _record("schema", response.status_code)
         assert response.status_code < 500, (case.method, case.path, case.query, response.text[:300])
         if response.status_code >= 400:

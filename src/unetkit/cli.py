@@ -8,6 +8,7 @@ dispatches to every other, and nothing imports it).
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -30,11 +31,39 @@ app.add_typer(datasets_app, name="datasets")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"unetkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """The seed's U-Net as a toolkit: train, evaluate, predict, export and serve."""
+
+
 def _fail(message: str, code: int = 2) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # the message holds user text (paths, "[r, g, b]"): escaped, so rich shows it as written
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _os_error_message(e: OSError) -> str:
+    """One paragraph for a file-system error that no command turned into a message of its own."""
+    where = f" {e.filename}" if e.filename else ""
+    return (
+        f"cannot use{where}: {e.strerror or e}; check the path (a folder where a file is expected, "
+        "or the reverse) and its permissions"
+    )
 
 
 def guarded(fn: F) -> F:
@@ -50,6 +79,8 @@ def guarded(fn: F) -> F:
             _fail("interrupted", 130)
         except MemoryError:
             _fail("out of memory: lower --batch-size or --input-size")
+        except OSError as e:
+            _fail(_os_error_message(e))
         except RuntimeError as e:
             if "out of memory" in str(e).lower():
                 batch = kwargs.get("batch_size")
@@ -61,9 +92,11 @@ def guarded(fn: F) -> F:
 
 
 def console():
+    """Plain output: no markup (user text such as "data/br[red]ack" prints as written) and no wrapping
+    (a log line redirected to a file stays one line)."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -83,6 +116,11 @@ def info(
     from .run import build_model
 
     if run is not None:
+        if run.is_file():
+            raise UnetkitError(
+                f"--run takes a run folder, and {run} is a file; give the folder it came from "
+                "(an exported .onnx file is described by `unetkit export`'s report)"
+            )
         cfg = RunConfig.load(run / "config.json").model
     else:
         cfg = ModelConfig(
@@ -109,6 +147,8 @@ def datasets_synthetic(
     """Write the built-in procedural driving scenes as image/mask folders (+ classes.json palette)."""
     from .data.synthetic import write_dataset
 
+    if out.exists() and not out.is_dir():
+        raise UnetkitError(f"--out {out} is a file; give a folder to write image/ and mask/ into")
     path = write_dataset(out, count, height, width, seed)
     console().print(f"wrote {count} scenes to {path}/image and {path}/mask (palette: {path}/classes.json)")
 
@@ -200,7 +240,31 @@ def _progress_bar(enabled: bool):
     return bar()
 
 
+_FIELD_OPTIONS = re.compile(
+    r"(?<![\w.-])(val_images|val_masks|val_fraction|n_filters|n_classes|ignore_index|batch_size|warmup_epochs|"
+    r"early_stopping|weight_decay|mask_mode|nan_policy|input_size|class_weights|num_workers|palette_file)(?![\w])"
+    r"|(?<![\w.-])(epochs|lr|depth|dropout|optimizer|schedule|loss|precision|cache|resize)(?= must)"
+)
+
+
+def _option_names(message: str) -> str:
+    """A config message with the Python field names the user never typed turned into options (val_images ->
+    --val-images)."""
+    message = message.replace("input channels must", "--channels must")
+    return _FIELD_OPTIONS.sub(lambda m: "--" + (m.group(1) or m.group(2)).replace("_", "-"), message)
+
+
 def _train_config(**opts: Any):
+    """Build a RunConfig from the options; its errors name the options, not the Python fields."""
+    from .errors import ConfigError
+
+    try:
+        return _build_train_config(**opts)
+    except ConfigError as e:
+        raise ConfigError(_option_names(str(e))) from None
+
+
+def _build_train_config(**opts: Any):
     """Build a RunConfig: defaults, then the recipe, then every option the user gave explicitly."""
     from .config import AugmentConfig, DataConfig, ModelConfig, PreprocessConfig, RunConfig, TrainConfig
     from .recipes import apply_recipe
@@ -221,25 +285,27 @@ def _train_config(**opts: Any):
     n_classes = labels.get("n_classes", n_classes)
     if n_classes is None:
         raise UnetkitError("give --n-classes N (or a --palette / --class-names file that lists the classes)")
-    channels = opts["channels"] or _guess_channels(opts["images"])
     h, w = opts["input_size"] or (96, 128)
+    channels = opts["channels"] if opts["channels"] is not None else _survey_images(opts, (h, w))
     model = ModelConfig(
         name=opts["model"] or "unet",
         input_size=(h, w, channels),
-        n_filters=opts["n_filters"] or 32,
+        n_filters=opts["n_filters"] if opts["n_filters"] is not None else 32,
         n_classes=n_classes,
     )
-    data = DataConfig(
-        images=_s(opts["images"]),
-        masks=_s(opts["masks"]),
-        val_images=_s(opts["val_images"]),
-        val_masks=_s(opts["val_masks"]),
+    data = DataConfig(  # data paths absolute: a resume from another directory finds them
+        images=_abs(opts["images"]),
+        masks=_abs(opts["masks"]),
+        val_images=_abs(opts["val_images"]),
+        val_masks=_abs(opts["val_masks"]),
         val_fraction=opts["val_fraction"] or 0.0,
         mask_mode=opts["mask_mode"] or ("palette" if palette else "auto"),
         palette_file=_s(opts["palette"]),
         ignore_index=labels.get("ignore_index", opts["ignore_index"]),
         label_map_file=_s(opts.get("label_map")),
         label_map=labels.get("label_map"),
+        recursive=bool(opts.get("recursive")),
+        skip_bad=bool(opts.get("skip_bad")),
     )
     config = RunConfig(
         model=model, preprocess=PreprocessConfig(), data=data, train=TrainConfig(), class_names=names, palette=palette
@@ -315,6 +381,7 @@ def _labels_options(opts: dict[str, Any], names: list[str] | None, palette: list
 def _data_options(config: Any, opts: dict[str, Any]) -> Any:
     """``config`` with the data-reading options the user gave (also allowed with --resume)."""
     d = {k: opts[k] for k in ("cache", "num_workers") if opts.get(k) is not None}
+    d |= {k: True for k in ("recursive", "skip_bad") if opts.get(k)}
     return replace(config, data=replace(config.data, **d)) if d else config
 
 
@@ -322,20 +389,33 @@ def _s(p: Path | None) -> str | None:
     return str(p) if p is not None else None
 
 
-def _guess_channels(images: Path | None) -> int:
-    """1 when the first images are grayscale, else 3 (the seed)."""
-    if images is None:
-        return 3
-    from .data.folders import list_images
-    from .data.io import read_image
+def _abs(p: Path | None) -> str | None:
+    import os
 
-    files = list_images(images)[:4]
-    return 1 if files and all(read_image(f).shape[2] == 1 for f in files) else 3
+    return os.path.abspath(os.path.expanduser(p)) if p is not None else None
+
+
+def _survey_images(opts: dict[str, Any], input_size: tuple[int, int]) -> int:
+    """The input channels for the training images (1 when all are grayscale, else 3), from every file's
+    header; says so when grayscale and colour images are mixed, or when resizing distorts them."""
+    if opts.get("images") is None:
+        return 3
+    from .data.folders import aspect_note, guess_channels, list_images
+    from .data.io import header_info
+
+    infos = [header_info(f) for f in list_images(opts["images"], recursive=bool(opts.get("recursive")))]
+    channels, note = guess_channels(infos)
+    depth = opts.get("depth") or 5
+    for line in (note, aspect_note(infos, input_size, 2 ** (depth - 1))):
+        if line:
+            console().print(f"warning: {line}")
+    return channels
 
 
 @app.command()
 @guarded
 def train(
+    ctx: typer.Context,
     images: Annotated[Path | None, typer.Option(help="folder of training images")] = None,
     masks: Annotated[Path | None, typer.Option(help="folder of training masks (paired by file stem)")] = None,
     out: Annotated[Path | None, typer.Option(help="run folder to write")] = None,
@@ -393,26 +473,91 @@ def train(
         ),
     ] = None,
     progress: bool = True,
+    overwrite: Annotated[bool, typer.Option(help="replace the run already in --out (its files are deleted)")] = False,
+    recursive: Annotated[
+        bool, typer.Option(help="also read sub-folders (images/city1/a.png pairs with masks/city1/a.png)")
+    ] = False,
+    skip_bad: Annotated[
+        bool, typer.Option(help="leave out unreadable or invalid pairs (listed) instead of stopping")
+    ] = False,
 ) -> None:
     """Train a model on a folder of images and a folder of masks; writes a run folder."""
     from . import distributed
-    from .train import fit, resume_config
+    from .run import claim_run_folder
+    from .train import fit
 
-    if nproc is not None:
-        raise typer.Exit(distributed.launch(sys.argv[1:], nproc, log=console().print))
+    if resume is None and out is None:
+        raise UnetkitError("give --out RUN_FOLDER (where weights, config and metrics are written)")
+    if resume is None and not overwrite and distributed.is_main():
+        claim_run_folder(out, create=False)  # type: ignore[arg-type]  # refuses an existing run at once
     say = console().print if distributed.is_main() else _quiet  # under torchrun only rank 0 prints
+    if nproc is not None:  # check the settings here: a worker's error would come back buried in torchrun's
+        config = _resume_config(ctx, resume, locals(), _quiet) if resume is not None else _train_config(**locals())
+        distributed.local_batch_size(config.train.batch_size, nproc)
+        raise typer.Exit(distributed.launch(sys.argv[1:], nproc, log=console().print))
     if resume is not None:
-        config = _data_options(resume_config(resume, epochs), locals())
+        config = _resume_config(ctx, resume, locals(), say)
         say(f"resuming {resume} up to {config.train.epochs} epochs")
         result = fit(config, resume, resume=True, progress=progress, log=say)
     else:
-        if out is None:
-            raise UnetkitError("give --out RUN_FOLDER (where weights, config and metrics are written)")
         config = _train_config(**locals())
         say(config.describe())
-        result = fit(config, out, progress=progress, log=say)
+        result = fit(config, out, progress=progress, log=say, overwrite=overwrite)
     if distributed.is_main():
         _after_training(result)
+
+
+_RESUME_KEEPS = ("progress", "resume", "nproc", "overwrite", "out")  # how to run, not what the run is
+
+
+def _resume_config(ctx: typer.Context, run: Path, opts: dict[str, Any], say: Callable[..., None]) -> Any:
+    """The config to resume ``run`` with: the options that may change on resume applied (and said), those
+    that define the model or the recipe refused, data paths checked (they come from the run's config)."""
+    from .errors import ConfigError, DataError
+    from .train import RESUME_DATA, RESUME_TRAIN, resume_config
+
+    given = [name for name in opts if name not in ("ctx", *_RESUME_KEEPS) and _given(ctx, name)]
+    fixed = [n for n in given if n not in RESUME_TRAIN and n not in RESUME_DATA]
+    if fixed:
+        listed = ", ".join("--" + n.replace("_", "-") for n in fixed)
+        raise ConfigError(
+            f"{listed} cannot change on --resume: the checkpoint in {run} was trained with the model and recipe "
+            f"in {run / 'config.json'}. Leave {'it' if len(fixed) == 1 else 'them'} out to continue that run, or "
+            f"start a new one (--out NEW_RUN; --init-from {run} starts from its weights)"
+        )
+    old = _load_run_config(run)
+    changes = {n: opts[n] for n in given}
+    if opts.get("compile") is not None and "compile" in changes:
+        changes["compile"] = "on" if opts["compile"] else "off"
+    config = resume_config(run, **changes)
+    for name in given:
+        section = "train" if name in RESUME_TRAIN else "data"
+        before, after = getattr(getattr(old, section), name), getattr(getattr(config, section), name)
+        if before != after:
+            say(f"on resume: --{name.replace('_', '-')} {before} -> {after} (recorded in {run / 'config.json'})")
+    for name in ("images", "masks", "val_images", "val_masks"):
+        path = getattr(config.data, name)
+        if path and name not in given and not Path(path).exists():
+            option = "--" + name.replace("_", "-")
+            raise DataError(
+                f"{option} {path} does not exist; the path comes from {run / 'config.json'}: the data was moved, "
+                f"or the run was started from another directory. Give {option} DIR to point at it"
+            )
+    return config
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """True when the user typed option ``name`` (not its default)."""
+    source = ctx.get_parameter_source(name)
+    return getattr(source, "name", None) in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def _load_run_config(run: Path) -> Any:
+    from .config import RunConfig
+
+    if run.is_file():
+        raise UnetkitError(f"--resume takes a run folder, and {run} is a file")
+    return RunConfig.load(run / "config.json")
 
 
 def _quiet(*_args: Any, **_kwargs: Any) -> None:
@@ -421,7 +566,14 @@ def _quiet(*_args: Any, **_kwargs: Any) -> None:
 
 def _after_training(result: Any) -> None:
     run_dir = result.run_dir
-    best = f" best mIoU {result.best_miou:.4f}" if result.best_miou is not None else ""
+    validated = any(row.get("val_miou") is not None for row in result.history)
+    best = ""
+    if result.best_miou is not None:
+        best = (
+            f" best validation mIoU {result.best_miou:.4f}"
+            if validated
+            else f" training mIoU {result.best_miou:.4f} (last epoch, kept as the weights: no validation data)"
+        )
     console().print(f"done:{best}. Run folder: {run_dir}")
     console().print(
         f"next: unetkit evaluate {run_dir} --images DIR --masks DIR | unetkit predict {run_dir} IMAGES... --out DIR"
@@ -459,6 +611,7 @@ def compare(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
     seed: int | None = None,
     progress: bool = True,
+    overwrite: Annotated[bool, typer.Option(help="replace the runs already in --out")] = False,
 ) -> None:
     """Train U-Net and the FCN baseline with the same data, budget and recipe; write a table and a picture."""
     from .compare import compare as run_compare
@@ -466,13 +619,48 @@ def compare(
     opts = dict(locals(), model=None)
     config = _train_config(**opts)
     console().print(config.describe())
-    run_compare(config, out, tolerance=tolerance, examples=examples, progress=progress, log=console().print)
+    run_compare(
+        config,
+        out,
+        tolerance=tolerance,
+        examples=examples,
+        progress=progress,
+        log=console().print,
+        overwrite=overwrite,
+    )
+
+
+PRECISION_HELP = "fp32 (default: the model's own masks), bf16 (PyTorch autocast) or int8 (the run's int8 ONNX file)"
+
+
+def _say(text: str) -> None:
+    """Print user text as it is (paths may hold [brackets]), whole lines even when redirected."""
+    console().print(text, markup=False, soft_wrap=True)
+
+
+def _postprocess(model: Path, min_size: int | None, fill_holes: list[str] | None, keep_largest: list[str] | None):
+    """The PostProcess the options ask for (None when none), with class names read from the model."""
+    if not (min_size or fill_holes or keep_largest):
+        return None
+    from .postprocess import from_options
+    from .predict import open_predictor
+
+    p = open_predictor(model, device="cpu") if model.suffix.lower() == ".onnx" else None
+    if p is not None:
+        config = p.config
+    else:
+        from .config import RunConfig
+
+        if not (model / "config.json").is_file():
+            raise UnetkitError(f"{model} is not a run folder (no config.json) or an .onnx file")
+        config = RunConfig.load(model / "config.json")
+    return from_options(min_size, fill_holes, keep_largest, config.class_names or [], config.model.n_classes)
 
 
 @app.command()
 @guarded
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="run folder")],
+    run: Annotated[Path, typer.Argument(help="run folder (or .onnx file)")],
     images: Annotated[Path, typer.Option(help="folder of images")],
     masks: Annotated[Path, typer.Option(help="folder of masks")],
     json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics as JSON")] = None,
@@ -480,32 +668,83 @@ def evaluate(
     label_map: Annotated[Path | None, typer.Option(help="JSON label map (default: the run's own)")] = None,
     classes: Annotated[Path | None, typer.Option(help="classes.json of the masks' source classes")] = None,
     device: str = "auto",
+    precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
+    check_agreement: Annotated[int, typer.Option(help="compare masks with fp32 on the first N images")] = 0,
+    min_size: Annotated[int | None, typer.Option(help="remove components under N pixels (every class)")] = None,
+    fill_holes: Annotated[
+        list[str] | None, typer.Option(help="fill holes in this class (id or name; repeatable)")
+    ] = None,
+    keep_largest: Annotated[list[str] | None, typer.Option(help="keep this class's largest component only")] = None,
 ) -> None:
-    """Pixel accuracy, mean IoU, per-class IoU and Dice over a whole folder pair."""
+    """Pixel accuracy, mean IoU, per-class IoU and Dice over a whole folder pair (and what post-processing changes)."""
     from .evaluate import evaluate as run_evaluate
 
-    report = run_evaluate(run, images, masks, mask_mode=mask_mode, device=device, label_map=label_map, classes=classes)
-    console().print(report.table())
+    post = _postprocess(run, min_size, fill_holes, keep_largest)
+    report = run_evaluate(
+        run,
+        images,
+        masks,
+        mask_mode=mask_mode,
+        device=device,
+        precision=precision,
+        postprocess=post,
+        check_agreement=check_agreement,
+        label_map=label_map,
+        classes=classes,
+    )
+    _say(report.table())
     if json_out is not None:
         report.save_json(json_out)
-        console().print(f"wrote {json_out}")
+        _say(f"wrote {json_out}")
 
 
 @app.command()
 @guarded
 def predict(
     run: Annotated[Path, typer.Argument(help="run folder (or .onnx file)")],
-    inputs: Annotated[list[str], typer.Argument(help="image files, folders or glob patterns")],
-    out: Annotated[Path, typer.Option(help="output folder")],
+    inputs: Annotated[list[str], typer.Argument(help="image or video files, folders or glob patterns")],
+    out: Annotated[Path, typer.Option(help="output folder (never one of the input folders)")],
     masks: Annotated[Path | None, typer.Option(help="truth masks: also write input | truth | prediction")] = None,
     mode: Annotated[str | None, typer.Option(help="resize or sliding (window at full resolution)")] = None,
     device: str = "auto",
+    precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
+    outputs: Annotated[
+        str, typer.Option(help="which files per image: any of mask,colour,overlay")
+    ] = "mask,colour,overlay",
+    strict: Annotated[bool, typer.Option(help="stop at the first unreadable input (default: skip and report)")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace files in --out that no unetkit manifest lists")] = False,
+    batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 8,
+    frames: Annotated[bool, typer.Option(help="videos: also one index-mask PNG per frame")] = False,
+    check_agreement: Annotated[int, typer.Option(help="compare masks with fp32 on the first N images")] = 0,
+    min_size: Annotated[int | None, typer.Option(help="remove components under N pixels (every class)")] = None,
+    fill_holes: Annotated[
+        list[str] | None, typer.Option(help="fill holes in this class (id or name; repeatable)")
+    ] = None,
+    keep_largest: Annotated[list[str] | None, typer.Option(help="keep this class's largest component only")] = None,
+    progress: bool = True,
 ) -> None:
-    """Write for each image: index mask PNG (original size), colour mask and overlay."""
+    """Write for each image: index mask PNG (original size), colour mask, overlay; and manifest.csv."""
     from .predict_files import predict_files
 
-    written = predict_files(run, inputs, out, masks=masks, mode=mode, device=device)
-    console().print(f"wrote predictions for {written} image(s) to {out}")
+    report = predict_files(
+        run,
+        inputs,
+        out,
+        masks=masks,
+        mode=mode,
+        device=device,
+        precision=precision,
+        outputs=outputs,
+        strict=strict,
+        overwrite=overwrite,
+        batch_size=batch_size,
+        frames=frames,
+        check_agreement=check_agreement,
+        postprocess=_postprocess(run, min_size, fill_holes, keep_largest),
+        progress=progress and sys.stderr.isatty(),
+        log=_say,
+    )
+    _say(report.summary())
 
 
 @app.command("import-keras")
@@ -515,11 +754,12 @@ def import_keras(
     out: Annotated[Path, typer.Option(help="run folder to write")],
     class_names: Annotated[Path | None, typer.Option(help="JSON list of class names, or a palette file")] = None,
     input_size: Annotated[tuple[int, int] | None, typer.Option(help="H W (a bare .weights.h5 holds none)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace the run already in --out (its files are deleted)")] = False,
 ) -> None:
     """Bring a U-Net trained with the Keras tutorial over as a run folder (h5py only, no TensorFlow)."""
     from .keras_io import import_run
 
-    run = import_run(model_file, out, class_names=class_names, input_size=input_size)
+    run = import_run(model_file, out, class_names=class_names, input_size=input_size, overwrite=overwrite)
     console().print(f"imported {model_file} -> {run}")
     console().print(
         f"next: unetkit predict {run} IMAGES... --out DIR | unetkit evaluate {run} --images DIR --masks DIR"
@@ -530,19 +770,42 @@ def import_keras(
 @guarded
 def export(
     run: Annotated[Path, typer.Argument(help="run folder")],
-    out: Annotated[Path, typer.Option(help="file to write (.onnx for --format onnx)")],
+    out: Annotated[
+        Path | None, typer.Option(help="file to write (.onnx for --format onnx; --int8: RUN/model.int8.onnx)")
+    ] = None,
     format: Annotated[str, typer.Option("--format", help="onnx or keras-weights")] = "onnx",
     dynamic: Annotated[bool, typer.Option(help="ONNX: free batch, height, width (x16)")] = False,
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default 17)")] = None,
     weights: Annotated[str, typer.Option(help="best or last")] = "best",
+    int8: Annotated[bool, typer.Option(help="ONNX: static int8 (QDQ) calibrated on the run's training images")] = False,
+    calibrate: Annotated[Path | None, typer.Option(help="--int8: calibrate on this folder instead")] = None,
+    calibrate_count: Annotated[int, typer.Option(help="--int8: calibration images")] = 64,
+    max_change: Annotated[
+        float, typer.Option(help="--int8: refuse when more than this share of calibration pixels change class")
+    ] = 0.01,
 ) -> None:
     """Export a run's network; ONNX carries its settings and is checked against PyTorch before writing."""
     if format == "onnx":
         from .export import export_onnx
 
-        report = export_onnx(run, out, dynamic=dynamic, opset=opset, weights=weights)
-        console().print(report.summary(), soft_wrap=True)
+        report = export_onnx(
+            run,
+            out,
+            dynamic=dynamic,
+            opset=opset,
+            weights=weights,
+            int8=int8,
+            calibrate=calibrate,
+            calibrate_count=calibrate_count,
+            max_change=max_change,
+            log=_say,
+        )
+        _say(report.summary())
         return
+    if out is None:
+        raise UnetkitError("give --out FILE (where to write the weights)")
+    if int8:
+        raise UnetkitError("--int8 applies to --format onnx only")
     if format != "keras-weights":
         raise UnetkitError(f"--format must be onnx or keras-weights, got {format!r}")
     if dynamic or opset is not None:
@@ -569,17 +832,47 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="images per forward pass at most")] = 8,
     device: str = "auto",
     log_level: Annotated[str, typer.Option(help="info logs each request; warning is quiet")] = "info",
+    precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
+    api_key_file: Annotated[
+        Path | None, typer.Option(help="require 'Authorization: Bearer KEY' (KEY: this file's first line)")
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None, typer.Option(help="allow pages from this origin to call the API (repeatable)")
+    ] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS: private key (PEM), with --ssl-certfile")] = None,
+    ssl_certfile: Annotated[Path | None, typer.Option(help="TLS: certificate chain (PEM)")] = None,
+    min_size: Annotated[int | None, typer.Option(help="remove components under N pixels (every class)")] = None,
+    fill_holes: Annotated[
+        list[str] | None, typer.Option(help="fill holes in this class (id or name; repeatable)")
+    ] = None,
+    keep_largest: Annotated[list[str] | None, typer.Option(help="keep this class's largest component only")] = None,
 ) -> None:
-    """Serve a model over HTTP: POST /predict, GET /info, /health, /docs, and a web page at /."""
+    """Serve a model over HTTP: POST /predict, GET /info, /health, /docs, and a web page at /.
+
+    Access control: --api-key-file FILE or the UNETKIT_API_KEY environment variable.
+    """
     try:
         from .serve import serve as run_server
+        from .serve.app import check_server_options
+        from .serve.auth import key_file_warning, read_api_key
     except ImportError as e:
         raise UnetkitError(
             f"serving needs the serve extra ({e.name or e} is missing): pip install 'unetkit[serve]'"
         ) from None
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        console().print(f"[yellow]note:[/] on {host}, anyone who can reach this machine can use the model")
-    console().print(f"serving {model} at http://{host}:{port}/ (API reference: /docs); Ctrl-C stops")
+    check_server_options(port, log_level)
+    if (ssl_keyfile is None) != (ssl_certfile is None):
+        raise UnetkitError("TLS needs both --ssl-keyfile and --ssl-certfile (or neither, behind a reverse proxy)")
+    api_key = read_api_key(api_key_file)
+    post = _postprocess(model, min_size, fill_holes, keep_largest)
+    warning = key_file_warning(api_key_file)
+    if warning:
+        _say(f"note: {warning}")
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        _say(f"note: on {host}, anyone who can reach this machine can use the model (see --api-key-file)")
+    scheme = "https" if ssl_certfile else "http"
+    guard = ", API key required" if api_key else ""
+    _say(f"serving {model} at {scheme}://{host}:{port}/ (API reference: /docs{guard}); Ctrl-C stops")
+    tls = {"ssl_keyfile": str(ssl_keyfile), "ssl_certfile": str(ssl_certfile)} if ssl_certfile else {}
     run_server(
         model,
         host,
@@ -590,6 +883,11 @@ def serve(
         max_batch=max_batch,
         device=device,
         log_level=log_level,
+        precision=precision,
+        postprocess=post,
+        api_key=api_key,
+        cors_origins=tuple(cors_origin or ()),
+        uvicorn_options=tls,
     )
 
 
@@ -605,6 +903,7 @@ def demo(
     epochs: Annotated[int | None, typer.Option(help="[default: the recipe's]")] = None,
     seed: int = 0,
     progress: bool = True,
+    overwrite: Annotated[bool, typer.Option(help="replace the run already in --out")] = False,
 ) -> None:
     """Train the seed's U-Net on built-in driving scenes, evaluate on held-out scenes, show pictures."""
     from .demo import run_demo
@@ -612,6 +911,7 @@ def demo(
     run_demo(
         out,
         recipe=recipe,
+        overwrite=overwrite,
         train_count=train_count,
         val_count=val_count,
         epochs=epochs,

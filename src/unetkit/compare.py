@@ -143,15 +143,22 @@ def compare(
     examples: int = 4,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
+    overwrite: bool = False,
 ) -> Comparison:
     """Train each of ``models`` with ``config``'s recipe on the same data and write the study to ``out``.
 
     ``out/<model>/`` holds each run folder; ``out/compare.md``, ``out/compare.json`` and
     ``out/compare.png`` (input | truth | FCN | U-Net) hold the result. Validation data is required:
-    give ``val_data``, validation folders, or ``data.val_fraction`` in the config.
+    give ``val_data``, validation folders, or ``data.val_fraction`` in the config. Run folders that
+    already exist are refused unless ``overwrite``.
     """
     log = log or (lambda _msg: None)
     out = Path(out)
+    if not overwrite:
+        from .run import claim_run_folder
+
+        for name in models:
+            claim_run_folder(out / name, create=False)
     if train_data is None:
         loaded = load_data(config, log=log)
         train_data, val_data = loaded[0], loaded[1]
@@ -167,7 +174,9 @@ def compare(
         cfg = replace(config, model=replace(config.model, name=name))
         log(f"--- {TITLES.get(name, name)}: {len(train_data)} training images, {cfg.train.epochs} epochs")
         t0 = time.perf_counter()
-        result = fit(cfg, out / name, train_data=train_data, val_data=val_data, progress=progress, log=log)
+        result = fit(
+            cfg, out / name, train_data=train_data, val_data=val_data, progress=progress, log=log, overwrite=overwrite
+        )
         seconds = time.perf_counter() - t0
         model = result.model.to(device)
         cm, bf = score_model(model, val_data, cfg, device=device, tolerance=tolerance)

@@ -60,7 +60,12 @@ class ModelConfig:
         _check(c >= 1, f"input channels must be >= 1 (1 gray, 3 RGB, 4 RGBA, more for multi-band TIFFs), got {c}")
         _check(self.depth >= 2, f"depth must be at least 2, got {self.depth}")
         multiple = 2 ** (self.depth - 1)
-        if h % multiple or w % multiple or h <= 0 or w <= 0:
+        _check(
+            h > 0 and w > 0,
+            f"input size {h}x{w} must be positive: height and width in pixels, multiples of {multiple} "
+            "(the seed: 96 128)",
+        )
+        if h % multiple or w % multiple:
             raise ConfigError(
                 f"input size {h}x{w} is not divisible by {multiple} (the network halves it {self.depth - 1} "
                 f"times). Nearest valid: height {valid_sizes_near(h, multiple)}, width {valid_sizes_near(w, multiple)}."
@@ -118,6 +123,8 @@ class DataConfig:
     label_map: list[int] | None = None  # source class id -> trained class id (or the ignore index)
     cache: str = "auto"  # "auto", "memory" (decode once into a uint8 tensor) or "stream" (DataLoader workers)
     num_workers: int = 2
+    recursive: bool = False  # also read the folders' sub-folders (pairs share their path inside them)
+    skip_bad: bool = False  # leave out (and report) unreadable pairs instead of stopping
 
     def __post_init__(self) -> None:
         _choice("mask_mode", self.mask_mode, ("auto", "index", "binary", "channels", "palette"))
@@ -261,6 +268,8 @@ class RunConfig:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"{path} does not exist") from None
+        except OSError as e:  # a file where the run folder should be, permissions, ...
+            raise ConfigError(f"{path} cannot be read ({e.strerror or e}); give a run folder") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path} is not valid JSON ({e}); restore it or retrain") from None
         try:

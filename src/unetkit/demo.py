@@ -25,7 +25,7 @@ from .evaluate import evaluate
 from .plots import plot_curves, side_by_side
 from .predict import Predictor
 from .recipes import apply_recipe
-from .run import CURVES, METRICS, load_run, read_metrics
+from .run import CURVES, METRICS, claim_run_folder, load_run, read_metrics
 
 HEIGHT, WIDTH = 96, 128  # the seed's input size
 
@@ -88,13 +88,16 @@ def run_demo(
     progress: bool = True,
     log: Callable[[str], None] = print,
     budget_s: float | None | str = "plan",
+    overwrite: bool = False,
     **train: Any,
 ) -> dict:
     """Train on ``train_count`` scenes, pick the best epoch on ``val_count`` others, test on ``val_count``
     scenes of another seed; counts, epochs and the time budget (``budget_s``: seconds, None for none)
-    default to the recipe's plan (``PLANS``); giving ``epochs`` turns the plan's budget off."""
-
+    default to the recipe's plan (``PLANS``); giving ``epochs`` turns the plan's budget off. An ``out``
+    that already holds a run is refused unless ``overwrite``."""
     out = Path(out)
+    if not overwrite:
+        claim_run_folder(out, create=False)
     config = demo_config(recipe, epochs=epochs, seed=seed, **train)
     plan = PLANS[recipe]
     train_count = plan.train_count if train_count is None else train_count
@@ -124,6 +127,7 @@ def run_demo(
             val_data=val_data,
             progress=progress,
             log=log,
+            overwrite=overwrite,
             epoch_callback=_budget_check(budget, t0, config.train.epochs),
         )
         model, history = result.model, result.history

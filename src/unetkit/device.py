@@ -41,6 +41,29 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_has_fast_bf16() else None
 
 
+PREDICT_PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def resolve_predict_precision(name: str | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for prediction: float32 unless asked (``--precision``), so masks are the model's own.
+
+    Training may use bf16 where the hardware runs it fast (``resolve_precision``); prediction, evaluation
+    and serving default to fp32 because bf16 changes some pixels' class (imported Keras models would not
+    agree with Keras). ``int8`` runs on onnxruntime and is chosen by ``open_predictor``, not here.
+    """
+    name = "fp32" if name is None else name
+    if name == "auto":  # the training rule, kept for callers that want the fastest float path
+        return resolve_precision(name, device)
+    if name not in PREDICT_PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PREDICT_PRECISIONS)}, got {name!r}")
+    if name == "int8":
+        raise ConfigError(
+            "--precision int8 runs an int8 ONNX file on onnxruntime: make one with `unetkit export RUN --format "
+            "onnx --int8` and open it with open_predictor(RUN, precision='int8') (or pass the .onnx file)"
+        )
+    return torch.bfloat16 if name == "bf16" else None
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """Autocast to ``dtype``, or nothing for fp32."""
     if dtype is None:

@@ -19,3 +19,7 @@ class ConfigError(UnetkitError, ValueError):
 
 class RunError(UnetkitError):
     """A run folder that is missing, incomplete or inconsistent."""
+
+
+class ExportError(UnetkitError):
+    """An export could not be made, or an ONNX file is not one unetkit can use."""

@@ -6,8 +6,9 @@ One confusion matrix over the whole set; pixel accuracy, IoU and Dice derive fro
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,18 @@ import torch
 
 from .data.folders import pair_files
 from .data.io import read_image, read_mask
-from .data.masks import decode_mask, detect_mask_mode
+from .data.masks import RANGE_FIX, decode_mask, detect_mask_mode
 from .errors import DataError
 from .fsio import atomic_write_text
 from .metrics import ConfusionMatrix, SegmentationMetrics
-from .predict import Predictor
+from .postprocess import PostProcess
+from .predict import PredictorBase, open_predictor
+from .predict_files import agreement_note
+
+_EVAL_FIX = (
+    "the run was trained for its classes (n_classes and ignore index in its config.json): check that "
+    "--masks is the right folder, or choose another --mask-mode"
+)
 
 
 @dataclass
@@ -29,12 +37,40 @@ class EvalReport:
     class_names: list[str]
     n_images: int
     mask_mode: str
+    precision: str = "fp32"
+    # with post-processing: the raw model's metrics above are followed by one row per option and all together
+    postprocess: list[dict[str, Any]] = field(default_factory=list)
+    agreement: str | None = None
+
+    @property
+    def mean_iou(self) -> float:
+        """Mean IoU over the classes present (the headline figure), as ``metrics.mean_iou``."""
+        return self.metrics.mean_iou
+
+    @property
+    def pixel_accuracy(self) -> float:
+        return self.metrics.pixel_accuracy
 
     def to_dict(self) -> dict[str, Any]:
-        return self.metrics.to_dict(self.class_names) | {"n_images": self.n_images, "mask_mode": self.mask_mode}
+        extra: dict[str, Any] = {"n_images": self.n_images, "mask_mode": self.mask_mode, "precision": self.precision}
+        if self.postprocess:
+            extra["postprocess"] = self.postprocess
+        if self.agreement:
+            extra["agreement"] = self.agreement
+        return self.metrics.to_dict(self.class_names) | extra
 
     def table(self) -> str:
-        return self.metrics.format_table(self.class_names)
+        text = self.metrics.format_table(self.class_names)
+        if self.postprocess:
+            rows = [f"{'post-processing':<28} {'mIoU':>7} {'change':>8} {'pixels changed':>15}"]
+            rows += [
+                f"{r['name']:<28} {r['mean_iou']:>7.4f} {r['mean_iou_change']:>+8.4f} {r['pixels_changed']:>15.3%}"
+                for r in self.postprocess
+            ]
+            text += "\n\n" + "\n".join(rows)
+        if self.agreement:
+            text += "\n" + self.agreement
+        return text
 
     def save_json(self, path: str | Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=False))
@@ -58,22 +94,31 @@ def _lookup_table(config: Any, label_map: str | Path | None, classes: str | Path
 
 
 def evaluate(
-    model: str | Path | Predictor,
+    model: str | Path | PredictorBase,
     images: str | Path,
     masks: str | Path,
     *,
     mask_mode: str | None = None,
     batch_size: int = 8,
     device: str = "auto",
+    precision: str | None = None,
+    postprocess: PostProcess | None = None,
+    check_agreement: int = 0,
     label_map: str | Path | None = None,
     classes: str | Path | None = None,
 ) -> EvalReport:
-    """Evaluate a run folder (or a Predictor) on images/masks paired by file stem.
+    """Evaluate a run folder, an .onnx file (or a predictor) on images/masks paired by file stem.
 
+    ``precision``: fp32 (default), bf16 or int8 (see ``open_predictor``). With ``postprocess`` the metrics
+    are those of the raw model, and ``report.postprocess`` says what each option (and all of them) changes.
+    ``check_agreement`` N: the share of pixels of the first N images where the masks agree with fp32.
     Masks hold the source ids of the run's label map, if it was trained with one (``label_map`` FILE
     instead: that map, over the source classes of ``classes`` FILE, else ``class_0..``).
     """
-    predictor = model if isinstance(model, Predictor) else Predictor.from_run(model, device=device)
+    if isinstance(model, PredictorBase):
+        predictor = model
+    else:
+        predictor = open_predictor(model, device=device, precision=precision)
     config = predictor.config
     n = config.model.n_classes
     ignore = config.data.ignore_index
@@ -82,14 +127,44 @@ def evaluate(
     n_source = len(lut) if lut else n
     mode = mask_mode or config.data.mask_mode
     if mode == "auto":
-        mode = detect_mask_mode([read_mask(m) for _, m in pairs[:8]], n_source, ignore_index=ignore)
+        sample = [m for _, m in pairs[:8]]
+        mode = detect_mask_mode(
+            [read_mask(m) for m in sample], n_source, ignore_index=ignore, paths=sample, evaluating=True
+        )
     palette = config.palette if mode == "palette" else None
-    cm = ConfusionMatrix(n, ignore)
+    steps = postprocess.steps() if postprocess is not None else []
+    variants = [("raw", None), *steps] + ([("all together", postprocess)] if len(steps) > 1 else [])
+    load = _loader(mode, n_source, palette, ignore, lut)
+    metrics, changed, total = _score(predictor, pairs, load, variants, n, ignore, batch_size)
+    rows = [
+        {
+            "name": name,
+            "mean_iou": m.mean_iou,
+            "mean_iou_change": m.mean_iou - metrics[0].mean_iou,
+            "pixels_changed": changed[i] / max(total, 1),
+        }
+        for i, ((name, _), m) in enumerate(zip(variants, metrics))
+    ]
+    report = EvalReport(metrics[0], predictor.class_names, len(pairs), mode, predictor.precision, rows if steps else [])
+    if check_agreement and not isinstance(model, PredictorBase):
+        report.agreement = _agreement(model, predictor, [p for p, _ in pairs[:check_agreement]], device)
+    return report
+
+
+def _loader(
+    mode: str, n_source: int, palette: Any, ignore: int | None, lut: list[int] | None
+) -> Callable[[tuple[Path, Path]], tuple[np.ndarray, np.ndarray]]:
+    """Read an (image, mask) pair as evaluation needs it: mask decoded, mapped, same size as the image."""
 
     def load(pair: tuple[Path, Path]) -> tuple[np.ndarray, np.ndarray]:
         img_path, mask_path = pair
         image = read_image(img_path)
-        mask = decode_mask(read_mask(mask_path), mode, n_source, palette=palette, ignore_index=ignore, path=mask_path)
+        try:
+            mask = decode_mask(
+                read_mask(mask_path), mode, n_source, palette=palette, ignore_index=ignore, path=mask_path
+            )
+        except DataError as e:  # the classes are the run's: the advice on --n-classes does not apply here
+            raise DataError(str(e).replace(RANGE_FIX, _EVAL_FIX)) from None
         if lut:
             from .data.labelmap import apply_lut
 
@@ -101,10 +176,39 @@ def evaluate(
             )
         return image, mask
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for start in range(0, len(pairs), batch_size):
-            loaded = list(pool.map(load, pairs[start : start + batch_size]))
-            preds = predictor.predict_batch([im for im, _ in loaded])
-            for pred, (_, mask) in zip(preds, loaded):
-                cm.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(mask.astype(np.int64)))
-    return EvalReport(cm.compute(), predictor.class_names, len(pairs), mode)
+    return load
+
+
+def _score(
+    predictor: PredictorBase,
+    pairs: list[tuple[Path, Path]],
+    load: Callable[[tuple[Path, Path]], tuple[np.ndarray, np.ndarray]],
+    variants: list[tuple[str, PostProcess | None]],
+    n: int,
+    ignore: int | None,
+    batch_size: int,
+) -> tuple[list[SegmentationMetrics], list[int], int]:
+    """One confusion matrix per variant (raw, each post-processing) over the whole set; pixels each changed."""
+    cms = [ConfusionMatrix(n, ignore) for _ in variants]
+    changed = [0] * len(variants)
+    total = 0
+    saved, predictor.postprocess = predictor.postprocess, None  # raw masks; each variant applied here
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for start in range(0, len(pairs), batch_size):
+                loaded = list(pool.map(load, pairs[start : start + batch_size]))
+                preds = predictor.predict_batch([im for im, _ in loaded], batch_size=batch_size)
+                for pred, (_, mask) in zip(preds, loaded):
+                    truth = torch.from_numpy(mask.astype(np.int64))
+                    total += pred.size
+                    for i, (_, post) in enumerate(variants):
+                        out = pred if post is None else post(pred)
+                        changed[i] += int((out != pred).sum()) if post is not None else 0
+                        cms[i].update(torch.from_numpy(out.astype(np.int64)), truth)
+    finally:
+        predictor.postprocess = saved
+    return [cm.compute() for cm in cms], changed, total
+
+
+def _agreement(model: str | Path, predictor: PredictorBase, files: list[Path], device: str) -> str:
+    return agreement_note(model, predictor, files, device)

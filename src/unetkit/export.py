@@ -6,8 +6,9 @@ around it (channel handling, resize mode, scaling, class names, palette, input s
 run config) is stored in the model's ``metadata_props`` under ``unetkit.*`` keys, so that the file
 alone is enough to predict exactly as the run folder does (``OnnxPredictor``).
 
-Static export (the default) fixes the shape to (1, C, H, W) at the run's input size. ``dynamic=True``
-makes batch, height and width free; height and width must be multiples of ``2 ** (depth - 1)``
+Static export (the default) fixes height and width at the run's input size, (N, C, H, W) with the
+batch free, so that a served batch is one call. ``dynamic=True`` makes height and width free too;
+height and width must be multiples of ``2 ** (depth - 1)``
 (16 for the seed's depth of 5), as the network halves them that many times. The legacy TorchScript
 exporter (``torch.onnx.export(..., dynamo=False)``) is used: it needs nothing beyond torch and onnx,
 and the model skips its Python-side size check while being traced (``model._tracing``).
@@ -34,22 +35,35 @@ import torch
 
 from . import __version__
 from .config import RunConfig
-from .errors import ConfigError, RunError, UnetkitError
+from .errors import ExportError
 from .fsio import atomic_write_bytes
-from .predict import PredictorBase
-from .preprocess import to_float
+from .predict import (  # the onnxruntime side lives with the other predictors; re-exported here
+    INT8_FILE,
+    META_PREFIX,
+    OnnxPredictor,
+    need_onnx,
+    read_metadata,
+    session_options,
+)
+from .quantize import DEFAULT_MAX_CHANGE, quantize_run, set_metadata
 from .run import load_run
+
+__all__ = [
+    "ExportError",
+    "ExportReport",
+    "OnnxPredictor",
+    "ParityError",
+    "compare",
+    "export_onnx",
+    "read_metadata",
+    "session_options",
+]
 
 DEFAULT_OPSET = 17
 DEFAULT_RTOL = 1e-4
-META_PREFIX = "unetkit."
 METADATA_VERSION = "1"
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
-
-
-class ExportError(UnetkitError):
-    """The export could not be made, or an ONNX file is not one unetkit can use."""
 
 
 class ParityError(ExportError):
@@ -73,6 +87,7 @@ class ExportReport:
     size_bytes: int
     seconds: float
     metadata: dict[str, str] = field(default_factory=dict)
+    int8: str | None = None  # the quantisation's agreement summary, when int8
 
     def summary(self) -> str:
         shapes = ", ".join("x".join(map(str, s)) for s in self.checked_shapes)
@@ -83,20 +98,13 @@ class ExportReport:
             f"parity with PyTorch on random inputs {shapes} (seed {self.seed}): max abs difference "
             f"{self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g}, largest logit "
             f"{self.max_abs_logit:.3g}), "
-            f"argmax agreement {self.argmax_agreement:.4%}"
+            f"argmax agreement {self.argmax_agreement:.4%}" + (f"\nint8: {self.int8}" if self.int8 else "")
         )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["path"] = str(self.path)
         return d
-
-
-def _need(module: str) -> Any:
-    try:
-        return __import__(module)
-    except ImportError:
-        raise ExportError(f"{module} is not installed; install the ONNX extra: pip install 'unetkit[onnx]'") from None
 
 
 def _scale_text(config: RunConfig) -> str:
@@ -112,7 +120,7 @@ def _scale_text(config: RunConfig) -> str:
 def _metadata(config: RunConfig, dynamic: bool, opset: int, source: str) -> dict[str, str]:
     h, w, c = config.model.input_size
     multiple = config.model.size_multiple
-    shape = f"(N, {c}, H, W), H and W multiples of {multiple}" if dynamic else f"(1, {c}, {h}, {w})"
+    shape = f"(N, {c}, H, W), H and W multiples of {multiple}" if dynamic else f"(N, {c}, {h}, {w})"
     preprocess = {
         "layout": "NCHW",
         "dtype": "float32",
@@ -143,7 +151,8 @@ def _metadata(config: RunConfig, dynamic: bool, opset: int, source: str) -> dict
 
 
 def _torch_export(model: torch.nn.Module, example: torch.Tensor, dynamic: bool, opset: int) -> bytes:
-    axes = {0: "batch", 2: "height", 3: "width"}
+    # The batch is always free (served batches run as one call); height and width only with ``dynamic``.
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notices
@@ -156,7 +165,7 @@ def _torch_export(model: torch.nn.Module, example: torch.Tensor, dynamic: bool, 
             do_constant_folding=True,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes} if dynamic else None,
+            dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
         )
     return buf.getvalue()
 
@@ -210,49 +219,35 @@ def compare(
 
 def export_onnx(
     run_dir: str | Path,
-    out: str | Path,
+    out: str | Path | None = None,
     *,
     dynamic: bool = False,
     opset: int | None = None,
     weights: str = "best",
     rtol: float = DEFAULT_RTOL,
     seed: int | None = None,
+    int8: bool = False,
+    calibrate: str | Path | None = None,
+    calibrate_count: int = 64,
+    max_change: float | None = None,
+    log: Any = None,
 ) -> ExportReport:
     """Export a run folder's network to ONNX with its settings in the metadata; verify it; write it.
 
     ``seed`` fixes the random check inputs (default: fresh ones each time, reported). Nothing is
-    written when the export or the parity check fails.
+    written when the export or the parity check fails. ``int8`` quantises the checked float graph
+    (static, QDQ, per-channel weights) calibrated on ``calibrate`` (default: the run's training images)
+    and refuses when more than ``max_change`` of the calibration pixels change class (``unetkit.quantize``);
+    ``out`` then defaults to ``RUN/model.int8.onnx``, where ``--precision int8`` looks for it.
     """
-    onnx = _need("onnx")
-    ort = _need("onnxruntime")
+    need_onnx("onnx")
+    ort = need_onnx("onnxruntime")
     start = time.perf_counter()
-    out = Path(out)
-    if out.suffix.lower() != ".onnx":
-        raise ExportError(f"--out {out} should end with .onnx (predict and serve recognise ONNX files by it)")
-    if out.exists() and out.is_dir():
-        raise ExportError(f"--out {out} is a folder; give a file name ending with .onnx")
+    out = _out_path(run_dir, out, int8)
     opset = DEFAULT_OPSET if opset is None else int(opset)
     run = load_run(run_dir, weights=weights, device="cpu")
     model, config = run.model.eval(), run.config
-    h, w, c = config.model.input_size
-    example = torch.rand(1, c, h, w, generator=torch.Generator().manual_seed(0))
-    try:
-        raw = _torch_export(model, example, dynamic, opset)
-    except Exception as e:  # unsupported opset, exporter limitations: one clear paragraph
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ExportError(
-            f"exporting {run_dir} to ONNX with opset {opset} failed: {first}. Try another "
-            f"--opset (default {DEFAULT_OPSET})"
-        ) from None
-    proto = onnx.load_from_string(raw)
-    meta = _metadata(config, dynamic, opset, Path(run_dir).resolve().name)
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.doc_string = f"unetkit {config.model.name}: {meta[META_PREFIX + 'input']} -> {meta[META_PREFIX + 'output']}"
-    proto.producer_name, proto.producer_version = "unetkit", __version__
-    onnx.checker.check_model(proto)
+    proto, meta = _float_proto(model, config, run_dir, dynamic, opset)
     data = proto.SerializeToString()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     shape = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
@@ -268,6 +263,20 @@ def export_onnx(
             f"({int(numbers['clear_flips'])} pixel(s) changed class away from a tie), check seed {seed}. "
             f"{out} was not written; try another --opset or report it"
         )
+    quant = None
+    if int8:
+        quant = quantize_run(
+            data,
+            run_dir,
+            config,
+            calibrate=calibrate,
+            count=calibrate_count,
+            max_change=DEFAULT_MAX_CHANGE if max_change is None else max_change,
+            out=out,
+            log=log,
+        )
+        data = quant.data
+        meta = {**meta, **quant.metadata}
     atomic_write_bytes(out, data)
     return ExportReport(
         path=out,
@@ -283,69 +292,44 @@ def export_onnx(
         size_bytes=len(data),
         seconds=time.perf_counter() - start,
         metadata=meta,
+        int8=quant.summary() if quant is not None else None,
     )
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The ``unetkit.*`` metadata of an exported file, without the prefix (needs only onnxruntime)."""
-    return {
-        k[len(META_PREFIX) :]: v
-        for k, v in _session(Path(path), ["CPUExecutionProvider"])[1].items()
-        if k.startswith(META_PREFIX)
-    }
+def _out_path(run_dir: str | Path, out: str | Path | None, int8: bool) -> Path:
+    if out is None:
+        if not int8:
+            raise ExportError("give --out FILE.onnx (where to write the model)")
+        out = Path(run_dir) / INT8_FILE
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise ExportError(f"--out {out} should end with .onnx (predict and serve recognise ONNX files by it)")
+    if out.exists() and out.is_dir():
+        raise ExportError(f"--out {out} is a folder; give a file name ending with .onnx")
+    if not out.parent.is_dir():
+        raise ExportError(f"--out {out}: the folder {out.parent} does not exist; create it or choose another path")
+    return out
 
 
-def _session(path: Path, providers: list[str]) -> tuple[Any, dict[str, str]]:
-    ort = _need("onnxruntime")
-    if not path.is_file():
-        raise RunError(f"ONNX file {path} does not exist (make one with `unetkit export RUN --out {path}`)")
+def _float_proto(
+    model: torch.nn.Module, config: RunConfig, run_dir: str | Path, dynamic: bool, opset: int
+) -> tuple[Any, dict[str, str]]:
+    """The float32 ONNX graph (free batch; free height and width with ``dynamic``) with unetkit metadata."""
+    onnx = need_onnx("onnx")
+    h, w, c = config.model.input_size
+    example = torch.rand(1, c, h, w, generator=torch.Generator().manual_seed(0))
     try:
-        session = ort.InferenceSession(path.read_bytes(), providers=providers)
-    except Exception as e:
+        raw = _torch_export(model, example, dynamic, opset)
+    except Exception as e:  # unsupported opset, exporter limitations: one clear paragraph
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ExportError(f"{path} is not a readable ONNX model ({first[:300]}); export it again") from None
-    return session, dict(session.get_modelmeta().custom_metadata_map)
-
-
-class OnnxPredictor(PredictorBase):
-    """``Predictor`` on onnxruntime: same preprocessing, batching and argmax, only the forward differs."""
-
-    backend = "onnxruntime"
-
-    def __init__(self, path: str | Path, *, device: str = "auto", providers: list[str] | None = None):
-        ort = _need("onnxruntime")
-        self.path = Path(path)
-        if providers is None:
-            available = ort.get_available_providers()
-            providers = ["CPUExecutionProvider"]
-            if device != "cpu" and "CUDAExecutionProvider" in available:
-                providers.insert(0, "CUDAExecutionProvider")
-        self.session, meta = _session(self.path, providers)
-        key = META_PREFIX + "config"
-        if key not in meta:
-            raise ExportError(
-                f"{self.path} has no unetkit metadata (no '{key}'): it was not written by "
-                "`unetkit export`; export the run folder with it"
-            )
-        try:
-            self.config = RunConfig.from_dict(json.loads(meta[key]))
-        except (json.JSONDecodeError, ConfigError) as e:
-            raise ExportError(f"{self.path}: the stored config is invalid ({e}); export it again") from None
-        self.metadata = {k[len(META_PREFIX) :]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
-        inp = self.session.get_inputs()[0]
-        self._input = inp.name
-        self._batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
-        self.dynamic = not all(isinstance(d, int) for d in inp.shape)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) uint8 -> (N, K, H, W) float32 logits, in chunks when the file's batch is fixed."""
-        arr = to_float(x.cpu(), self.config.preprocess).numpy()
-        step = self._batch or len(arr)
-        outs = []
-        for i in range(0, len(arr), step):
-            chunk = arr[i : i + step]
-            n = len(chunk)
-            if n < step:  # pad the last chunk of a fixed-batch file
-                chunk = np.concatenate([chunk, np.zeros((step - n,) + chunk.shape[1:], chunk.dtype)])
-            outs.append(self.session.run(None, {self._input: chunk})[0][:n])
-        return torch.from_numpy(np.concatenate(outs))
+        raise ExportError(
+            f"exporting {run_dir} to ONNX with opset {opset} failed: {first}. Try another "
+            f"--opset (default {DEFAULT_OPSET})"
+        ) from None
+    proto = onnx.load_from_string(raw)
+    meta = _metadata(config, dynamic, opset, Path(run_dir).resolve().name)
+    set_metadata(proto, meta)
+    proto.doc_string = f"unetkit {config.model.name}: {meta[META_PREFIX + 'input']} -> {meta[META_PREFIX + 'output']}"
+    proto.producer_name, proto.producer_version = "unetkit", __version__
+    onnx.checker.check_model(proto)
+    return proto, meta

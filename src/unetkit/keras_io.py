@@ -32,7 +32,7 @@ from .config import ModelConfig, RunConfig
 from .data.masks import load_class_names, load_palette_file
 from .errors import UnetkitError
 from .model import UNet, unet_model
-from .run import save_run
+from .run import claim_run_folder, existing_run_files, save_run
 
 __all__ = ["KerasImportError", "KerasExportError", "read_keras_weights", "import_keras", "export_keras_weights"]
 
@@ -592,13 +592,18 @@ def import_run(
     *,
     class_names: str | os.PathLike[str] | None = None,
     input_size: tuple[int, int] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Import a Keras file and write a normal run folder (predict, evaluate, export and resume use it).
+
+    An ``out`` folder that already holds a run is refused unless ``overwrite``.
 
     ``class_names`` is a JSON list of names or a palette file ({name: [r, g, b]}), whose colours are
     kept. The run's training settings are the seed's recipe, so fine-tuning continues as the
     tutorial trained.
     """
+    if existing_run_files(out) and not overwrite:
+        claim_run_folder(out, create=False)  # refuses before the (slow) import, with the message
     model, settings = import_keras(path, input_size=input_size)
     names = palette = None
     if class_names is not None:
@@ -621,4 +626,4 @@ def import_run(
         palette=palette,
     )
     config.data.mask_mode = "index"
-    return save_run(out, model, config)
+    return save_run(out, model, config, overwrite=overwrite)

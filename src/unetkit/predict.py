@@ -6,7 +6,10 @@ resized bilinearly to that size before the argmax (the seed's "index of the larg
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +19,8 @@ from torch import nn
 from . import perf
 from .config import RunConfig
 from .data.io import read_image
-from .device import resolve_device, resolve_precision
+from .device import PREDICT_PRECISIONS, resolve_device, resolve_predict_precision
+from .errors import ConfigError, DataError, ExportError, RunError
 from .preprocess import image_to_tensor, resize_images, to_float
 from .run import load_run
 from .tiling import sliding_window_logits
@@ -25,17 +29,40 @@ ImageLike = np.ndarray | str | Path
 
 
 def as_image(image: ImageLike | object) -> np.ndarray:
-    """A path, PIL image or array -> (H, W, C) uint8 array."""
+    """A path, PIL image or (H, W[, C]) array -> (H, W, C) uint8 array; anything else a clear DataError."""
     if isinstance(image, (str, Path)):
         return read_image(image)
-    if not isinstance(image, np.ndarray):  # PIL.Image
-        image = np.asarray(image)
+    if isinstance(image, (list, tuple)):
+        raise DataError(
+            f"predict takes one image, got a {type(image).__name__} of {len(image)}: use "
+            "predict_batch([...]) for several paths, PIL images or arrays"
+        )
+    if not isinstance(image, np.ndarray):
+        if not (hasattr(image, "__array_interface__") or hasattr(image, "__array__")):
+            raise DataError(
+                f"cannot predict on a {type(image).__name__}: give a file path, a PIL image or an (H, W[, C]) array"
+            )
+        image = np.asarray(image)  # PIL.Image, torch tensor on the CPU
+    if image.ndim == 4:
+        raise DataError(
+            f"predict takes one image, got an array of shape {image.shape}: use predict_array for an "
+            "(N, H, W[, C]) stack of images"
+        )
     if image.ndim == 2:
         image = image[:, :, None]
+    if image.ndim != 3 or min(image.shape) < 1:
+        raise DataError(
+            f"an image must be an (H, W) or (H, W, C) array, got shape {image.shape}; "
+            "for a stack of images use predict_array"
+        )
+    if image.dtype == bool or not (np.issubdtype(image.dtype, np.number)):
+        raise DataError(f"an image array must hold numbers, got dtype {image.dtype}")
+    if image.dtype == np.uint8 and not image.flags.writeable:
+        image = image.copy()  # np.asarray(PIL image) is read-only; torch.from_numpy warns on it
     if image.dtype not in (np.uint8, np.uint16):  # 16-bit keeps its precision, as data.io reads it
         if np.issubdtype(image.dtype, np.floating) and np.nanmax(image) <= 1.0:
             image = np.round(np.nan_to_num(image) * 255)
-        image = np.clip(image, 0, 255).astype(np.uint8)
+        image = np.clip(np.nan_to_num(image), 0, 255).astype(np.uint8)
     return image
 
 
@@ -49,6 +76,8 @@ class PredictorBase:
 
     config: RunConfig
     backend: str = "unknown"
+    precision: str = "fp32"  # what the forward pass computes in: fp32, bf16 or int8
+    postprocess: Callable[[np.ndarray], np.ndarray] | None = None  # mask -> mask (unetkit.postprocess)
 
     # Above this many output elements (K x H x W), argmax masks are upsampled in bands of rows so that a
     # large image never holds its full-size float logits in memory at once (serving large uploads).
@@ -108,19 +137,43 @@ class PredictorBase:
 
     def predict_batch(self, images: list[ImageLike | object], batch_size: int = 16) -> list[np.ndarray]:
         """(H, W) class-id masks for several images (any mix of sizes), ``batch_size`` per forward pass."""
+        if not isinstance(images, (list, tuple)):
+            raise DataError(
+                f"predict_batch takes a list of images, got a {type(images).__name__}; use predict for one "
+                "image and predict_array for an (N, H, W[, C]) array"
+            )
         arrays = [as_image(im) for im in images]
-        masks = []
+        masks: list[np.ndarray] = []
         for start in range(0, len(arrays), batch_size):
-            chunk = arrays[start : start + batch_size]
-            if self.config.preprocess.predict_mode == "sliding":
-                masks += [self._ids(self._sliding(im).argmax(0)) for im in chunk]
-                continue
-            logits = self._model_size_logits(chunk)
-            if all(tuple(im.shape[:2]) == tuple(logits.shape[-2:]) for im in chunk):
-                masks += list(self._ids(logits.argmax(1)))  # one argmax and one copy back for the batch
-                continue
-            masks += [self._upsample_argmax(lg, tuple(im.shape[:2])) for im, lg in zip(chunk, logits)]
-        return masks
+            masks += self._predict_chunk(arrays[start : start + batch_size])
+        return [self._post(m) for m in masks]
+
+    def _predict_chunk(self, chunk: list[np.ndarray]) -> list[np.ndarray]:
+        """One forward pass; images of one size are resized back and argmaxed together on the device."""
+        if self.config.preprocess.predict_mode == "sliding":
+            return [self._ids(self._sliding(im).argmax(0)) for im in chunk]
+        logits = self._model_size_logits(chunk)
+        k = logits.shape[1]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(chunk):
+            groups.setdefault((int(im.shape[0]), int(im.shape[1])), []).append(i)
+        out: list[np.ndarray] = [np.empty(0)] * len(chunk)
+        for size, idx in groups.items():
+            same = size == tuple(logits.shape[-2:])
+            if same or (len(idx) > 1 and k * size[0] * size[1] * len(idx) <= self.band_elements):
+                lg = logits[idx] if len(idx) < len(chunk) else logits
+                if not same:
+                    lg = F.interpolate(lg, size=size, mode="bilinear", align_corners=False)
+                ids = self._ids(lg.argmax(1))  # one argmax and one copy back for the group
+                for j, i in enumerate(idx):
+                    out[i] = ids[j]
+            else:
+                for i in idx:
+                    out[i] = self._upsample_argmax(logits[i], size)
+        return out
+
+    def _post(self, mask: np.ndarray) -> np.ndarray:
+        return mask if self.postprocess is None else self.postprocess(mask)
 
     def predict_array(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """(N, H, W) class ids for an (N, H, W[, C]) array of images, as a notebook holds a data set.
@@ -131,11 +184,16 @@ class PredictorBase:
         while the previous one computes (two in flight). Other sizes (or sliding-window prediction) take
         ``predict_batch``.
         """
+        if not isinstance(images, np.ndarray) and not hasattr(images, "__array__"):
+            raise DataError(f"predict_array takes an (N, H, W[, C]) array, got a {type(images).__name__}")
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[..., None]
-        if images.ndim != 4:
-            raise ValueError(f"expected an (N, H, W[, C]) array of images, got shape {images.shape}")
+        if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+            raise DataError(
+                f"predict_array takes an (N, H, W[, C]) array with C = 1, 3 or 4, got shape {images.shape}; "
+                "use predict for one image"
+            )
         h, w, c = self.input_size
         if (
             images.shape[1:3] != (h, w)
@@ -166,7 +224,10 @@ class PredictorBase:
                 if event is not None:
                     event.synchronize()
                 out.append(host.numpy())
-        return np.concatenate(out) if out else np.zeros((0, h, w), np.uint8)
+        masks = np.concatenate(out) if out else np.zeros((0, h, w), np.uint8)
+        if self.postprocess is not None:
+            masks = np.stack([self._post(m) for m in masks]) if len(masks) else masks
+        return masks
 
     def _ids_dtype(self) -> torch.dtype:
         return torch.uint8 if self.config.model.n_classes <= 256 else torch.int32
@@ -199,23 +260,28 @@ class PredictorBase:
 
 
 class Predictor(PredictorBase):
-    """Class-id masks from images with a trained PyTorch model and its preprocessing settings."""
+    """Class-id masks from images with a trained PyTorch model and its preprocessing settings.
+
+    ``precision`` is ``fp32`` by default (the model's own masks; an imported Keras model agrees with Keras
+    on every pixel) or ``bf16`` (autocast: faster where the hardware runs bf16, a few pixels may change).
+    """
 
     backend = "pytorch"
 
     def __init__(
-        self, model: nn.Module, config: RunConfig, *, device: str | torch.device = "auto", precision: str = "auto"
+        self, model: nn.Module, config: RunConfig, *, device: str | torch.device = "auto", precision: str = "fp32"
     ):
         self.device = resolve_device(device)
+        self.dtype = resolve_predict_precision(precision, self.device)
+        self.precision = "bf16" if self.dtype is not None else "fp32"
         if self.device.type == "cpu":
             perf.tune_cpu()
         self.model = model.to(self.device).eval()
         self.config = config
-        self.dtype = resolve_precision(precision, self.device)
 
     @classmethod
     def from_run(
-        cls, path: str | Path, *, device: str | torch.device = "auto", weights: str = "best", precision: str = "auto"
+        cls, path: str | Path, *, device: str | torch.device = "auto", weights: str = "best", precision: str = "fp32"
     ) -> Predictor:
         run = load_run(path, weights=weights)
         return cls(run.model, run.config, device=device, precision=precision)
@@ -232,3 +298,146 @@ class Predictor(PredictorBase):
             torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None),
         ):
             return self.model(x).float()
+
+
+INT8_FILE = "model.int8.onnx"  # where `unetkit export RUN --format onnx --int8` writes by default
+
+
+def open_predictor(
+    model: str | Path,
+    *,
+    device: str = "auto",
+    precision: str | None = None,
+    weights: str = "best",
+    postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> PredictorBase:
+    """A run folder or an exported .onnx file -> a predictor in the precision asked for.
+
+    ``precision``: None (fp32 for a run folder, the file's own for an .onnx file), ``fp32``, ``bf16``
+    (PyTorch autocast) or ``int8`` (the run's int8 ONNX file, ``RUN/model.int8.onnx``, on onnxruntime).
+    """
+    path = Path(model)
+    if precision is not None and precision not in PREDICT_PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PREDICT_PRECISIONS)}, got {precision!r}")
+    predictor: PredictorBase
+    if path.suffix.lower() == ".onnx" or (precision == "int8" and path.is_dir()):
+        file = path if path.suffix.lower() == ".onnx" else path / INT8_FILE
+        if not file.is_file() and precision == "int8":
+            raise RunError(
+                f"--precision int8 needs the run's int8 model {file}, which does not exist: make it with "
+                f"`unetkit export {path} --format onnx --int8` (calibrated on the run's training images)"
+            )
+        predictor = OnnxPredictor(file, device="cpu" if precision == "int8" else device)
+        if precision is not None and precision != predictor.precision:
+            raise ConfigError(
+                f"{file} computes in {predictor.precision}, not {precision}: give the run folder for fp32/bf16 "
+                "(PyTorch), or export the precision you want with `unetkit export RUN --format onnx [--int8]`"
+            )
+    else:
+        predictor = Predictor.from_run(path, device=device, weights=weights, precision=precision or "fp32")
+    predictor.postprocess = postprocess
+    return predictor
+
+
+def mask_agreement(predictor: PredictorBase, reference: PredictorBase, images: list[np.ndarray]) -> float:
+    """Share of pixels where two predictors (e.g. int8 or bf16 against fp32) give the same class."""
+    same = total = 0
+    for a, b in zip(predictor.predict_batch(images), reference.predict_batch(images)):
+        same += int((a == b).sum())
+        total += a.size
+    return same / max(total, 1)
+
+
+# ---------------------------------------------------------------- the onnxruntime backend (unetkit.export)
+
+META_PREFIX = "unetkit."
+
+
+def need_onnx(module: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ExportError(f"{module} is not installed; install the ONNX extra: pip install 'unetkit[onnx]'") from None
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The ``unetkit.*`` metadata of an exported file, without the prefix (needs only onnxruntime)."""
+    return {
+        k[len(META_PREFIX) :]: v
+        for k, v in _session(Path(path), ["CPUExecutionProvider"])[1].items()
+        if k.startswith(META_PREFIX)
+    }
+
+
+def _session(path: Path, providers: list[str]) -> tuple[Any, dict[str, str]]:
+    ort = need_onnx("onnxruntime")
+    if not path.is_file():
+        raise RunError(f"ONNX file {path} does not exist (make one with `unetkit export RUN --out {path}`)")
+    try:
+        session = ort.InferenceSession(path.read_bytes(), session_options(), providers=providers)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ExportError(f"{path} is not a readable ONNX model ({first[:300]}); export it again") from None
+    return session, dict(session.get_modelmeta().custom_metadata_map)
+
+
+def session_options(threads: int | None = None) -> Any:
+    """onnxruntime options for sharing the CPU with PyTorch in one process.
+
+    onnxruntime's intra-op threads spin after each run by default, and PyTorch's OpenMP threads (which
+    resize the logits back and take the argmax right after) spin too: two busy pools on the same cores
+    slow each other down, the cause of the ONNX path serving slower than PyTorch. Here onnxruntime's
+    pool sleeps when idle and uses as many threads as PyTorch.
+    """
+    ort = need_onnx("onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+class OnnxPredictor(PredictorBase):
+    """``Predictor`` on onnxruntime: same preprocessing, batching and argmax, only the forward differs."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, *, device: str = "auto", providers: list[str] | None = None):
+        ort = need_onnx("onnxruntime")
+        self.path = Path(path)
+        if providers is None:
+            available = ort.get_available_providers()
+            providers = ["CPUExecutionProvider"]
+            if device != "cpu" and "CUDAExecutionProvider" in available:
+                providers.insert(0, "CUDAExecutionProvider")
+        self.session, meta = _session(self.path, providers)
+        key = META_PREFIX + "config"
+        if key not in meta:
+            raise ExportError(
+                f"{self.path} has no unetkit metadata (no '{key}'): it was not written by "
+                "`unetkit export`; export the run folder with it"
+            )
+        try:
+            self.config = RunConfig.from_dict(json.loads(meta[key]))
+        except (json.JSONDecodeError, ConfigError) as e:
+            raise ExportError(f"{self.path}: the stored config is invalid ({e}); export it again") from None
+        self.metadata = {k[len(META_PREFIX) :]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
+        self.precision = self.metadata.get("precision", "fp32")
+        inp = self.session.get_inputs()[0]
+        self._input = inp.name
+        self._batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        self.dynamic = not all(isinstance(d, int) for d in inp.shape)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) uint8 -> (N, K, H, W) float32 logits, in chunks when the file's batch is fixed."""
+        arr = np.ascontiguousarray(to_float(x.cpu(), self.config.preprocess).numpy())
+        step = self._batch or len(arr)
+        outs = []
+        for i in range(0, len(arr), step):
+            chunk = arr[i : i + step]
+            n = len(chunk)
+            if n < step:  # pad the last chunk of a fixed-batch file
+                chunk = np.concatenate([chunk, np.zeros((step - n,) + chunk.shape[1:], chunk.dtype)])
+            outs.append(self.session.run(None, {self._input: chunk})[0][:n])
+        return torch.from_numpy(np.concatenate(outs))

@@ -39,6 +39,8 @@ LAST = "last.safetensors"
 METRICS = "metrics.csv"
 CURVES = "curves.png"
 
+RUN_FILES = (LAST, WEIGHTS, METRICS, CURVES, CONFIG)  # removal order: the resume commit point first
+
 METRIC_FIELDS = [
     "epoch",
     "train_loss",
@@ -141,12 +143,56 @@ def read_metrics(path: str | Path) -> list[dict[str, float | int | None]]:
     return rows
 
 
-def save_run(
-    run_dir: str | Path, model: nn.Module, config: RunConfig, *, metrics: list[dict[str, Any]] | None = None
-) -> Path:
-    """Write a loadable run folder from a model and its config (used by import and by notebooks)."""
+def existing_run_files(run_dir: str | Path) -> list[str]:
+    """The run files (config, weights, checkpoint, metrics, curves) already in ``run_dir``."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    return [name for name in RUN_FILES if (run_dir / name).exists()] if run_dir.is_dir() else []
+
+
+def claim_run_folder(run_dir: str | Path, *, overwrite: bool = False, create: bool = True) -> Path:
+    """Make ``run_dir`` ready for a new run: refuse one that holds a run unless ``overwrite``.
+
+    With ``overwrite`` the old run's files are deleted first (the resume checkpoint before anything
+    else), so that the folder never holds parts of two runs, even if the new run is killed at once.
+    A folder holding only config.json (a run stopped before its first epoch ended) is taken over.
+    ``create`` makes the folder when it is missing.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir} is a file, not a run folder; choose another --out")
+    found = existing_run_files(run_dir)
+    if found and found != [CONFIG] and not overwrite:  # a lone config.json: a run stopped before its first epoch
+        resume = f", `unetkit train --resume {run_dir}` to continue it" if LAST in found else ""
+        raise RunError(
+            f"{run_dir} already holds a run ({', '.join(found)}); choose another --out{resume}, "
+            "or pass --overwrite to replace it (its files are deleted)"
+        )
+    for name in found:
+        try:
+            (run_dir / name).unlink(missing_ok=True)
+        except OSError as e:
+            raise RunError(f"could not delete {run_dir / name} ({e.strerror or e}); fix permissions") from None
+    try:
+        if create:
+            run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"could not create the run folder {run_dir} ({e.strerror or e}); choose another --out") from None
+    return run_dir
+
+
+def save_run(
+    run_dir: str | Path,
+    model: nn.Module,
+    config: RunConfig,
+    *,
+    metrics: list[dict[str, Any]] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a loadable run folder from a model and its config (used by import and by notebooks).
+
+    A folder that already holds a run is refused unless ``overwrite`` (which deletes its files first).
+    """
+    run_dir = claim_run_folder(run_dir, overwrite=overwrite)
     fsio.atomic_write_text(run_dir / CONFIG, config.to_json())
     save_tensors(run_dir / WEIGHTS, model_state(model), {"kind": "weights"})
     if metrics:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -23,7 +24,7 @@ from . import distributed, perf
 from . import run as runio
 from .config import RunConfig
 from .data.augment import augment_batch, effective_ignore_index
-from .data.loader import SegmentationData
+from .data.loader import SegmentationData, class_presence, presence_report
 from .data.stream import folder_cache_mode, load_streaming
 from .device import autocast, resolve_device, resolve_precision
 from .errors import ConfigError, RunError, UnetkitError
@@ -226,10 +227,23 @@ class _SigintGuard:
         if self.hit:
             raise KeyboardInterrupt
         self.hit = True
+        _say_now(STOPPING)
 
     def __exit__(self, *exc: object) -> None:
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
+
+
+STOPPING = "stopping after this step (finished epochs are kept); Ctrl-C again to abort now"
+
+
+def _say_now(message: str) -> None:
+    """Print on stderr at once (from a signal handler: no rich, no buffering)."""
+    try:
+        sys.stderr.write(f"\n{message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed stderr must not turn a Ctrl-C into a crash
+        pass
 
 
 def evaluate_data(
@@ -270,6 +284,8 @@ def fit(
     train_data: SegmentationData | None = None,
     val_data: SegmentationData | None = None,
     resume: bool = False,
+    overwrite: bool = False,
+    model: nn.Module | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
     epoch_callback: Callable[[dict[str, Any]], None] | None = None,
@@ -281,6 +297,10 @@ def fit(
     ``config.train.epochs`` epochs in total, with the optimizer and RNG state it stopped with.
     Under torchrun (RANK/WORLD_SIZE set) it trains data-parallel with DDP: ``config.train.batch_size``
     is the global batch, rank 0 alone logs and writes ``out``; see ``unetkit.distributed``.
+    An ``out`` that already holds a run is refused unless ``resume`` or ``overwrite`` (which deletes it).
+    ``model`` trains that network (e.g. a ``unet_model(...)``) instead of a fresh one built from
+    ``config.model``; it must be the network ``config.model`` describes, so that the run folder loads.
+    Without validation data the "best" weights are the last epoch's.
     """
     dist_info = distributed.info()  # rank 0 of 1 without torchrun
     if not dist_info.is_main:  # only rank 0 prints and writes the run folder
@@ -291,6 +311,8 @@ def fit(
     batch_size = distributed.local_batch_size(t.batch_size)  # per rank; t.batch_size stays the global batch
     dtype = resolve_precision(t.precision, device)
     run_dir = Path(out) if out is not None else None
+    if run_dir is not None and not resume and not overwrite and dist_info.is_main:
+        runio.claim_run_folder(run_dir, create=False)  # refuses an existing run before any data is read
     if device.type == "cpu":
         perf.tune_cpu()  # keep large freed blocks in the heap; one thread per physical core
     elif device.type == "cuda":
@@ -308,7 +330,7 @@ def fit(
         raise ConfigError("the training set is empty")
 
     torch.manual_seed(t.seed)
-    model = runio.build_model(config.model).to(device)
+    model = (_check_given_model(model, config) if model is not None else runio.build_model(config.model)).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, config)
@@ -318,7 +340,7 @@ def fit(
 
     if resume:
         if run_dir is None or not (run_dir / LAST).exists():
-            raise RunError(f"nothing to resume: {run_dir} has no {LAST}")
+            raise RunError(_nothing_to_resume(run_dir))
         tensors, meta = runio.load_tensors(run_dir / LAST)
         if not isinstance(meta, dict) or "epoch" not in meta:
             raise RunError(f"{run_dir / LAST} holds no training state; it cannot be resumed")
@@ -338,10 +360,17 @@ def fit(
                 f"({type(e).__name__}: {detail}); restore an intact copy of the run folder, or train "
                 "again"
             ) from None
-        if start_epoch >= t.epochs:
+        if start_epoch > t.epochs:  # config.json must keep describing the run: never fewer epochs than it has
+            raise ConfigError(
+                f"{run_dir} already has {start_epoch} finished epochs, more than the {t.epochs} asked for; "
+                f"give --epochs above {start_epoch} to train more"
+            )
+        if start_epoch == t.epochs:
             log(f"{run_dir} already has {start_epoch} epochs; ask for more with --epochs")
     if run_dir is not None and dist_info.is_main:
         try:
+            if not resume:
+                runio.claim_run_folder(run_dir, overwrite=overwrite)
             run_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(run_dir)  # left by a killed run
             atomic_write_text(run_dir / CONFIG, config.to_json())
@@ -478,7 +507,7 @@ def fit(
                 score = vm.mean_iou
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
-            is_best = score > best
+            is_best = score > best or not (val_data is not None and len(val_data))  # no validation: the last
             if is_best:
                 best, since_best = score, 0
             else:
@@ -519,6 +548,32 @@ def _check_finite(
             f"the loss became {value} at {where}{keep}. Lower the learning rate (--lr), "
             "use --precision fp32, or pass --nan-policy skip to skip such steps"
         )
+
+
+def _nothing_to_resume(run_dir: Path | None) -> str:
+    """Why ``run_dir`` cannot be resumed, and what to do instead."""
+    if run_dir is not None and (run_dir / WEIGHTS).exists():
+        return (
+            f"{run_dir} holds weights but no training state ({LAST}), as an imported Keras model does; "
+            f"to fine-tune it, start a new run from its weights: `unetkit train --init-from {run_dir} "
+            "--images DIR --masks DIR --out NEW_RUN`"
+        )
+    if run_dir is not None and (run_dir / CONFIG).exists():
+        return f"nothing to resume: no epoch of {run_dir} had finished; run the training command again"
+    return f"nothing to resume: {run_dir} has no {LAST} (is it a run folder?)"
+
+
+def _check_given_model(model: nn.Module, config: RunConfig) -> nn.Module:
+    """``model`` when it has the layers ``config.model`` describes (else its run folder would not load)."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in runio.build_model(config.model).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in runio.unwrap(model).state_dict().items()}
+    if expected != found:
+        raise ConfigError(
+            f"the model given to fit() is not the network config.model describes ({config.model}); build the "
+            "config with the same input_size, n_filters, n_classes and depth as the model"
+        )
+    return model
 
 
 def _interrupt_message(run_dir: Path | None, epoch: int) -> str:
@@ -592,6 +647,9 @@ def load_data(
         palette=palette,
         ignore_index=d.ignore_index,
         resize=config.preprocess.resize,
+        recursive=d.recursive,
+        skip_bad=d.skip_bad,
+        log=log,
     )
     t0 = time.perf_counter()
     train, mode = SegmentationData.from_folders(d.images, d.masks, m.input_size, **common)
@@ -608,6 +666,13 @@ def load_data(
         f"read {len(train) + (len(val) if val else 0)} image/mask pairs ({mode} masks) in "
         f"{time.perf_counter() - t0:.1f}s, {(train.nbytes + (val.nbytes if val else 0)) / 2**20:.1f} MiB cached"
     )
+    for line in presence_report(
+        *class_presence(train.masks, m.n_classes, d.ignore_index),
+        class_names=config.class_names,
+        ignore_index=d.ignore_index,
+        mask_mode=mode,
+    ):
+        log(line)
     return train, val, mode
 
 
@@ -634,6 +699,8 @@ def _cheap_checks(config: RunConfig, train: Any, val: Any, log: Callable[[str], 
     n = config.model.n_classes
     val_counts = val.class_counts(n).tolist() if val is not None and hasattr(val, "class_counts") else None
     for p in class_presence_problems(train.class_counts(n).tolist(), val_counts, config.class_names or []):
+        if p.problem.endswith("never appears"):
+            continue  # load_data's class presence report says so once, with the likely fix
         log(f"warning: {p.problem} (run `unetkit check-data` for the full report)")
 
 
@@ -660,9 +727,30 @@ def with_normalization(config: RunConfig, data: Any, log: Callable[[str], None] 
     return replace(config, preprocess=replace(p, **stats))
 
 
-def resume_config(run_dir: str | Path, epochs: int | None = None) -> RunConfig:
-    """The config of a run to resume, with the total epoch count raised to ``epochs``."""
+RESUME_TRAIN = ("epochs", "lr", "batch_size", "early_stopping", "device", "precision", "compile", "nan_policy")
+RESUME_DATA = ("images", "masks", "val_images", "val_masks", "cache", "num_workers", "recursive", "skip_bad")
+
+
+def resume_config(run_dir: str | Path, epochs: int | None = None, **changes: Any) -> RunConfig:
+    """The config of a run to resume, with the total epoch count set to ``epochs`` and the settings that
+    may change on resume (RESUME_TRAIN, RESUME_DATA: data paths become absolute) set to ``changes``.
+
+    Settings that define the model or the recipe cannot change: the checkpoint was trained with them.
+    """
+    unknown = sorted(set(changes) - set(RESUME_TRAIN) - set(RESUME_DATA))
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)} cannot change on resume; start a new run instead")
     config = RunConfig.load(Path(run_dir) / CONFIG)
     if epochs is not None:
-        config = replace(config, train=replace(config.train, epochs=epochs))
-    return config
+        changes["epochs"] = epochs
+    t = {k: v for k, v in changes.items() if k in RESUME_TRAIN and v is not None}
+    d = {
+        k: _abspath(v) if k in RESUME_DATA[:4] else v for k, v in changes.items() if k in RESUME_DATA and v is not None
+    }
+    return replace(config, train=replace(config.train, **t), data=replace(config.data, **d))
+
+
+def _abspath(path: Any) -> str:
+    import os
+
+    return os.path.abspath(os.path.expanduser(str(path)))

@@ -9,6 +9,7 @@ collected into one DataError (up to MAX_LISTED files), so that one run shows eve
 from __future__ import annotations
 
 import glob
+import math
 import os
 import random
 import re
@@ -44,8 +45,21 @@ def _listing(names: Sequence[str], limit: int = 10) -> str:
     return shown + (f" ... and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """The image files directly in ``folder`` (IMAGE_EXTENSIONS, hidden files skipped), naturally sorted."""
+def _walk(folder: Path) -> list[Path]:
+    """Every entry under ``folder`` (sub-folders included), hidden files and folders skipped."""
+    out: list[Path] = []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out += [Path(root) / n for n in names if not n.startswith(".")]
+    return out
+
+
+def list_images(folder: str | Path, *, recursive: bool = False) -> list[Path]:
+    """The image files in ``folder`` (IMAGE_EXTENSIONS, hidden files skipped), naturally sorted.
+
+    Only the files directly in it, unless ``recursive`` (then also those in its sub-folders, sorted by
+    their path inside ``folder``).
+    """
     folder = Path(folder).expanduser()
     if not folder.exists():
         raise DataError(f"folder {folder} does not exist; check the path")
@@ -53,6 +67,10 @@ def list_images(folder: str | Path) -> list[Path]:
         raise DataError(f"{folder} is a file, not a folder; give the folder that holds the images")
     try:
         entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+        if recursive:
+            found = [p for p in _walk(folder) if is_image_file(p) and p.is_file()]
+            if found:
+                return sorted(found, key=lambda p: natural_key(p.relative_to(folder).as_posix()))
     except OSError as e:
         raise DataError(f"folder {folder} cannot be listed ({e}); check its permissions") from None
     files = [p for p in entries if p.is_file() and is_image_file(p)]
@@ -65,10 +83,13 @@ def list_images(folder: str | Path) -> list[Path]:
         if others:
             found.append(f"other files ({_listing(others, 5)})")
         holds = f"; it holds {' and '.join(found)}" if found else "; it is empty"
-        raise DataError(
-            f"folder {folder} has no images (looked for {_EXTS}){holds}. "
-            "Give the folder that directly holds the image files"
+        fix = (
+            "Give the folder that holds the image files"
+            if recursive
+            else "Give the folder that directly holds the image files"
+            + (", or pass --recursive to read its sub-folders too" if subdirs else "")
         )
+        raise DataError(f"folder {folder} has no images (looked for {_EXTS}){holds}. {fix}")
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
@@ -96,14 +117,24 @@ def _by_stem(files: Sequence[Path], keys: Sequence[str], what: str, folder: Path
     return {k: g[0] for k, g in out.items()}
 
 
-def pair_files(images_dir: str | Path, masks_dir: str | Path) -> list[Pair]:
+def _rel_stem(p: Path, root: Path, recursive: bool) -> str:
+    """The pairing name of ``p``: its stem, prefixed by its sub-folder inside ``root`` when recursive."""
+    if not recursive:
+        return p.stem
+    parent = p.parent.relative_to(root).as_posix()
+    return p.stem if parent == "." else f"{parent}/{p.stem}"
+
+
+def pair_files(images_dir: str | Path, masks_dir: str | Path, *, recursive: bool = False) -> list[Pair]:
     """Pair images with masks by file name without extension (mask suffixes like ``_mask`` allowed).
 
     Returns (image, mask) pairs in natural order of the image names; any unpaired file is an error.
+    With ``recursive`` sub-folders are read too, and a pair shares its path inside the two folders
+    (``images/city1/a.jpg`` with ``masks/city1/a.png``).
     """
     images_dir, masks_dir = Path(images_dir).expanduser(), Path(masks_dir).expanduser()
-    images = list_images(images_dir)
-    masks = list_images(masks_dir)
+    images = list_images(images_dir, recursive=recursive)
+    masks = list_images(masks_dir, recursive=recursive)
     if images_dir.resolve() == masks_dir.resolve():  # one folder: masks are the suffixed files
         masks = [p for p in images if _mask_base(p.stem) is not None]
         images = [p for p in images if _mask_base(p.stem) is None]
@@ -113,11 +144,12 @@ def pair_files(images_dir: str | Path, masks_dir: str | Path) -> list[Pair]:
                 f"the image plus a suffix ({', '.join(MASK_SUFFIXES)}); found "
                 f"{len(images)} images and {len(masks)} masks. Give separate folders instead"
             )
-    by_image = _by_stem(images, [p.stem for p in images], "image", images_dir)
+    by_image = _by_stem(images, [_rel_stem(p, images_dir, recursive) for p in images], "image", images_dir)
     keys = []
     for m in masks:
-        base = _mask_base(m.stem)
-        keys.append(m.stem if m.stem in by_image or base is None or base not in by_image else base)
+        stem = _rel_stem(m, masks_dir, recursive)
+        base = _mask_base(stem)
+        keys.append(stem if stem in by_image or base is None or base not in by_image else base)
     by_mask = _by_stem(masks, keys, "mask", masks_dir)
     lonely_images = [p.name for k, p in by_image.items() if k not in by_mask]
     lonely_masks = [p.name for k, p in by_mask.items() if k not in by_image]
@@ -226,13 +258,16 @@ def load_pairs(
     resize: str = "bilinear",
     progress: Callable[[int], object] | None = None,
     workers: int = 4,
+    skip_bad: bool = False,
+    log: Callable[[str], object] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Read, decode and resize every pair -> (images uint8 (N, C, H, W), masks (N, H, W), mask mode used).
 
     Masks are uint8 when the class ids fit, else int32; they are resized with nearest neighbour only.
     ``mask_mode="auto"`` detects the mode from up to DETECT_SAMPLES masks spread over the set.
     Decoding runs in a small thread pool (PIL releases the GIL); ``progress(1)`` is called per pair.
-    All bad pairs are reported together in one DataError.
+    All bad pairs are reported together in one DataError; with ``skip_bad`` they are left out instead
+    and reported through ``log``.
     """
     if not pairs:
         raise DataError("no image/mask pairs to load")
@@ -315,11 +350,64 @@ def load_pairs(
                 if progress is not None:
                     progress(1)
     if problems:
-        messages = [m for i in sorted(problems) for m in problems[i]]
-        listed = "\n".join(f"  - {m}" for m in messages[:MAX_LISTED])
-        more = f"\n  ... and {len(messages) - MAX_LISTED} more" if len(messages) > MAX_LISTED else ""
-        raise DataError(
-            f"{len(problems)} of {n} image/mask pairs could not be loaded "
-            f"(mask mode {mask_mode}):\n{listed}{more}\nFix or remove these files and run again."
-        )
+        report = _problem_report(problems, pairs, mask_mode)
+        if not skip_bad or len(problems) == n:
+            raise DataError(report + "\nFix or remove these files and run again" + ("" if skip_bad else _SKIP_HINT))
+        (log or print)(f"skipped (--skip-bad): {report}")
+        keep = torch.tensor([i for i in range(n) if i not in problems], dtype=torch.long)
+        images, masks = images[keep], masks[keep]
     return images, masks, mask_mode
+
+
+_SKIP_HINT = " (or pass --skip-bad to train without them)."
+
+
+def _problem_report(problems: dict[int, list[str]], pairs: Sequence[Pair], mask_mode: str) -> str:
+    """The bad pairs in one listing: one mistake made in many files (the same message but for the file
+    name and pixel counts) is listed once, with the number and names of the other files."""
+    groups: dict[str, list[tuple[str, Path]]] = {}
+    for i in sorted(problems):
+        image, mask = (Path(p) for p in pairs[i])
+        for m in problems[i]:
+            key = re.sub(r"\d+ px", "", m.replace(str(mask), "<mask>").replace(str(image), "<image>"))
+            groups.setdefault(key, []).append((m, mask if str(mask) in m else image))
+    messages = []
+    for members in groups.values():
+        first, others = members[0][0], [p.name for _, p in members[1:]]
+        messages.append(first + (f" (the same in {len(others)} more: {_listing(others, 5)})" if others else ""))
+    n = len(pairs)
+    listed = "\n".join(f"  - {m}" for m in messages[:MAX_LISTED])
+    more = f"\n  ... and {len(messages) - MAX_LISTED} more" if len(messages) > MAX_LISTED else ""
+    return f"{len(problems)} of {n} image/mask pairs could not be loaded (mask mode {mask_mode}):\n{listed}{more}"
+
+
+def guess_channels(infos: Sequence[tuple[int, int, int] | None]) -> tuple[int, str | None]:
+    """Input channels for images with these ``header_info``s: 1 when all are grayscale, else 3 (the seed);
+    a note when grayscale and colour images are mixed (the grayscale ones are then repeated to RGB)."""
+    known = [i for i in infos if i is not None]
+    gray = sum(1 for _, _, c in known if c == 1)
+    if known and gray == len(known):
+        return 1, None
+    if gray:
+        return 3, (
+            f"{gray} of {len(known)} training images are grayscale and the others colour: training on 3 "
+            "channels (grayscale images repeated to RGB); pass --channels 1 to train on grayscale instead"
+        )
+    return 3, None
+
+
+def aspect_note(infos: Sequence[tuple[int, int, int] | None], input_size: tuple[int, int], multiple: int) -> str | None:
+    """A warning when the images' usual aspect ratio differs from ``input_size``'s: resizing distorts them."""
+    ratios = sorted(w / h for w, h, _ in (i for i in infos if i is not None) if h > 0 and w > 0)
+    h, w = input_size
+    if not ratios or h <= 0 or w <= 0:  # a bad --input-size is refused by the config with its own message
+        return None
+    ratio = ratios[len(ratios) // 2]
+    if abs(math.log(ratio / (w / h))) < math.log(1.1):
+        return None
+    suggest = max(multiple, round(h * ratio / multiple) * multiple)
+    return (
+        f"the training images are mostly {ratio:.2f}:1 (width:height) but the input size {h}x{w} (--input-size "
+        f"H W) is {w / h:.2f}:1, so every image is stretched when resized; keep the aspect, e.g. "
+        f"--input-size {h} {suggest}"
+    )

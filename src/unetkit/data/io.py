@@ -29,7 +29,7 @@ from PIL import Image, ImageOps
 
 from ..errors import DataError
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 # Largest image accepted, in pixels, checked from the header before decoding. The default is PIL's
 # own warning threshold (about 89 megapixels, e.g. 9459 x 9459), so accepted images never trigger
@@ -217,3 +217,24 @@ def read_mask(path: str | Path) -> np.ndarray:
     except Exception as e:
         raise DataError(f"mask {path} (mode {mode}) could not be converted ({e}); {_FIX_REEXPORT}") from None
     return np.require(a, requirements=["C", "W"])
+
+
+def header_info(path: str | Path) -> tuple[int, int, int] | None:
+    """(width, height, channels as ``read_image`` returns them) from the file's header alone, or None
+    when Pillow cannot tell (unreadable files are reported when they are loaded)."""
+    try:
+        with open(path, "rb") as f, Image.open(f, formats=FORMATS) as im:
+            mode, size = im.mode, im.size
+            alpha = "transparency" in im.info
+    except Exception:
+        return None
+    if mode in ("1", "L", "I", "F") or mode.startswith("I;16"):
+        bands = 1
+    elif mode == "P":
+        bands = 4 if alpha else 3
+    elif mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+        bands = 4
+    else:
+        bands = 3
+    w, h = size
+    return w, h, bands

@@ -7,7 +7,7 @@ and augmentation happen on the device, per batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +59,10 @@ class SegmentationData:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def __repr__(self) -> str:
+        n, c, h, w = self.images.shape
+        return f"SegmentationData({n} images, {c}x{h}x{w} uint8, masks {self.masks.dtype}, on {self.images.device})"
 
     @property
     def nbytes(self) -> int:
@@ -130,11 +134,13 @@ class SegmentationData:
         n_classes: int,
         ignore_index: int | None = None,
         resize: str = "bilinear",
+        mask_mode: str = "auto",
     ) -> SegmentationData:
         """From numpy arrays as a notebook holds them: images (N, H, W[, C]) uint8 or floats in [0, 1];
         masks (N, H, W[, 1]) class ids, or one-hot (N, H, W, n_classes) as the seed's
         CategoricalCrossentropy remark allows (converted to ids: for hard one-hot labels the two
-        losses are the same).
+        losses are the same), or the tutorial's own colour masks (N, H, W, 3) with the class id in
+        their channels (``mask_mode="channels"``, also taken when they are not one-hot).
         """
         images, masks = np.asarray(images), np.asarray(masks)
         if images.ndim == 3:
@@ -145,7 +151,7 @@ class SegmentationData:
             if not np.issubdtype(images.dtype, np.floating) or np.nanmax(images) > 1.0 or np.nanmin(images) < 0:
                 raise DataError("images must be uint8 (0-255) or floats in [0, 1]")
             images = np.round(np.nan_to_num(images) * 255).astype(np.uint8)
-        masks = _mask_ids(masks, n_classes)
+        masks = _mask_ids(masks, n_classes, mask_mode)
         if masks.shape[:3] != images.shape[:3]:
             raise DataError(f"masks {masks.shape} do not match images {images.shape[:3]}")
         _check_values(masks, n_classes, ignore_index, "the masks array")
@@ -168,9 +174,15 @@ class SegmentationData:
         ignore_index: int | None = None,
         resize: str = "bilinear",
         progress=None,
+        recursive: bool = False,
+        skip_bad: bool = False,
+        log=None,
     ) -> tuple[SegmentationData, str]:
-        """Read and validate a folder pair; returns the data and the mask mode used."""
-        pairs = pair_files(images, masks)
+        """Read and validate a folder pair; returns the data and the mask mode used.
+
+        ``recursive`` reads sub-folders too; ``skip_bad`` leaves out unreadable pairs, reported via ``log``.
+        """
+        pairs = pair_files(images, masks, recursive=recursive)
         x, y, mode = load_pairs(
             pairs,
             input_size,
@@ -180,22 +192,41 @@ class SegmentationData:
             ignore_index=ignore_index,
             resize=resize,
             progress=progress,
+            skip_bad=skip_bad,
+            log=log,
         )
         return cls(x, y), mode
 
 
-def _mask_ids(masks: np.ndarray, n_classes: int) -> np.ndarray:
+def _is_one_hot(masks: np.ndarray) -> bool:
+    return bool(np.isin(masks, (0, 1)).all() and (masks.sum(-1) == 1).all())
+
+
+def _mask_ids(masks: np.ndarray, n_classes: int, mask_mode: str = "auto") -> np.ndarray:
+    """Class ids (N, H, W) from ids, (N, H, W, 1), one-hot (N, H, W, n_classes) or colour (N, H, W, 3/4) masks.
+
+    Colour masks are read as ``--mask-mode channels`` reads the tutorial's CARLA masks: the class id is
+    the maximum over the colour channels (alpha dropped).
+    """
+    if mask_mode not in ("auto", "channels"):
+        raise DataError(f"from_arrays reads mask_mode 'auto' or 'channels', got {mask_mode!r}")
     if masks.ndim == 4 and masks.shape[-1] == 1:
         return masks[..., 0]
+    colour = masks.ndim == 4 and masks.shape[-1] in (3, 4)
+    if colour and (mask_mode == "channels" or masks.shape[-1] != n_classes or not _is_one_hot(masks)):
+        return masks[..., :3].max(axis=-1)
     if masks.ndim == 4 and masks.shape[-1] == n_classes and n_classes > 1:
-        if not (np.isin(masks, (0, 1)).all() and (masks.sum(-1) == 1).all()):
+        if not _is_one_hot(masks):
             raise DataError(
                 "4-D masks are read as one-hot (N, H, W, n_classes) and must hold exactly one 1 "
                 "per pixel; pass class ids (N, H, W) otherwise"
             )
         return masks.argmax(-1)
     if masks.ndim != 3:
-        raise DataError(f"masks must be (N, H, W) class ids or (N, H, W, n_classes) one-hot, got {masks.shape}")
+        raise DataError(
+            "masks must be (N, H, W) class ids, (N, H, W, n_classes) one-hot or (N, H, W, 3) colour masks "
+            f"holding the id in their channels (as --mask-mode channels), got {masks.shape}"
+        )
     if not np.issubdtype(masks.dtype, np.integer):
         if not np.all(np.mod(masks, 1) == 0):
             raise DataError("masks hold non-integer values; they must be class ids")
@@ -210,3 +241,56 @@ def _check_values(masks: np.ndarray, n_classes: int, ignore_index: int | None, w
             f"{where} holds values {bad[:10]} outside 0..{n_classes - 1}; set n_classes to cover "
             "them, or mark them with ignore_index"
         )
+
+
+def class_presence(masks: torch.Tensor, n_classes: int, ignore_index: int | None) -> tuple[list[int], int, int]:
+    """(pixels per class, pixels ignored, all pixels) of a (N, H, W) mask tensor."""
+    m = masks.reshape(-1).long()
+    counts = torch.bincount(m[(m >= 0) & (m < n_classes)], minlength=n_classes)[:n_classes]
+    ignored = int((m == ignore_index).sum()) if ignore_index is not None else 0
+    return [int(c) for c in counts], ignored, m.numel()
+
+
+def presence_report(
+    counts: Sequence[int],
+    ignored: int,
+    total: int,
+    *,
+    class_names: Sequence[str] | None = None,
+    ignore_index: int | None = None,
+    mask_mode: str | None = None,
+) -> list[str]:
+    """Lines saying how the masks' pixels spread over the classes, then warnings with the likely fix.
+
+    Warns when a class never appears, when more than half the pixels are ignored, and when n_classes is
+    larger than the classes found: each is a sign that the masks were read in a way the user did not mean.
+    """
+    n = len(counts)
+    names = list(class_names) if class_names else [f"class_{i}" for i in range(n)]
+    share = [100.0 * c / max(total, 1) for c in counts]
+    line = "class pixels: " + ", ".join(f"{names[i]} {share[i]:.1f}%" for i in range(n))
+    if ignore_index is not None:
+        line += f"; ignored ({ignore_index}) {100.0 * ignored / max(total, 1):.1f}%"
+    lines = [line]
+    present = [i for i in range(n) if counts[i]]
+    absent = [i for i in range(n) if not counts[i]]
+    if ignore_index is not None and ignored > total / 2:
+        fix = (
+            f"these look like binary 0/255 masks: leave out --ignore-index {ignore_index} and use --mask-mode binary"
+            if present == [0] and ignore_index == 255
+            else f"check that {ignore_index} is really the 'void' label, and --mask-mode"
+        )
+        lines.append(f"warning: {100.0 * ignored / total:.0f}% of the pixels are ignored (--ignore-index); {fix}")
+    if absent and present:
+        missing = ", ".join(names[i] for i in absent[:10]) + (
+            f" and {len(absent) - 10} more" if len(absent) > 10 else ""
+        )
+        fix = "the model never learns them"
+        if present == list(range(len(present))):
+            fix += f"; if the data has {len(present)} classes, use --n-classes {len(present)}"
+        if mask_mode == "index" and present == [0, 255]:
+            fix += "; for binary 0/255 masks use --n-classes 2 --mask-mode binary"
+        lines.append(
+            f"warning: n_classes is {n} but {len(absent)} class(es) never appear in the masks ({missing}): {fix}"
+        )
+    return lines

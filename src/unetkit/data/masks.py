@@ -25,7 +25,7 @@ from ..errors import DataError
 MASK_MODES: tuple[str, ...] = ("index", "binary", "channels", "palette")
 
 _MAX_LISTED = 10
-_FIX = "set --n-classes to cover them, set --ignore-index for a 'void' value, or choose another --mask-mode"
+RANGE_FIX = "set --n-classes to cover them, set --ignore-index for a 'void' value, or choose another --mask-mode"
 
 
 def mask_dtype(n_classes: int, ignore_index: int | None = None) -> np.dtype:
@@ -102,7 +102,7 @@ def _check_range(ids: np.ndarray, n_classes: int, ignore_index: int | None, path
         ignore = f", ignore_index {ignore_index}" if ignore_index is not None else ""
         raise DataError(
             f"{_name(path)} ({mode} mode) holds values that are not class ids for n_classes={n_classes} "
-            f"(valid 0-{n_classes - 1}{ignore}): {_list_values(values, counts)}{_jpeg_hint(path)}; {_FIX}"
+            f"(valid 0-{n_classes - 1}{ignore}): {_list_values(values, counts)}{_jpeg_hint(path)}; {RANGE_FIX}"
         )
 
 
@@ -222,6 +222,7 @@ def detect_mask_mode(
     *,
     ignore_index: int | None = None,
     paths: Sequence[str | Path] | None = None,
+    evaluating: bool = False,
 ) -> str:
     """Choose "binary", "index" or "channels" from a few raw masks, where that is unambiguous.
 
@@ -229,7 +230,8 @@ def detect_mask_mode(
     - all masks gray with every value < n_classes: "index";
     - colour masks whose channel maximum is < n_classes everywhere (the tutorial's CARLA masks): "channels";
     - anything else is ambiguous (palette colours, wrong n_classes): DataError asking for --mask-mode.
-    ``ignore_index`` values are left out of these rules; ``paths`` only name the files in messages.
+    ``ignore_index`` values are left out of these rules; ``paths`` name the files in messages (and tell
+    JPEG masks apart); ``evaluating`` words the advice for ``evaluate``, whose classes come from the run.
     """
     if not raw_samples:
         raise DataError("no masks to detect the mask mode from")
@@ -265,26 +267,64 @@ def detect_mask_mode(
             return "binary"
         if vmax < n_classes and (not len(values) or int(values.min()) >= 0):
             return "index"
-        if np.isin(values, (0, 255)).all():
-            advice = "for binary 0/255 masks use --n-classes 2 (or --mask-mode binary)"
-        else:
-            advice = (
-                f"use --n-classes {vmax + 1} or more if these are class ids, --ignore-index for a "
-                "'void' value, or --mask-mode binary/palette"
-            )
+        bad = values[(values < 0) | (values >= n_classes)]
         raise DataError(
-            f"cannot tell the mask mode: the masks hold values {_list_values(values)}, not all class ids for "
-            f"n_classes={n_classes}{named}; {advice}"
+            f"cannot tell the mask mode: the masks hold values {_list_values(values, limit=6)}, of which "
+            f"{_list_values(bad, limit=6)} {'is' if len(bad) == 1 else 'are'} not class ids for "
+            f"n_classes={n_classes}{named}; {_gray_advice(values, bad, n_classes, paths, evaluating)}"
         )
     vmax = max(colour_max + ([int(values.max())] if len(values) else []))
     if vmax < n_classes:
         return "channels"
+    rgb = _drop_alpha(colour_example)
+    n_colours = len(np.unique(rgb.reshape(-1, 3), axis=0))
+    if n_colours > _PHOTO_VALUES:
+        raise DataError(
+            f"cannot tell the mask mode: the masks look like photos ({n_colours} different colours in one "
+            f"of them){named}; are --images and --masks swapped? Masks hold a few class ids or colours"
+        )
+    if _all_jpeg(paths):
+        raise DataError(f"cannot tell the mask mode: the masks are JPEG files{named}; {_JPEG_ADVICE}")
     raise DataError(
         "cannot tell the mask mode: the masks are colour images "
-        f"(e.g. {_colour_summary(_drop_alpha(colour_example))}){named}; for colour-coded classes use "
+        f"(e.g. {_colour_summary(rgb)}){named}; for colour-coded classes use "
         "--mask-mode palette with --palette colours.json (JSON of class name -> [r, g, b]); "
         "for class ids stored in a channel use --mask-mode channels "
         "with a matching --n-classes"
+    )
+
+
+_PHOTO_VALUES = 1000  # more different values (or colours) than this in masks: they look like photos
+_JPEG_ADVICE = (
+    "JPEG compression changes mask values (class ids bleed into their neighbours), so they cannot be read "
+    "as labels: save the masks as PNG"
+)
+
+
+def _all_jpeg(paths: Sequence[str | Path] | None) -> bool:
+    return bool(paths) and all(Path(p).suffix.lower() in (".jpg", ".jpeg") for p in paths or ())
+
+
+def _gray_advice(
+    values: np.ndarray, bad: np.ndarray, n_classes: int, paths: Sequence[str | Path] | None, evaluating: bool
+) -> str:
+    """The likely fix for gray masks that do not fit ``n_classes``: JPEG, a void border, swapped folders, ..."""
+    if _all_jpeg(paths):
+        return _JPEG_ADVICE
+    if len(values) > _PHOTO_VALUES or (len(values) > 200 and n_classes < 100):
+        return "they look like photos, not labels: are --images and --masks swapped?"
+    if evaluating:
+        return (
+            "the run was trained for these classes, so check that --masks is the right folder, or give "
+            "the run's --mask-mode"
+        )
+    if np.isin(values, (0, 255)).all():
+        return "for binary 0/255 masks use --n-classes 2 (or --mask-mode binary)"
+    if list(bad) == [255]:
+        return "255 is usually a 'void' label (as the border in Pascal VOC): add --ignore-index 255"
+    return (
+        f"use --n-classes {int(values.max()) + 1} or more if these are class ids, --ignore-index for a "
+        "'void' value, or --mask-mode binary/palette"
     )
 
 

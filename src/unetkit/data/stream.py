@@ -244,9 +244,10 @@ class StreamingData:
         ignore_index: int | None = None,
         resize: str = "bilinear",
         num_workers: int = 2,
+        recursive: bool = False,
     ) -> tuple[StreamingData, str]:
         """Pair a folder of images with a folder of masks (decoding nothing yet); returns data and mask mode."""
-        pairs = pair_files(images, masks)
+        pairs = pair_files(images, masks, recursive=recursive)
         mode = resolve_mask_mode(pairs, mask_mode, n_classes=n_classes, palette=palette, ignore_index=ignore_index)
         return cls(pairs, input_size, n_classes, mode, palette, ignore_index, resize, num_workers), mode
 
@@ -338,7 +339,13 @@ def load_streaming(
         ignore_index=d.ignore_index,
         resize=config.preprocess.resize,
         num_workers=d.num_workers,
+        recursive=d.recursive,
     )
+    if d.skip_bad:
+        log(
+            "note: --skip-bad checks the files while they are loaded into memory; when streaming, a bad "
+            "file stops training at the step that reads it (--cache memory checks them all first)"
+        )
     t0 = time.perf_counter()
     train, mode = StreamingData.from_folders(d.images, d.masks, m.input_size, **common)
     val = None
@@ -359,9 +366,9 @@ def folder_cache_mode(config: Any, *, local_world_size: int = 1, log: Callable[[
     d, m = config.data, config.model
     if d.cache != "auto":
         return d.cache
-    count = len(pair_files(d.images, d.masks))
+    count = len(pair_files(d.images, d.masks, recursive=d.recursive))
     if d.val_images and d.val_masks:
-        count += len(pair_files(d.val_images, d.val_masks))
+        count += len(pair_files(d.val_images, d.val_masks, recursive=d.recursive))
     need = cache_bytes(count, m.input_size, m.n_classes, d.ignore_index)
     budget = memory_budget(local_world_size)
     mode = choose_cache("auto", need, budget)

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -32,9 +32,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
+from ..errors import ConfigError
 from ..plots import colorize, overlay
-from ..predict import PredictorBase
-from ..predict_files import load_predictor
+from ..predict import PredictorBase, open_predictor
+from .auth import BearerAuth
 from .batcher import MicroBatcher, Overloaded
 from .budget import BudgetTimeout, PixelBudget
 from .uploads import (
@@ -196,14 +197,25 @@ def create_app(
     max_queue: int = 256,
     wait_timeout_s: float = 30.0,
     device: str = "auto",
+    precision: str | None = None,
+    postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+    api_key: str | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> FastAPI:
-    """A FastAPI app serving one model: a run folder, an exported .onnx file, or a ready predictor."""
+    """A FastAPI app serving one model: a run folder, an exported .onnx file, or a ready predictor.
+
+    ``precision``: fp32 (default), bf16 or int8 (``open_predictor``). ``api_key``: every API route then
+    needs ``Authorization: Bearer <key>`` (401 without). ``cors_origins``: origins allowed to call the
+    API from their pages (none by default: the API answers its own page only).
+    """
     if isinstance(model_path_or_predictor, (str, Path)):
-        predictor: PredictorBase = load_predictor(model_path_or_predictor, device)  # type: ignore[assignment]
+        predictor: PredictorBase = open_predictor(model_path_or_predictor, device=device, precision=precision)
         source = Path(model_path_or_predictor).name
     else:
         predictor = model_path_or_predictor
         source = type(predictor).__name__
+    if postprocess is not None:
+        predictor.postprocess = postprocess
     limits = Limits(
         max_upload_bytes,
         max_pixels,
@@ -240,7 +252,19 @@ def create_app(
         redoc_url=None,
         description="Semantic segmentation with the seed's U-Net: upload an image, get its mask.",
     )
-    app.add_middleware(_SecurityHeaders)
+    if api_key:
+        app.add_middleware(BearerAuth, key=api_key, on_refusal=lambda: statuses.update([401]))
+    if cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+            max_age=600,
+        )
+    app.add_middleware(_SecurityHeaders)  # added last: outermost, so refusals carry the headers too
     app.state.predictor, app.state.batcher, app.state.budget = predictor, batcher, budget
     app.state.limits = limits
     app.state.statuses = statuses
@@ -260,7 +284,14 @@ def create_app(
         return error(500, f"internal error ({type(exc).__name__}); the server keeps running")
 
     info = {
-        "model": {"source": source, "backend": predictor.backend, **asdict(predictor.config.model)},
+        "model": {
+            "source": source,
+            "backend": predictor.backend,
+            "precision": predictor.precision,
+            **asdict(predictor.config.model),
+        },
+        "postprocess": getattr(predictor.postprocess, "describe", lambda: "none")(),
+        "access_control": bool(api_key),
         "input_size": list(predictor.input_size),
         "n_classes": predictor.config.model.n_classes,
         "classes": [{"id": i, "name": n, "colour": list(palette[i])} for i, n in enumerate(names)],
@@ -421,19 +452,37 @@ def _bounds(schema: dict[str, Any]) -> str:
     return f"{schema.get('type', '')} {' and '.join(parts)}".strip() if parts else ""
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def check_server_options(port: int, log_level: str) -> str:
+    """Refuse a port or log level uvicorn would choke on, before the model is loaded; the level, lowercased."""
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be between 1 and 65535 (0: any free port), got {port}")
+    level = str(log_level).lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    return level
+
+
 def serve(
-    model: str | Path, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info", **limits: Any
+    model: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    log_level: str = "info",
+    uvicorn_options: dict[str, Any] | None = None,
+    **limits: Any,
 ) -> None:
-    """Load the model once and serve it with uvicorn until interrupted."""
+    """Load the model once and serve it with uvicorn until interrupted.
+
+    ``uvicorn_options`` go to ``uvicorn.run`` as they are (e.g. ``ssl_keyfile``/``ssl_certfile`` for TLS,
+    ``forwarded_allow_ips`` behind a reverse proxy); see docs/serving.md.
+    """
     import uvicorn
 
+    level = check_server_options(port, log_level)
     app = create_app(model, **limits)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        server_header=False,
-        timeout_keep_alive=5,
-        limit_concurrency=1024,
-    )
+    options: dict[str, Any] = {"server_header": False, "timeout_keep_alive": 5, "limit_concurrency": 1024}
+    options.update(uvicorn_options or {})
+    uvicorn.run(app, host=host, port=port, log_level=level, **options)

@@ -3,11 +3,33 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { ids: null, width: 0, height: 0, classes: [], hidden: new Set() };
+const state = { ids: null, width: 0, height: 0, classes: [], hidden: new Set(), mask: null, name: "", info: [] };
+const KEY = "unetkit-api-key";
+
+// Every API call goes through here: it adds the API key (asked for once, kept for this tab's session).
+async function api(url, options = {}) {
+  const key = sessionStorage.getItem(KEY);
+  const headers = new Headers(options.headers || {});
+  if (key) headers.set("Authorization", `Bearer ${key}`);
+  const res = await fetch(url, { ...options, headers });
+  if (res.status === 401) {
+    sessionStorage.removeItem(KEY);
+    askForKey(key ? "That key was refused; enter the server's API key." : "This server needs an API key.");
+    throw new Error("the server needs an API key (401)");
+  }
+  return res;
+}
+
+function askForKey(text) {
+  $("key-message").textContent = text;
+  $("keyform").hidden = false;
+  $("key").focus();
+}
 
 function setState(name) { document.body.dataset.state = name; }
 function setStatus(text) { $("status").textContent = text; }
 function showError(text) {
+  clearResult();
   const box = $("error");
   box.textContent = text;
   box.hidden = false;
@@ -15,6 +37,51 @@ function showError(text) {
   setState("error");
 }
 function clearError() { $("error").hidden = true; $("error").textContent = ""; }
+
+// A refused or failed upload must not leave the previous image's result on screen as if it were its own.
+function clearResult() {
+  state.ids = null;
+  state.mask = null;
+  $("viewer").hidden = true;
+  for (const id of ["image", "overlay"]) {
+    const c = $(id);
+    c.getContext("2d").clearRect(0, 0, c.width, c.height);
+  }
+  $("download-mask").disabled = true;
+  $("download-overlay").disabled = true;
+  if (state.info.length) renderLegend(state.info.map((k) => ({ ...k, fraction: null })));
+}
+
+function stem(name) { return (name.replace(/\.[^.]*$/, "") || "image").replace(/[^\w.-]+/g, "_"); }
+
+function download(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+function downloadMask() {
+  if (!state.mask) return;
+  download(new Blob([bytesOf(state.mask)], { type: "image/png" }), `${stem(state.name)}_mask.png`);
+}
+
+function downloadOverlay() {
+  if (!state.ids) return;
+  // what the page shows: the image with the visible classes blended at the chosen opacity
+  const canvas = document.createElement("canvas");
+  canvas.width = state.width;
+  canvas.height = state.height;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage($("image"), 0, 0);
+  ctx.globalAlpha = $("opacity").value / 100;
+  ctx.drawImage($("overlay"), 0, 0);
+  canvas.toBlob((blob) => { if (blob) download(blob, `${stem(state.name)}_overlay.png`); }, "image/png");
+}
 
 async function errorText(res) {
   try {
@@ -109,7 +176,7 @@ async function picture(file) {
     // The browser cannot show this format (e.g. TIFF): ask the server for its decoded image.
     const form = new FormData();
     form.append("file", file, file.name);
-    const res = await fetch("/predict?format=overlay&alpha=0", { method: "POST", body: form });
+    const res = await api("/predict?format=overlay&alpha=0", { method: "POST", body: form });
     if (!res.ok) throw new Error(await errorText(res));
     return await createImageBitmap(await res.blob());
   }
@@ -124,9 +191,9 @@ async function segment(file) {
   form.append("file", file, file.name);
   let res;
   try {
-    res = await fetch("/predict?format=json", { method: "POST", body: form });
+    res = await api("/predict?format=json", { method: "POST", body: form });
   } catch (err) {
-    showError(`Could not reach the server: ${err.message}`);
+    showError(`Could not segment ${file.name}: ${err.message}`);
     return;
   }
   if (!res.ok) {
@@ -143,6 +210,8 @@ async function segment(file) {
     state.width = data.width;
     state.height = data.height;
     state.classes = data.classes;
+    state.name = file.name;
+    state.mask = data.mask_png_base64;
     if (data.n_classes > 256) {
       state.ids = null;
       $("overlay").getContext("2d").clearRect(0, 0, data.width, data.height);
@@ -155,6 +224,8 @@ async function segment(file) {
     $("stage").style.width = `${Math.max(560, data.width)}px`;
     renderLegend(data.classes);
     $("viewer").hidden = false;
+    $("download-mask").disabled = false;
+    $("download-overlay").disabled = !state.ids;
     const ms = Math.round(performance.now() - started);
     if (data.n_classes <= 256) setStatus(`${file.name}: ${data.width} × ${data.height} px, ${ms} ms`);
     setState("done");
@@ -168,8 +239,39 @@ function pick(files) {
   segment(files[0]);
 }
 
+async function loadInfo() {
+  try {
+    const res = await api("/info");
+    if (!res.ok) throw new Error(`${res.status}: ${await errorText(res)}`);
+    const info = await res.json();
+    const [h, w, c] = info.input_size;
+    $("model").textContent = `${info.model.name} (${info.model.backend}, ${info.model.precision || "fp32"}) · ` +
+      `input ${h} × ${w} × ${c} · ${info.n_classes} classes · ${info.model.source}`;
+    state.classes = info.classes;
+    state.info = info.classes;
+    renderLegend(info.classes.map((k) => ({ ...k, fraction: null })));
+    $("keyform").hidden = true;
+    setState("ready");
+  } catch (err) {
+    if ($("keyform").hidden) showError(`Could not load the model description: ${err.message}`);
+    else setState("key");
+  }
+}
+
 async function start() {
   const zone = $("dropzone");
+  $("download-mask").addEventListener("click", downloadMask);
+  $("download-overlay").addEventListener("click", downloadOverlay);
+  $("keyform").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const key = $("key").value.trim();
+    if (!key) return;
+    sessionStorage.setItem(KEY, key);
+    $("key").value = "";
+    $("keyform").hidden = true;
+    clearError();
+    loadInfo();
+  });
   $("file").addEventListener("change", (e) => { pick(e.target.files); e.target.value = ""; });
   zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("over"));
@@ -183,19 +285,7 @@ async function start() {
   };
   slider.addEventListener("input", showOpacity);
   showOpacity();
-  try {
-    const res = await fetch("/info");
-    if (!res.ok) throw new Error(`${res.status}: ${await errorText(res)}`);
-    const info = await res.json();
-    const [h, w, c] = info.input_size;
-    $("model").textContent = `${info.model.name} (${info.model.backend}) · input ${h} × ${w} × ${c} · ` +
-      `${info.n_classes} classes · ${info.model.source}`;
-    state.classes = info.classes;
-    renderLegend(info.classes.map((k) => ({ ...k, fraction: null })));
-    setState("ready");
-  } catch (err) {
-    showError(`Could not load the model description: ${err.message}`);
-  }
+  await loadInfo();
 }
 
 start();
