@@ -379,3 +379,15 @@ def test_no_command_answers_bad_input_with_a_traceback(tmp_path: Path, data) -> 
         assert result.exit_code not in (0, 1), (args, result.output)
         assert isinstance(result.exception, SystemExit), (args, repr(result.exception))
         assert "Traceback" not in result.output, args
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_taken_over(tmp_path: Path) -> None:
+    """ "Run the same command again" must work after a kill in the first checkpoint (no last.safetensors)."""
+    run = tmp_path / "run"
+    fit(tiny_config(epochs=1), run, train_data=_blobs(), progress=False, log=None)
+    (run / LAST).unlink()  # killed between the weights and the commit point
+    claim_run_folder(run)
+    assert not (run / WEIGHTS).exists()
+    imported = save_run(tmp_path / "imported", unet_model((32, 32, 3), n_filters=4, n_classes=3), tiny_config())
+    with pytest.raises(RunError, match="already holds a run"):  # weights without a training epoch: not taken over
+        claim_run_folder(imported)
