@@ -38,7 +38,7 @@ from unetkit.train import NonFiniteLoss, TrainingInterrupted
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="uses /proc and POSIX signals")
 
-REAL_NAMES = {"config.json", "weights.safetensors", "last.safetensors", "metrics.csv", "curves.png"}
+REAL_NAMES = {"config.json", "weights.safetensors", "last.safetensors", "metrics.csv", "curves.png", "README.md"}
 
 # The child: the unetkit CLI, one thread (deterministic and fair on a shared machine), optionally killing
 # itself with SIGKILL at its N-th fsync of a file in the run folder (N = UNETKIT_TEST_KILL_AT_FSYNC).

@@ -30,6 +30,9 @@ app.add_typer(datasets_app, name="datasets")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+LOSS_HELP = "ce, ohem, focal, dice, lovasz, or a pixel term + a region term: ce+dice, ohem+lovasz, ..."
+TTA_HELP = "test-time augmentation: flip, or e.g. flip,scales=0.75,1,1.25 (logits averaged over the views)"
+
 
 def _print_version(value: bool) -> None:
     if value:
@@ -286,6 +289,10 @@ def _build_train_config(**opts: Any):
     if n_classes is None:
         raise UnetkitError("give --n-classes N (or a --palette / --class-names file that lists the classes)")
     h, w = opts["input_size"] or (96, 128)
+    if opts.get("crop") is not None:  # crops are what the network sees: the crop is the input size
+        if opts["input_size"] is not None and tuple(opts["input_size"]) != tuple(opts["crop"]):
+            raise UnetkitError("--crop H W sets the network's input size; leave out --input-size (or give the same)")
+        h, w = opts["crop"]
     channels = opts["channels"] if opts["channels"] is not None else _survey_images(opts, (h, w))
     model = ModelConfig(
         name=opts["model"] or "unet",
@@ -299,7 +306,7 @@ def _build_train_config(**opts: Any):
         val_images=_abs(opts["val_images"]),
         val_masks=_abs(opts["val_masks"]),
         val_fraction=opts["val_fraction"] or 0.0,
-        mask_mode=opts["mask_mode"] or ("palette" if palette else "auto"),
+        mask_mode=opts["mask_mode"] or ("palette" if opts["palette"] is not None else "auto"),
         palette_file=_s(opts["palette"]),
         ignore_index=labels.get("ignore_index", opts["ignore_index"]),
         label_map_file=_s(opts.get("label_map")),
@@ -322,6 +329,10 @@ def _build_train_config(**opts: Any):
             "schedule",
             "warmup_epochs",
             "loss",
+            "label_smoothing",
+            "ohem_thresh",
+            "ohem_min_kept",
+            "focal_gamma",
             "class_weights",
             "early_stopping",
             "precision",
@@ -333,6 +344,8 @@ def _build_train_config(**opts: Any):
     }
     if opts.get("compile") is not None:
         t["compile"] = "on" if opts["compile"] else "off"
+    t |= _accuracy_options(opts)
+    t |= _init_options(opts)
     if opts.get("augment") is not None:  # off: none; on: the recipe's, or the strong recipe's if it has none
         from .recipes import STRONG_AUGMENT
 
@@ -341,6 +354,8 @@ def _build_train_config(**opts: Any):
             if opts["augment"]
             else AugmentConfig()
         )
+    if any(opts.get(k) is not None for k in ("aug_scale", "aug_colour", "aug_hue")):
+        t["augment"] = _augment_options(t.get("augment", config.train.augment), opts)
     m = {k: opts[k] for k in ("depth", "dropout", "batch_norm") if opts.get(k) is not None}
     p = {k: opts[k] for k in ("resize", "normalize") if opts.get(k) is not None}
     return replace(
@@ -349,6 +364,44 @@ def _build_train_config(**opts: Any):
         model=replace(config.model, **m),
         preprocess=replace(config.preprocess, **p),
     )
+
+
+def _accuracy_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """TrainConfig fields from --crop, --class-aware-crop, --ema and --time-budget."""
+    t: dict[str, Any] = {k: opts[k] for k in ("crop", "class_aware_crop", "ema") if opts.get(k) is not None}
+    if opts.get("time_budget") is not None:
+        from .timebudget import parse_duration
+
+        t["time_budget"] = parse_duration(opts["time_budget"])
+        if opts.get("epochs") is None:
+            t["epochs"] = 100_000  # the budget decides; --epochs is then a cap
+    return t
+
+
+def _augment_options(augment: Any, opts: dict[str, Any]) -> Any:
+    """``augment`` with the scale range, colour jitter and hue the user gave (each turns augmentation on)."""
+    a: dict[str, Any] = {}
+    if opts.get("aug_scale") is not None:
+        a["scale"] = tuple(opts["aug_scale"])
+    if opts.get("aug_colour") is not None:
+        a["brightness"] = a["contrast"] = a["saturation"] = opts["aug_colour"]
+    if opts.get("aug_hue") is not None:
+        a["hue"] = opts["aug_hue"]
+    return replace(augment, **a)
+
+
+def _init_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """--init-from, --freeze-encoder and --freeze-epochs as TrainConfig fields."""
+    t: dict[str, Any] = {}
+    if opts.get("init_from") is not None:
+        t["init_from"] = str(opts["init_from"])
+    if opts.get("freeze_encoder") or opts.get("freeze_epochs") is not None:
+        if opts.get("init_from") is None:
+            raise UnetkitError(
+                "--freeze-encoder keeps pretrained weights fixed: give --init-from RUN_OR_KERAS_FILE too"
+            )
+        t["freeze_encoder_epochs"] = opts["freeze_epochs"] if opts.get("freeze_epochs") is not None else 5
+    return t
 
 
 def _labels_options(opts: dict[str, Any], names: list[str] | None, palette: list | None) -> dict[str, Any]:
@@ -438,9 +491,33 @@ def train(
     weight_decay: float | None = None,
     schedule: Annotated[str | None, typer.Option(help="constant, cosine or plateau")] = None,
     warmup_epochs: int | None = None,
-    loss: Annotated[str | None, typer.Option(help="ce, dice or ce+dice")] = None,
+    loss: Annotated[str | None, typer.Option(help=LOSS_HELP)] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="cross-entropy label smoothing (0: off)")] = None,
+    ohem_thresh: Annotated[
+        float | None, typer.Option(help="OHEM: keep pixels whose true-class probability is below")
+    ] = None,
+    ohem_min_kept: Annotated[int | None, typer.Option(help="OHEM: keep at least this many pixels per image")] = None,
+    focal_gamma: Annotated[float | None, typer.Option(help="focal loss exponent")] = None,
     class_weights: Annotated[str | None, typer.Option(help="none, inverse, median-frequency or a JSON file")] = None,
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="the recipe's augmentation")] = None,
+    aug_scale: Annotated[
+        tuple[float, float] | None, typer.Option(help="random scale range MIN MAX, e.g. 0.5 2.0 (zoom out/in)")
+    ] = None,
+    aug_colour: Annotated[float | None, typer.Option(help="brightness/contrast/saturation jitter, e.g. 0.3")] = None,
+    aug_hue: Annotated[
+        float | None, typer.Option(help="hue jitter as a fraction of the colour wheel, e.g. 0.05")
+    ] = None,
+    crop: Annotated[
+        tuple[int, int] | None,
+        typer.Option(help="train on random H W crops of the images at native size (sets the input size)"),
+    ] = None,
+    class_aware_crop: Annotated[
+        float | None, typer.Option(help="share of crops centred on a rare-class pixel (with --crop), e.g. 0.5")
+    ] = None,
+    ema: Annotated[float | None, typer.Option(help="average the weights with this decay, e.g. 0.999")] = None,
+    time_budget: Annotated[
+        str | None, typer.Option(help="train for this long (e.g. 10m, 600, 1h30m); the schedule follows the clock")
+    ] = None,
     early_stopping: Annotated[int | None, typer.Option(help="patience in epochs (0: off)")] = None,
     mask_mode: Annotated[str | None, typer.Option(help="auto, index, binary, channels or palette")] = None,
     palette: Annotated[Path | None, typer.Option(help="JSON {class name: \\[r, g, b]}")] = None,
@@ -472,6 +549,17 @@ def train(
             help="run N processes on this machine via torchrun (one per GPU; --batch-size stays the global batch)"
         ),
     ] = None,
+    log: Annotated[
+        list[str] | None, typer.Option("--log", help="also log to tensorboard and/or mlflow (repeat or comma-separate)")
+    ] = None,
+    log_images_every: Annotated[int, typer.Option(help="validation image panel every N epochs (0: none)")] = 5,
+    init_from: Annotated[
+        Path | None, typer.Option(help="start from this run's weights or a Keras .h5/.keras file (a new run)")
+    ] = None,
+    freeze_encoder: Annotated[bool, typer.Option(help="with --init-from: keep the encoder fixed at first")] = False,
+    freeze_epochs: Annotated[int | None, typer.Option(help="epochs the encoder stays frozen (default 5)")] = None,
+    folds: Annotated[int | None, typer.Option(help="k-fold cross-validation: K runs under --out")] = None,
+    fold: Annotated[int | None, typer.Option(help="with --folds: train only fold k (0-based)")] = None,
     progress: bool = True,
     overwrite: Annotated[bool, typer.Option(help="replace the run already in --out (its files are deleted)")] = False,
     recursive: Annotated[
@@ -482,10 +570,16 @@ def train(
     ] = False,
 ) -> None:
     """Train a model on a folder of images and a folder of masks; writes a run folder."""
+    import shlex
+
     from . import distributed
+    from .loggers import check_available
     from .run import claim_run_folder
     from .train import fit
 
+    loggers = check_available(log or [])  # a missing package is reported before anything else
+    command = "unetkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    extra = dict(loggers=loggers, log_images_every=log_images_every, command=command)
     if resume is None and out is None:
         raise UnetkitError("give --out RUN_FOLDER (where weights, config and metrics are written)")
     if resume is None and not overwrite and distributed.is_main():
@@ -498,16 +592,34 @@ def train(
     if resume is not None:
         config = _resume_config(ctx, resume, locals(), say)
         say(f"resuming {resume} up to {config.train.epochs} epochs")
-        result = fit(config, resume, resume=True, progress=progress, log=say)
+        result = fit(config, resume, resume=True, progress=progress, log=say, **extra)
     else:
         config = _train_config(**locals())
         say(config.describe())
-        result = fit(config, out, progress=progress, log=say, overwrite=overwrite)
+        if folds is not None or fold is not None:
+            _train_folds(config, out, folds, fold, progress=progress, log=say, overwrite=overwrite, **extra)
+            return
+        result = fit(config, out, progress=progress, log=say, overwrite=overwrite, **extra)
     if distributed.is_main():
         _after_training(result)
 
 
-_RESUME_KEEPS = ("progress", "resume", "nproc", "overwrite", "out")  # how to run, not what the run is
+def _train_folds(config: Any, out: Path, folds: int | None, fold: int | None, **kwargs: Any) -> None:
+    """--folds K [--fold k]: K runs under OUT with OUT/splits.json; --fold alone reads K from that file."""
+    from .folds import SPLITS, load_splits, train_folds
+
+    if folds is None:
+        if not (out / SPLITS).exists():
+            raise UnetkitError(f"--fold needs --folds K (or an existing {out / SPLITS} to take K from)")
+        folds = len(load_splits(out / SPLITS))
+    train_folds(config, out, folds, fold=fold, **kwargs)
+    console().print(
+        f"fold summary: {out / 'folds.json'}; combine the folds with `unetkit ensemble {out}/fold_* --out ENS`"
+    )
+
+
+# how to run, not what the run is (a resumed run may log to other places)
+_RESUME_KEEPS = ("progress", "resume", "nproc", "overwrite", "out", "log", "log_images_every")
 
 
 def _resume_config(ctx: typer.Context, run: Path, opts: dict[str, Any], say: Callable[..., None]) -> Any:
@@ -532,6 +644,10 @@ def _resume_config(ctx: typer.Context, run: Path, opts: dict[str, Any], say: Cal
 
         raise RunError(_nothing_to_resume(run))
     changes = {n: opts[n] for n in given}
+    if changes.get("time_budget") is not None:
+        from .timebudget import parse_duration
+
+        changes["time_budget"] = parse_duration(changes["time_budget"])
     if opts.get("compile") is not None and "compile" in changes:
         changes["compile"] = "on" if opts["compile"] else "off"
     config = resume_config(run, **changes)
@@ -680,8 +796,15 @@ def evaluate(
         list[str] | None, typer.Option(help="fill holes in this class (id or name; repeatable)")
     ] = None,
     keep_largest: Annotated[list[str] | None, typer.Option(help="keep this class's largest component only")] = None,
+    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
+    confusion: Annotated[
+        Path | None, typer.Option(help="write the row-normalised confusion matrix as PNG (counts as .csv beside it)")
+    ] = None,
+    per_image: Annotated[
+        Path | None, typer.Option(help="write each image's pixel accuracy and mIoU as CSV, worst first")
+    ] = None,
 ) -> None:
-    """Pixel accuracy, mean IoU, per-class IoU and Dice over a whole folder pair (and what post-processing changes)."""
+    """aAcc, mAcc, mIoU, fwIoU and per-class IoU, Dice, precision, recall over a folder pair (and post-processing)."""
     from .evaluate import evaluate as run_evaluate
 
     post = _postprocess(run, min_size, fill_holes, keep_largest)
@@ -696,11 +819,19 @@ def evaluate(
         check_agreement=check_agreement,
         label_map=label_map,
         classes=classes,
+        tta=tta,
     )
     _say(report.table())
     if json_out is not None:
         report.save_json(json_out)
         _say(f"wrote {json_out}")
+    if confusion is not None:
+        csv_path = report.save_confusion(confusion)
+        _say(f"wrote {confusion} and {csv_path}")
+    if per_image is not None:
+        report.save_per_image(per_image)
+        worst = report.worst_first()[:3]
+        _say(f"wrote {per_image}; worst: " + ", ".join(f"{s.name} (mIoU {s.mean_iou:.3f})" for s in worst))
 
 
 @app.command()
@@ -711,7 +842,13 @@ def predict(
     out: Annotated[Path, typer.Option(help="output folder (never one of the input folders)")],
     masks: Annotated[Path | None, typer.Option(help="truth masks: also write input | truth | prediction")] = None,
     mode: Annotated[str | None, typer.Option(help="resize or sliding (window at full resolution)")] = None,
+    classes: Annotated[Path | None, typer.Option(help="classes.json: names and colours to show")] = None,
     device: str = "auto",
+    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
+    save_probs: Annotated[
+        str | None,
+        typer.Option(help="also write confidence and entropy PNGs; npz: with float16 probabilities, png: PNGs only"),
+    ] = None,
     precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
     outputs: Annotated[
         str, typer.Option(help="which files per image: any of mask,colour,overlay")
@@ -732,7 +869,7 @@ def predict(
     from .predict_files import predict_files
 
     report = predict_files(
-        run,
+        _with_classes(run, classes, device, precision),
         inputs,
         out,
         masks=masks,
@@ -748,8 +885,22 @@ def predict(
         postprocess=_postprocess(run, min_size, fill_holes, keep_largest),
         progress=progress and sys.stderr.isatty(),
         log=_say,
+        tta=tta,
+        save_probs=save_probs,
     )
     _say(report.summary())
+
+
+def _with_classes(run: Path, classes: Path | None, device: str, precision: str | None) -> Any:
+    """The run itself, or (with --classes FILE) its predictor showing that file's names and colours."""
+    if classes is None:
+        return run
+    from .data.classes import use_classes
+    from .predict import open_predictor
+
+    predictor = open_predictor(run, device=device, precision=precision)
+    use_classes(predictor.config, classes)
+    return predictor
 
 
 @app.command("import-keras")
@@ -837,6 +988,8 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="images per forward pass at most")] = 8,
     device: str = "auto",
     log_level: Annotated[str, typer.Option(help="info logs each request; warning is quiet")] = "info",
+    classes: Annotated[Path | None, typer.Option(help="classes.json: names and colours to show")] = None,
+    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
     precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
     api_key_file: Annotated[
         Path | None, typer.Option(help="require 'Authorization: Bearer KEY' (KEY: this file's first line)")
@@ -878,8 +1031,15 @@ def serve(
     guard = ", API key required" if api_key else ""
     _say(f"serving {model} at {scheme}://{host}:{port}/ (API reference: /docs{guard}); Ctrl-C stops")
     tls = {"ssl_keyfile": str(ssl_keyfile), "ssl_certfile": str(ssl_certfile)} if ssl_certfile else {}
+    served: Any = model
+    if classes is not None:
+        from .data.classes import use_classes
+        from .predict import open_predictor
+
+        served = open_predictor(model, device=device, precision=precision, postprocess=post)
+        use_classes(served.config, classes)
     run_server(
-        model,
+        served,
         host,
         port,
         max_upload_bytes=int(max_upload_mb * 1e6),
@@ -888,12 +1048,48 @@ def serve(
         max_batch=max_batch,
         device=device,
         log_level=log_level,
+        tta=tta,
         precision=precision,
         postprocess=post,
         api_key=api_key,
         cors_origins=tuple(cors_origin or ()),
         uvicorn_options=tls,
     )
+
+
+@app.command()
+@guarded
+def ensemble(
+    runs: Annotated[list[Path], typer.Argument(help="run folders to combine (same classes and input channels)")],
+    out: Annotated[Path, typer.Option(help="ensemble folder to write (new or empty)")],
+    weights: Annotated[str, typer.Option(help="each member's best or last weights")] = "best",
+) -> None:
+    """Combine runs into one model that averages their probabilities; evaluate/predict/export/serve take it."""
+    from .ensemble import make_ensemble
+
+    path = make_ensemble(list(runs), out, weights=weights)
+    console().print(f"wrote the ensemble of {len(runs)} runs to {path}")
+    console().print(f"next: unetkit evaluate {path} --images DIR --masks DIR | unetkit export {path} --out ens.onnx")
+
+
+@app.command("runs")
+@guarded
+def runs_table(
+    folder: Annotated[Path, typer.Argument(help="folder holding run folders (searched a few levels down)")] = Path("."),
+    sort: Annotated[str, typer.Option(help="name, model, classes, epochs, miou, time or date")] = "date",
+    reverse: Annotated[bool | None, typer.Option("--reverse/--no-reverse", help="flip the order")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of the table")] = False,
+) -> None:
+    """A table of the runs under a folder: name, model, classes, epochs, best val mIoU, time, date."""
+    from .runs import format_table, list_runs, runs_json
+
+    rows = list_runs(folder, sort=sort, reverse=reverse)
+    if json_out:
+        typer.echo(runs_json(rows))
+    elif not rows:
+        console().print(f"no run folders under {folder}")
+    else:
+        console().print(format_table(rows), soft_wrap=True)
 
 
 @app.command()
