@@ -1096,9 +1096,12 @@ def runs_table(
 @guarded
 def demo(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("demo-run"),
-    train_count: int = 640,
-    val_count: int = 128,
-    epochs: int = 10,
+    recipe: Annotated[
+        str, typer.Option(help="strong (the seed's network + batch norm, ~5 min) or seed (the tutorial's recipe)")
+    ] = "strong",
+    train_count: Annotated[int | None, typer.Option(help="training scenes [default: the recipe's]")] = None,
+    val_count: Annotated[int | None, typer.Option(help="validation and test scenes [default: 128]")] = None,
+    epochs: Annotated[int | None, typer.Option(help="[default: the recipe's]")] = None,
     seed: int = 0,
     progress: bool = True,
     overwrite: Annotated[bool, typer.Option(help="replace the run already in --out")] = False,
@@ -1108,6 +1111,7 @@ def demo(
 
     run_demo(
         out,
+        recipe=recipe,
         overwrite=overwrite,
         train_count=train_count,
         val_count=val_count,
