@@ -21,7 +21,7 @@ from unetkit import SegmentationData, fit, save_run, unet_model
 from unetkit.cli import app
 from unetkit.errors import ConfigError, DataError, RunError
 from unetkit.fsio import atomic_write_text
-from unetkit.run import CONFIG, LAST, METRICS, WEIGHTS, claim_run_folder, load_tensors
+from unetkit.run import CONFIG, LAST, METRICS, RUN_FILES, WEIGHTS, claim_run_folder, load_tensors
 
 runner = CliRunner()
 TINY = ["--input-size", "32", "32", "--n-filters", "4", "--batch-size", "4", "--precision", "fp32"]
@@ -88,7 +88,7 @@ def test_overwrite_deletes_the_old_run_before_the_new_one_writes(tmp_path: Path)
     with pytest.raises(RunError, match="already holds a run"):
         fit(tiny_config(epochs=1), run, train_data=_blobs(), progress=False, log=None)
     claim_run_folder(run, overwrite=True)
-    assert sorted(p.name for p in run.iterdir()) == []
+    assert not [name for name in RUN_FILES if (run / name).exists()]
 
 
 def test_import_keras_into_an_existing_run_is_refused(tmp_path: Path) -> None:
@@ -314,7 +314,8 @@ def test_train_help_groups_options_and_shows_defaults() -> None:
     text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
     panels = [text.index(f"─ {name} ") for name in ("Data", "Model", "Optimisation", "Runtime")]
     assert panels == sorted(panels)
-    assert "--input-size" in text and "H W" in text and "<int,int>" not in text.replace(" ", "")
+    line = next(x for x in text.splitlines() if "--input-size" in x)
+    assert "H W" in line and "<int" not in line
     for default in ("[default: (40)]", "[default: (32; strong: 8)]", "[default: (32)]", "[default: (96 128)]"):
         assert default in text, default
 
@@ -379,3 +380,15 @@ def test_no_command_answers_bad_input_with_a_traceback(tmp_path: Path, data) -> 
         assert result.exit_code not in (0, 1), (args, result.output)
         assert isinstance(result.exception, SystemExit), (args, repr(result.exception))
         assert "Traceback" not in result.output, args
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_taken_over(tmp_path: Path) -> None:
+    """ "Run the same command again" must work after a kill in the first checkpoint (no last.safetensors)."""
+    run = tmp_path / "run"
+    fit(tiny_config(epochs=1), run, train_data=_blobs(), progress=False, log=None)
+    (run / LAST).unlink()  # killed between the weights and the commit point
+    claim_run_folder(run)
+    assert not (run / WEIGHTS).exists()
+    imported = save_run(tmp_path / "imported", unet_model((32, 32, 3), n_filters=4, n_classes=3), tiny_config())
+    with pytest.raises(RunError, match="already holds a run"):  # weights without a training epoch: not taken over
+        claim_run_folder(imported)

@@ -163,14 +163,15 @@ def claim_run_folder(run_dir: str | Path, *, overwrite: bool = False, create: bo
 
     With ``overwrite`` the old run's files are deleted first (the resume checkpoint before anything
     else), so that the folder never holds parts of two runs, even if the new run is killed at once.
-    A folder holding only config.json (a run stopped before its first epoch ended) is taken over.
+    A training run that never committed an epoch (no last.safetensors: stopped or killed before its first
+    checkpoint was complete) is taken over, as "run the same command again" promises.
     ``create`` makes the folder when it is missing.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"{run_dir} is a file, not a run folder; choose another --out")
     found = existing_run_files(run_dir)
-    if found and found != [CONFIG] and not overwrite:  # a lone config.json: a run stopped before its first epoch
+    if found and not overwrite and not _uncommitted(run_dir, found):
         resume = f", `unetkit train --resume {run_dir}` to continue it" if LAST in found else ""
         raise RunError(
             f"{run_dir} already holds a run ({', '.join(found)}); choose another --out{resume}, "
@@ -187,6 +188,21 @@ def claim_run_folder(run_dir: str | Path, *, overwrite: bool = False, create: bo
     except OSError as e:
         raise RunError(f"could not create the run folder {run_dir} ({e.strerror or e}); choose another --out") from None
     return run_dir
+
+
+def _uncommitted(run_dir: Path, found: list[str]) -> bool:
+    """True for what a training run leaves before its first epoch is committed: no last.safetensors, and
+    weights (if any) written by training (they carry an epoch), not by an import or ``save_run``."""
+    if LAST in found:
+        return False
+    if WEIGHTS not in found:
+        return METRICS not in found
+    try:
+        with safe_open(str(run_dir / WEIGHTS), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("unetkit") or "{}")
+    except Exception:  # unreadable: not ours to judge, so not taken over
+        return False
+    return isinstance(meta, dict) and "epoch" in meta
 
 
 def save_run(
