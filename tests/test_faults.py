@@ -38,7 +38,7 @@ from unetkit.train import NonFiniteLoss, TrainingInterrupted
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="uses /proc and POSIX signals")
 
-REAL_NAMES = {"config.json", "weights.safetensors", "last.safetensors", "metrics.csv", "curves.png"}
+REAL_NAMES = {"config.json", "weights.safetensors", "last.safetensors", "metrics.csv", "curves.png", "README.md"}
 
 # The child: the unetkit CLI, one thread (deterministic and fair on a shared machine), optionally killing
 # itself with SIGKILL at its N-th fsync of a file in the run folder (N = UNETKIT_TEST_KILL_AT_FSYNC).
@@ -218,6 +218,12 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert ra == rb
 
 
+def _restart_args(data: Path, run: Path, epochs: int) -> list[str]:
+    """Start again where no epoch was committed: a kill may have left a config (and weights) there already."""
+    args = _train_args(data, run, epochs)
+    return [*args, "--overwrite"] if run.exists() else args
+
+
 def _kill_and_resume(
     script: Path, data: Path, tmp: Path, epochs: int, plan: list[str], seed: int, max_delay: float = 2.5
 ) -> dict[str, int]:
@@ -228,7 +234,7 @@ def _kill_and_resume(
     stats = {"kills": 0, "in_write": 0, "between_files": 0, "at_random": 0, "progress_epochs": 0}
     before = 0
     for i, how in enumerate(plan):
-        args = _resume_args(run, epochs) if (run / LAST).exists() else _train_args(data, run, epochs)
+        args = _resume_args(run, epochs) if (run / LAST).exists() else _restart_args(data, run, epochs)
         if how == "fsync":  # inside a checkpoint write: config.json is 2 fsyncs, an epoch 6 to 8
             child = Child(script, args, run, kill_at_fsync=rng.randint(3, 14))
         else:
@@ -250,7 +256,7 @@ def _kill_and_resume(
         assert epoch >= before, f"kill {i + 1} lost epochs: {before} -> {epoch}"
         stats["progress_epochs"] += epoch - before
         before = epoch
-    final = Child(script, _resume_args(run, epochs) if (run / LAST).exists() else _train_args(data, run, epochs), run)
+    final = Child(script, _resume_args(run, epochs) if (run / LAST).exists() else _restart_args(data, run, epochs), run)
     assert final.wait() == 0, final.output
     assert reference.wait() == 0, reference.output
     assert _committed_epoch(run) == epochs

@@ -306,7 +306,7 @@ def _build_train_config(**opts: Any):
         val_images=_abs(opts["val_images"]),
         val_masks=_abs(opts["val_masks"]),
         val_fraction=opts["val_fraction"] or 0.0,
-        mask_mode=opts["mask_mode"] or ("palette" if palette else "auto"),
+        mask_mode=opts["mask_mode"] or ("palette" if opts["palette"] is not None else "auto"),
         palette_file=_s(opts["palette"]),
         ignore_index=labels.get("ignore_index", opts["ignore_index"]),
         label_map_file=_s(opts.get("label_map")),
@@ -345,6 +345,7 @@ def _build_train_config(**opts: Any):
     if opts.get("compile") is not None:
         t["compile"] = "on" if opts["compile"] else "off"
     t |= _accuracy_options(opts)
+    t |= _init_options(opts)
     if opts.get("augment") is not None:  # off: none; on: the recipe's, or the strong recipe's if it has none
         from .recipes import STRONG_AUGMENT
 
@@ -387,6 +388,20 @@ def _augment_options(augment: Any, opts: dict[str, Any]) -> Any:
     if opts.get("aug_hue") is not None:
         a["hue"] = opts["aug_hue"]
     return replace(augment, **a)
+
+
+def _init_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """--init-from, --freeze-encoder and --freeze-epochs as TrainConfig fields."""
+    t: dict[str, Any] = {}
+    if opts.get("init_from") is not None:
+        t["init_from"] = str(opts["init_from"])
+    if opts.get("freeze_encoder") or opts.get("freeze_epochs") is not None:
+        if opts.get("init_from") is None:
+            raise UnetkitError(
+                "--freeze-encoder keeps pretrained weights fixed: give --init-from RUN_OR_KERAS_FILE too"
+            )
+        t["freeze_encoder_epochs"] = opts["freeze_epochs"] if opts.get("freeze_epochs") is not None else 5
+    return t
 
 
 def _labels_options(opts: dict[str, Any], names: list[str] | None, palette: list | None) -> dict[str, Any]:
@@ -505,7 +520,7 @@ def train(
     ] = None,
     early_stopping: Annotated[int | None, typer.Option(help="patience in epochs (0: off)")] = None,
     mask_mode: Annotated[str | None, typer.Option(help="auto, index, binary, channels or palette")] = None,
-    palette: Annotated[Path | None, typer.Option(help="JSON {class name: [r, g, b]}")] = None,
+    palette: Annotated[Path | None, typer.Option(help="JSON {class name: \\[r, g, b]}")] = None,
     class_names: Annotated[Path | None, typer.Option(help="JSON list of class names")] = None,
     classes: Annotated[Path | None, typer.Option(help="classes.json (names, colours, ignore index)")] = None,
     label_map: Annotated[
@@ -534,6 +549,17 @@ def train(
             help="run N processes on this machine via torchrun (one per GPU; --batch-size stays the global batch)"
         ),
     ] = None,
+    log: Annotated[
+        list[str] | None, typer.Option("--log", help="also log to tensorboard and/or mlflow (repeat or comma-separate)")
+    ] = None,
+    log_images_every: Annotated[int, typer.Option(help="validation image panel every N epochs (0: none)")] = 5,
+    init_from: Annotated[
+        Path | None, typer.Option(help="start from this run's weights or a Keras .h5/.keras file (a new run)")
+    ] = None,
+    freeze_encoder: Annotated[bool, typer.Option(help="with --init-from: keep the encoder fixed at first")] = False,
+    freeze_epochs: Annotated[int | None, typer.Option(help="epochs the encoder stays frozen (default 5)")] = None,
+    folds: Annotated[int | None, typer.Option(help="k-fold cross-validation: K runs under --out")] = None,
+    fold: Annotated[int | None, typer.Option(help="with --folds: train only fold k (0-based)")] = None,
     progress: bool = True,
     overwrite: Annotated[bool, typer.Option(help="replace the run already in --out (its files are deleted)")] = False,
     recursive: Annotated[
@@ -544,10 +570,16 @@ def train(
     ] = False,
 ) -> None:
     """Train a model on a folder of images and a folder of masks; writes a run folder."""
+    import shlex
+
     from . import distributed
+    from .loggers import check_available
     from .run import claim_run_folder
     from .train import fit
 
+    loggers = check_available(log or [])  # a missing package is reported before anything else
+    command = "unetkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    extra = dict(loggers=loggers, log_images_every=log_images_every, command=command)
     if resume is None and out is None:
         raise UnetkitError("give --out RUN_FOLDER (where weights, config and metrics are written)")
     if resume is None and not overwrite and distributed.is_main():
@@ -560,16 +592,34 @@ def train(
     if resume is not None:
         config = _resume_config(ctx, resume, locals(), say)
         say(f"resuming {resume} up to {config.train.epochs} epochs")
-        result = fit(config, resume, resume=True, progress=progress, log=say)
+        result = fit(config, resume, resume=True, progress=progress, log=say, **extra)
     else:
         config = _train_config(**locals())
         say(config.describe())
-        result = fit(config, out, progress=progress, log=say, overwrite=overwrite)
+        if folds is not None or fold is not None:
+            _train_folds(config, out, folds, fold, progress=progress, log=say, overwrite=overwrite, **extra)
+            return
+        result = fit(config, out, progress=progress, log=say, overwrite=overwrite, **extra)
     if distributed.is_main():
         _after_training(result)
 
 
-_RESUME_KEEPS = ("progress", "resume", "nproc", "overwrite", "out")  # how to run, not what the run is
+def _train_folds(config: Any, out: Path, folds: int | None, fold: int | None, **kwargs: Any) -> None:
+    """--folds K [--fold k]: K runs under OUT with OUT/splits.json; --fold alone reads K from that file."""
+    from .folds import SPLITS, load_splits, train_folds
+
+    if folds is None:
+        if not (out / SPLITS).exists():
+            raise UnetkitError(f"--fold needs --folds K (or an existing {out / SPLITS} to take K from)")
+        folds = len(load_splits(out / SPLITS))
+    train_folds(config, out, folds, fold=fold, **kwargs)
+    console().print(
+        f"fold summary: {out / 'folds.json'}; combine the folds with `unetkit ensemble {out}/fold_* --out ENS`"
+    )
+
+
+# how to run, not what the run is (a resumed run may log to other places)
+_RESUME_KEEPS = ("progress", "resume", "nproc", "overwrite", "out", "log", "log_images_every")
 
 
 def _resume_config(ctx: typer.Context, run: Path, opts: dict[str, Any], say: Callable[..., None]) -> Any:
@@ -588,6 +638,11 @@ def _resume_config(ctx: typer.Context, run: Path, opts: dict[str, Any], say: Cal
             f"start a new one (--out NEW_RUN; --init-from {run} starts from its weights)"
         )
     old = _load_run_config(run)
+    if not (run / "last.safetensors").exists():  # before reading any data
+        from .errors import RunError
+        from .train import _nothing_to_resume
+
+        raise RunError(_nothing_to_resume(run))
     changes = {n: opts[n] for n in given}
     if changes.get("time_budget") is not None:
         from .timebudget import parse_duration
@@ -669,7 +724,7 @@ def compare(
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="the recipe's augmentation")] = None,
     recipe: Annotated[str, typer.Option(help="seed (the tutorial exactly) or strong")] = "seed",
     mask_mode: Annotated[str | None, typer.Option(help="auto, index, binary, channels or palette")] = None,
-    palette: Annotated[Path | None, typer.Option(help="JSON {class name: [r, g, b]}")] = None,
+    palette: Annotated[Path | None, typer.Option(help="JSON {class name: \\[r, g, b]}")] = None,
     class_names: Annotated[Path | None, typer.Option(help="JSON list of class names")] = None,
     tolerance: Annotated[int, typer.Option(help="boundary F1 tolerance in pixels")] = 2,
     examples: Annotated[int, typer.Option(help="validation images in the picture")] = 4,
@@ -787,6 +842,7 @@ def predict(
     out: Annotated[Path, typer.Option(help="output folder (never one of the input folders)")],
     masks: Annotated[Path | None, typer.Option(help="truth masks: also write input | truth | prediction")] = None,
     mode: Annotated[str | None, typer.Option(help="resize or sliding (window at full resolution)")] = None,
+    classes: Annotated[Path | None, typer.Option(help="classes.json: names and colours to show")] = None,
     device: str = "auto",
     tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
     save_probs: Annotated[
@@ -813,7 +869,7 @@ def predict(
     from .predict_files import predict_files
 
     report = predict_files(
-        run,
+        _with_classes(run, classes, device, precision),
         inputs,
         out,
         masks=masks,
@@ -833,6 +889,18 @@ def predict(
         save_probs=save_probs,
     )
     _say(report.summary())
+
+
+def _with_classes(run: Path, classes: Path | None, device: str, precision: str | None) -> Any:
+    """The run itself, or (with --classes FILE) its predictor showing that file's names and colours."""
+    if classes is None:
+        return run
+    from .data.classes import use_classes
+    from .predict import open_predictor
+
+    predictor = open_predictor(run, device=device, precision=precision)
+    use_classes(predictor.config, classes)
+    return predictor
 
 
 @app.command("import-keras")
@@ -920,6 +988,7 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="images per forward pass at most")] = 8,
     device: str = "auto",
     log_level: Annotated[str, typer.Option(help="info logs each request; warning is quiet")] = "info",
+    classes: Annotated[Path | None, typer.Option(help="classes.json: names and colours to show")] = None,
     tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
     precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
     api_key_file: Annotated[
@@ -962,8 +1031,15 @@ def serve(
     guard = ", API key required" if api_key else ""
     _say(f"serving {model} at {scheme}://{host}:{port}/ (API reference: /docs{guard}); Ctrl-C stops")
     tls = {"ssl_keyfile": str(ssl_keyfile), "ssl_certfile": str(ssl_certfile)} if ssl_certfile else {}
+    served: Any = model
+    if classes is not None:
+        from .data.classes import use_classes
+        from .predict import open_predictor
+
+        served = open_predictor(model, device=device, precision=precision, postprocess=post)
+        use_classes(served.config, classes)
     run_server(
-        model,
+        served,
         host,
         port,
         max_upload_bytes=int(max_upload_mb * 1e6),
@@ -983,11 +1059,49 @@ def serve(
 
 @app.command()
 @guarded
+def ensemble(
+    runs: Annotated[list[Path], typer.Argument(help="run folders to combine (same classes and input channels)")],
+    out: Annotated[Path, typer.Option(help="ensemble folder to write (new or empty)")],
+    weights: Annotated[str, typer.Option(help="each member's best or last weights")] = "best",
+) -> None:
+    """Combine runs into one model that averages their probabilities; evaluate/predict/export/serve take it."""
+    from .ensemble import make_ensemble
+
+    path = make_ensemble(list(runs), out, weights=weights)
+    console().print(f"wrote the ensemble of {len(runs)} runs to {path}")
+    console().print(f"next: unetkit evaluate {path} --images DIR --masks DIR | unetkit export {path} --out ens.onnx")
+
+
+@app.command("runs")
+@guarded
+def runs_table(
+    folder: Annotated[Path, typer.Argument(help="folder holding run folders (searched a few levels down)")] = Path("."),
+    sort: Annotated[str, typer.Option(help="name, model, classes, epochs, miou, time or date")] = "date",
+    reverse: Annotated[bool | None, typer.Option("--reverse/--no-reverse", help="flip the order")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of the table")] = False,
+) -> None:
+    """A table of the runs under a folder: name, model, classes, epochs, best val mIoU, time, date."""
+    from .runs import format_table, list_runs, runs_json
+
+    rows = list_runs(folder, sort=sort, reverse=reverse)
+    if json_out:
+        typer.echo(runs_json(rows))
+    elif not rows:
+        console().print(f"no run folders under {folder}")
+    else:
+        console().print(format_table(rows), soft_wrap=True)
+
+
+@app.command()
+@guarded
 def demo(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("demo-run"),
-    train_count: int = 640,
-    val_count: int = 128,
-    epochs: int = 10,
+    recipe: Annotated[
+        str, typer.Option(help="strong (the seed's network + batch norm, ~5 min) or seed (the tutorial's recipe)")
+    ] = "strong",
+    train_count: Annotated[int | None, typer.Option(help="training scenes [default: the recipe's]")] = None,
+    val_count: Annotated[int | None, typer.Option(help="validation and test scenes [default: 128]")] = None,
+    epochs: Annotated[int | None, typer.Option(help="[default: the recipe's]")] = None,
     seed: int = 0,
     progress: bool = True,
     overwrite: Annotated[bool, typer.Option(help="replace the run already in --out")] = False,
@@ -997,6 +1111,7 @@ def demo(
 
     run_demo(
         out,
+        recipe=recipe,
         overwrite=overwrite,
         train_count=train_count,
         val_count=val_count,
@@ -1017,3 +1132,77 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# train --help: options in panels, with the defaults that matter (None in the signature means "the recipe's")
+_TRAIN_PANELS = {
+    "Data": "images masks val_images val_masks val_fraction n_classes ignore_index mask_mode palette class_names "
+    "classes label_map recursive skip_bad cache num_workers",
+    "Model": "model input_size channels n_filters depth dropout batch_norm normalize resize",
+    "Optimisation": "recipe epochs batch_size lr optimizer weight_decay schedule warmup_epochs loss class_weights "
+    "augment early_stopping seed nan_policy",
+    "Runtime": "out resume overwrite precision compile device nproc progress",
+}
+_TRAIN_DEFAULTS = {
+    "n_filters": "32",
+    "input_size": "96 128",
+    "model": "unet",
+    "depth": "5",
+    "dropout": "0.3",
+    "batch_norm": "off; strong: on",
+    "epochs": "40",
+    "batch_size": "32; strong: 8",
+    "lr": "0.001; strong: 0.005",
+    "optimizer": "adam; strong: adamw",
+    "weight_decay": "0; strong: 0.01",
+    "schedule": "constant; strong: cosine",
+    "warmup_epochs": "0; strong: 1",
+    "loss": "ce; strong: ce+dice",
+    "class_weights": "none",
+    "augment": "off; strong: flip, scale, colour jitter",
+    "early_stopping": "0",
+    "val_fraction": "0",
+    "mask_mode": "auto",
+    "resize": "bilinear",
+    "precision": "auto",
+    "device": "auto",
+    "seed": "0",
+    "nan_policy": "stop",
+    "cache": "auto",
+    "num_workers": "2",
+}
+
+
+def _arrange_help(fn: Callable[..., Any], panels: dict[str, str], defaults: dict[str, str]) -> None:
+    """Put ``fn``'s options into help panels and show ``defaults`` for those whose signature default is None.
+
+    It rewrites the signature typer reads, so the command's code keeps its plain parameters.
+    """
+    import inspect
+    import typing
+
+    from typer.models import OptionInfo
+
+    panel_of = {name: panel for panel, names in panels.items() for name in names.split()}
+    params = []
+    for p in inspect.signature(fn, eval_str=True).parameters.values():
+        if p.name not in panel_of:
+            params.append(p)
+            continue
+        base, meta = p.annotation, ()
+        if typing.get_origin(base) is Annotated:
+            base, *rest = typing.get_args(base)
+            meta = tuple(rest)
+        info = next((m for m in meta if isinstance(m, OptionInfo)), None) or typer.Option()
+        info.rich_help_panel = panel_of[p.name]
+        if p.name in defaults:
+            info.show_default = defaults[p.name]
+        if p.name == "input_size":
+            info.metavar = "H W"
+        params.append(p.replace(annotation=Annotated[base, info]))
+    order = list(panels)
+    params.sort(key=lambda p: order.index(panel_of[p.name]) if p.name in panel_of else -1)  # panels in order
+    fn.__signature__ = inspect.signature(fn).replace(parameters=params)  # type: ignore[attr-defined]
+
+
+_arrange_help(train, _TRAIN_PANELS, _TRAIN_DEFAULTS)

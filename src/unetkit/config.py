@@ -135,6 +135,8 @@ class DataConfig:
     num_workers: int = 2
     recursive: bool = False  # also read the folders' sub-folders (pairs share their path inside them)
     skip_bad: bool = False  # leave out (and report) unreadable pairs instead of stopping
+    split_file: str | None = None  # k-fold: the splits.json this run's train/val sets come from
+    fold: int | None = None  # k-fold: which entry of split_file
 
     def __post_init__(self) -> None:
         _choice("mask_mode", self.mask_mode, ("auto", "index", "binary", "channels", "palette"))
@@ -150,6 +152,12 @@ class DataConfig:
             self.ignore_index is None or self.ignore_index >= 0, f"ignore_index must be >= 0, got {self.ignore_index}"
         )
         _check(self.num_workers >= 0, "num_workers must be >= 0")
+        _check((self.split_file is None) == (self.fold is None), "give both split_file and fold, or neither")
+        _check(self.fold is None or self.fold >= 0, f"fold must be >= 0, got {self.fold}")
+        _check(
+            self.fold is None or not (self.val_images or self.val_fraction),
+            "a fold of split_file is its own validation set: leave out val_images/val_fraction",
+        )
 
 
 @dataclass
@@ -211,6 +219,8 @@ class TrainConfig:
     class_aware_crop: float = 0.0  # share of crops centred on a pixel of a rare class
     ema: float | None = None  # decay of an exponential moving average of the weights (validated, saved)
     time_budget: float | None = None  # seconds of training; the schedule follows the clock, epochs is a cap
+    init_from: str | None = None  # start from this run folder's (or Keras file's) weights; a new optimizer
+    freeze_encoder_epochs: int = 0  # keep the contracting path fixed for the first N epochs
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
@@ -245,6 +255,7 @@ class TrainConfig:
             self.time_budget is None or (math.isfinite(self.time_budget) and self.time_budget > 0),
             f"time_budget must be a positive number of seconds, got {self.time_budget}",
         )
+        _check(self.freeze_encoder_epochs >= 0, f"freeze_encoder_epochs must be >= 0, got {self.freeze_encoder_epochs}")
         _check(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             f"device must be auto, cpu or cuda[:N]; got {self.device!r}",

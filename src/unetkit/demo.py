@@ -1,84 +1,211 @@
-"""`unetkit demo`: the seed's U-Net on the built-in driving scenes, end to end, in a few minutes."""
+"""`unetkit demo`: the seed's U-Net on the built-in driving scenes, end to end, in a few minutes.
+
+Two recipes (``unetkit.recipes``): ``strong`` (the default) is the seed's network with batch norm and
+the strong training recipe, sized to finish in about five minutes on two CPU cores; ``seed`` is the
+tutorial's recipe exactly, with the demo's original counts (640 scenes, 10 epochs). The settings and
+the measurements behind them are in docs/accuracy.md (section "Demo") and benchmarks/demo_study.py.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from . import train as trainer
-from .config import ModelConfig, RunConfig, TrainConfig
+from .config import AugmentConfig, ModelConfig, RunConfig, TrainConfig
 from .data import synthetic
 from .data.io import read_image, read_mask
 from .data.loader import SegmentationData
 from .evaluate import evaluate
-from .plots import side_by_side
+from .plots import plot_curves, side_by_side
 from .predict import Predictor
-from .run import claim_run_folder
+from .recipes import apply_recipe
+from .run import CURVES, METRICS, claim_run_folder, load_run, read_metrics
+
+HEIGHT, WIDTH = 96, 128  # the seed's input size
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """How many scenes and epochs a demo recipe uses, and the training settings it changes."""
+
+    train_count: int
+    val_count: int
+    epochs: int
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields set after the recipe
+    # wall-clock cap in seconds from the demo's start: training stops after the epoch whose successor
+    # would end past it (best weights kept). A safety net for a slow or busy machine: the epochs are
+    # sized to end well within it on two idle cores. None: no cap (and none when --epochs is given).
+    budget_s: float | None = None
+
+
+# The defaults of ``unetkit demo --recipe NAME``; ``seed`` is the tutorial's recipe, unchanged.
+PLANS: dict[str, DemoPlan] = {
+    "seed": DemoPlan(train_count=640, val_count=128, epochs=10),
+    "strong": DemoPlan(train_count=640, val_count=128, epochs=6, train={"augment": {}}, budget_s=275.0),
+}
+
+
+def demo_config(recipe: str = "strong", *, epochs: int | None = None, seed: int = 0, **train: Any) -> RunConfig:
+    """The demo's RunConfig: the seed's network (n_filters 32, depth 5) at 96x128 for the 13 scene classes,
+    the recipe, then the plan's settings, then ``train`` (TrainConfig fields, e.g. ``batch_size=4``)."""
+
+    plan = PLANS[recipe] if recipe in PLANS else PLANS["strong"]
+    config = RunConfig(
+        model=ModelConfig(n_classes=synthetic.N_CLASSES),
+        train=TrainConfig(seed=seed),
+        class_names=list(synthetic.CLASS_NAMES),
+        palette=[list(c) for c in synthetic.PALETTE],
+    )
+    config.data.mask_mode = "index"
+    config = apply_recipe(config, recipe)  # raises ConfigError naming the choices for an unknown recipe
+    settings = {**plan.train, **train}
+    if isinstance(settings.get("augment"), dict):
+        settings["augment"] = AugmentConfig(**settings["augment"])
+    return replace(config, train=replace(config.train, epochs=epochs or plan.epochs, **settings))
+
+
+def example_scenes(masks: list[np.ndarray], classes: tuple[int, ...], k: int = 4) -> list[int]:
+    """Indices of ``k`` scenes to show: those where the rarest of ``classes`` covers the most pixels
+    (ties by index), so that the picture shows vehicles and pedestrians when the test set has them."""
+    score = [min(int((m == c).sum()) for c in classes) for m in masks]
+    return sorted(sorted(range(len(masks)), key=lambda i: (-score[i], i))[:k])
 
 
 def run_demo(
     out: str | Path = "demo-run",
     *,
-    train_count: int = 640,
-    val_count: int = 128,
-    epochs: int = 10,
+    recipe: str = "strong",
+    train_count: int | None = None,
+    val_count: int | None = None,
+    epochs: int | None = None,
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    budget_s: float | None | str = "plan",
     overwrite: bool = False,
+    **train: Any,
 ) -> dict:
-    """Train on ``train_count`` scenes, pick the best epoch on ``val_count`` others, test on a third set.
-
-    An ``out`` that already holds a run is refused unless ``overwrite``.
-    """
+    """Train on ``train_count`` scenes, pick the best epoch on ``val_count`` others, test on ``val_count``
+    scenes of another seed; counts, epochs and the time budget (``budget_s``: seconds, None for none)
+    default to the recipe's plan (``PLANS``); giving ``epochs`` turns the plan's budget off. An ``out``
+    that already holds a run is refused unless ``overwrite``."""
     out = Path(out)
     if not overwrite:
         claim_run_folder(out, create=False)
-    h, w = 96, 128
+    config = demo_config(recipe, epochs=epochs, seed=seed, **train)
+    plan = PLANS[recipe]
+    train_count = plan.train_count if train_count is None else train_count
+    val_count = plan.val_count if val_count is None else val_count
     t0 = time.perf_counter()
-    images, masks = synthetic.make_dataset(train_count + val_count, h, w, seed=seed)
-    test_dir = synthetic.write_dataset(out / "test-scenes", val_count, h, w, seed=seed + 1)
+    images, masks = synthetic.make_dataset(train_count + val_count, HEIGHT, WIDTH, seed=seed)
+    test_dir = synthetic.write_dataset(out / "test-scenes", val_count, HEIGHT, WIDTH, seed=seed + 1)
     log(
         f"generated {train_count + val_count} training/validation scenes and {val_count} test scenes "
-        f"({h}x{w}, {synthetic.N_CLASSES} classes) in {time.perf_counter() - t0:.1f}s"
+        f"({HEIGHT}x{WIDTH}, {synthetic.N_CLASSES} classes) in {time.perf_counter() - t0:.1f}s"
     )
-    n = synthetic.N_CLASSES
-    data = SegmentationData.from_arrays(images, masks, (h, w, 3), n_classes=n)
-    train_data = data.subset(range(train_count))
-    val_data = data.subset(range(train_count, train_count + val_count))
-    config = RunConfig(
-        model=ModelConfig(n_classes=n),
-        train=TrainConfig(epochs=epochs, seed=seed),
-        class_names=list(synthetic.CLASS_NAMES),
-        palette=[list(c) for c in synthetic.PALETTE],
-    )
-    config.data.mask_mode = "index"
+    data = SegmentationData.from_arrays(images, masks, (HEIGHT, WIDTH, 3), n_classes=synthetic.N_CLASSES)
+    train_data = data.subset(list(range(train_count)))
+    val_data = data.subset(list(range(train_count, train_count + val_count)))
+    log(f"recipe {recipe}" + (" (the tutorial's, exactly)" if recipe == "seed" else ""))
     log(config.describe())
     t1 = time.perf_counter()
-    result = trainer.fit(
-        config, out, train_data=train_data, val_data=val_data, progress=progress, log=log, overwrite=overwrite
-    )
+    if budget_s == "plan":
+        budget = plan.budget_s if epochs is None else None
+    else:
+        budget = None if budget_s is None else float(budget_s)
+    try:
+        result = trainer.fit(
+            config,
+            out,
+            train_data=train_data,
+            val_data=val_data,
+            progress=progress,
+            log=log,
+            overwrite=overwrite,
+            epoch_callback=_budget_check(budget, t0, config.train.epochs),
+        )
+        model, history = result.model, result.history
+    except _OutOfTime as stop:
+        model, history = _after_stop(out, stop, log)
     train_seconds = time.perf_counter() - t1
 
-    predictor = Predictor(result.model, config)
+    predictor = Predictor(model, config)
     report = evaluate(predictor, test_dir / "image", test_dir / "mask")
     report.save_json(out / "test_metrics.json")
     log(report.table())
-    rows = []
-    for i in range(4):
-        image = read_image(test_dir / "image" / f"scene_{i:05d}.png")
-        truth = read_mask(test_dir / "mask" / f"scene_{i:05d}.png")
-        rows.append((image, truth, predictor.predict(image)))
-    side_by_side(rows, ["Input Image", "True Mask", "Predicted Mask"], config.palette or [], out / "examples.png")
-    miou = report.metrics.mean_iou
+    _examples(predictor, test_dir, val_count, config, out / "examples.png")
+    m = report.metrics
+    iou = dict(zip(config.class_names or [], m.iou))
     log(
-        f"\ntest mIoU {miou:.4f}, pixel accuracy {report.metrics.pixel_accuracy:.4f} on {val_count} held-out "
-        f"scenes after {len(result.history)} epochs ({train_seconds:.0f}s of training)"
+        f"\ntest mIoU {m.mean_iou:.4f}, pixel accuracy {m.pixel_accuracy:.4f} on {val_count} held-out "
+        f"scenes after {len(history)} epochs ({train_seconds:.0f}s of training); "
+        f"IoU vehicle {iou['vehicle']:.3f}, pedestrian {iou['pedestrian']:.3f}"
     )
     log(f"run folder:  {out}/  (weights.safetensors, config.json, metrics.csv, curves.png)")
     log(f"pictures:    {out}/examples.png (input | truth | prediction), {out}/curves.png")
     log(f"test scenes: {test_dir}/image, {test_dir}/mask; metrics in {out}/test_metrics.json")
     log(f"next:        unetkit predict {out} {test_dir}/image --out {out}/predictions --masks {test_dir}/mask")
+    if recipe != "seed":
+        log(f"             unetkit demo --recipe seed --out {out}-seed   (the tutorial's recipe, for comparison)")
     log("             unetkit train --images DIR --masks DIR --n-classes N --out my-run   (your own data)")
-    return {"test_miou": miou, "train_seconds": train_seconds, "epochs": len(result.history)}
+    return {
+        "test_miou": m.mean_iou,
+        "train_seconds": train_seconds,
+        "epochs": len(history),
+        "train_count": train_count,
+        "metrics": m,
+        "history": history,
+        "config": config,
+    }
+
+
+class _OutOfTime(Exception):
+    """Raised after an epoch when the next one would end past the demo's time budget."""
+
+    def __init__(self, epoch: int, elapsed: float):
+        super().__init__(f"stopped after epoch {epoch} at {elapsed:.0f}s")
+        self.epoch, self.elapsed = epoch, elapsed
+
+
+def _budget_check(budget_s: float | None, start: float, epochs: int) -> Callable[[dict[str, Any]], None] | None:
+    """An epoch callback for fit() that stops training before an epoch that would end past ``budget_s``."""
+    if budget_s is None:
+        return None
+    limit = budget_s
+
+    def check(row: dict[str, Any]) -> None:
+        elapsed = time.perf_counter() - start
+        if row["epoch"] < epochs and elapsed + row["seconds"] > limit:
+            raise _OutOfTime(row["epoch"], elapsed)
+
+    return check
+
+
+def _after_stop(out: Path, stop: _OutOfTime, log: Callable[[str], None]) -> tuple[Any, list[dict[str, Any]]]:
+    """The best weights and the history of a run stopped at the budget (fit() has saved both)."""
+
+    log(
+        f"time budget: {stop}, before the schedule's end (this machine is slower or busier than two idle "
+        "cores); the best epoch's weights are kept. `--epochs N` trains N epochs with no budget."
+    )
+    history = read_metrics(out / METRICS)
+    plot_curves(history, out / CURVES)
+    return load_run(out).model, history
+
+
+def _examples(predictor: Predictor, test_dir: Path, count: int, config: RunConfig, path: Path) -> None:
+    """examples.png: four test scenes with vehicles and pedestrians, as input | truth | prediction."""
+
+    names = [f"scene_{i:05d}.png" for i in range(count)]
+    truths = [read_mask(test_dir / "mask" / name) for name in names]
+    rows: list[tuple[np.ndarray, ...]] = []
+    for i in example_scenes(truths, (synthetic.PERSON, synthetic.VEHICLE)):
+        image = read_image(test_dir / "image" / names[i])
+        rows.append((image, truths[i], predictor.predict(image)))
+    side_by_side(rows, ["Input Image", "True Mask", "Predicted Mask"], config.palette or [], path)

@@ -26,8 +26,8 @@ from .errors import DataError
 from .fsio import atomic_write_text
 from .metrics import ConfusionMatrix, SegmentationMetrics, metrics_from_matrix
 from .postprocess import PostProcess
-from .predict import PredictorBase, open_predictor
-from .predict_files import agreement_note
+from .predict import PredictorBase
+from .predict_files import agreement_note, load_predictor
 
 _EVAL_FIX = (
     "the run was trained for its classes (n_classes and ignore index in its config.json): check that "
@@ -165,7 +165,7 @@ def evaluate(
     classes: str | Path | None = None,
     tta: str | None = None,
 ) -> EvalReport:
-    """Evaluate a run folder, an .onnx file (or a predictor) on images/masks paired by file stem.
+    """Evaluate a run folder, an ensemble folder, an .onnx file (or a predictor) on images/masks paired by file stem.
 
     ``precision``: fp32 (default), bf16 or int8 (see ``open_predictor``). With ``postprocess`` the metrics
     are those of the raw model, and ``report.postprocess`` says what each option (and all of them) changes.
@@ -178,7 +178,7 @@ def evaluate(
     if isinstance(model, PredictorBase):
         predictor = model
     else:
-        predictor = open_predictor(model, device=device, precision=precision)
+        predictor = load_predictor(model, device=device, precision=precision)  # run, ensemble or .onnx
     if tta is not None:
         predictor.set_tta(tta)
     config = predictor.config

@@ -35,6 +35,7 @@ import torch
 
 from . import __version__
 from .config import RunConfig
+from .ensemble import is_ensemble, load_ensemble
 from .errors import ExportError
 from .fsio import atomic_write_bytes
 from .predict import (  # the onnxruntime side lives with the other predictors; re-exported here
@@ -245,8 +246,11 @@ def export_onnx(
     start = time.perf_counter()
     out = _out_path(run_dir, out, int8)
     opset = DEFAULT_OPSET if opset is None else int(opset)
-    run = load_run(run_dir, weights=weights, device="cpu")
-    model, config = run.model.eval(), run.config
+    if is_ensemble(run_dir):  # one graph averaging the members' probabilities
+        model, config = load_ensemble(run_dir)
+    else:
+        run = load_run(run_dir, weights=weights, device="cpu")
+        model, config = run.model.eval(), run.config
     proto, meta = _float_proto(model, config, run_dir, dynamic, opset)
     data = proto.SerializeToString()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .fsio import atomic_write_bytes
-from .preprocess import to_channels
+from .preprocess import display_rgb
 
 # metrics.csv column prefix of each class's validation IoU (``val_iou_<class name>``).
 PER_CLASS_IOU = "val_iou_"
@@ -23,7 +23,7 @@ def colorize(mask: np.ndarray, palette: list[list[int]]) -> np.ndarray:
 
 def overlay(image: np.ndarray, mask: np.ndarray, palette: list[list[int]], alpha: float = 0.5) -> np.ndarray:
     """Blend the colour mask over an (H, W, C) uint8 image."""
-    rgb = to_channels(image, 3).astype(np.float32)
+    rgb = display_rgb(image).astype(np.float32)
     colours = colorize(mask, palette).astype(np.float32)
     return np.clip(rgb * (1 - alpha) + colours * alpha, 0, 255).astype(np.uint8)
 
@@ -114,7 +114,9 @@ def side_by_side(
                 ax.imshow(colorize(item, palette), interpolation="nearest")
             else:
                 ax.imshow(
-                    item.squeeze(),
+                    (
+                        display_rgb(item) if item.ndim == 3 and (item.dtype != np.uint8 or item.shape[-1] > 4) else item
+                    ).squeeze(),
                     cmap="gray" if item.ndim == 2 or item.shape[-1] == 1 else None,
                     interpolation="nearest",
                 )

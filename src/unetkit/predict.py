@@ -7,7 +7,7 @@ resized bilinearly to that size before the argmax (the seed's "index of the larg
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -168,7 +168,7 @@ class PredictorBase:
         """(H, W) class ids (argmax over channels) at the image's original size."""
         return self.predict_batch([as_image(image)])[0]
 
-    def predict_batch(self, images: list[ImageLike | object], batch_size: int = 16) -> list[np.ndarray]:
+    def predict_batch(self, images: Sequence[ImageLike | object], batch_size: int = 16) -> list[np.ndarray]:
         """(H, W) class-id masks for several images (any mix of sizes), ``batch_size`` per forward pass."""
         if not isinstance(images, (list, tuple)):
             raise DataError(

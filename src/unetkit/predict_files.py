@@ -27,6 +27,8 @@ from PIL import Image
 from .data.folders import expand_inputs, natural_key
 from .data.io import IMAGE_EXTENSIONS, read_image, read_mask
 from .data.masks import decode_mask
+from .device import PREDICT_PRECISIONS
+from .ensemble import EnsemblePredictor, is_ensemble
 from .errors import ConfigError, DataError, UnetkitError
 from .fsio import atomic_write_bytes, atomic_write_text
 from .plots import colorize, overlay, side_by_side
@@ -92,9 +94,21 @@ def _find_mask(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def load_predictor(model: str | Path, device: str = "auto", precision: str | None = None) -> PredictorBase:
-    """A run folder, or an .onnx file exported by `unetkit export` (see ``open_predictor``)."""
-    return open_predictor(model, device=device, precision=precision)
+def load_predictor(
+    model: str | Path, device: str = "auto", precision: str | None = None, **kwargs: Any
+) -> PredictorBase:
+    """A run folder, an ensemble folder or an .onnx file exported by `unetkit export` (see ``open_predictor``).
+
+    An ensemble folder (``unetkit ensemble``) opens as an ``EnsemblePredictor``, except for ``int8``,
+    which reads the folder's int8 ONNX file as for a run.
+    """
+    if is_ensemble(model) and precision != "int8":
+        if precision is not None and precision not in PREDICT_PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PREDICT_PRECISIONS)}, got {precision!r}")
+        predictor = EnsemblePredictor.from_run(model, device=device, precision=precision or "fp32")
+        predictor.postprocess = kwargs.get("postprocess")
+        return predictor
+    return open_predictor(model, device=device, precision=precision, **kwargs)
 
 
 def parse_outputs(outputs: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -333,7 +347,7 @@ def predict_files(
     kinds = parse_outputs(outputs)
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    predictor = model if isinstance(model, PredictorBase) else open_predictor(model, device=device, precision=precision)
+    predictor = model if isinstance(model, PredictorBase) else load_predictor(model, device=device, precision=precision)
     if tta is not None:
         predictor.set_tta(tta)
     if save_probs is not None:
@@ -477,7 +491,7 @@ def agreement_note(model: str | Path, predictor: PredictorBase, files: Sequence[
     path = Path(model)
     if path.suffix.lower() == ".onnx":
         return f"--check-agreement needs the run folder (float32 reference); {path} is an {predictor.precision} file"
-    reference = open_predictor(path, device=device, precision="fp32")
+    reference = load_predictor(path, device=device, precision="fp32")
     images = []
     for f in files:
         try:

@@ -11,7 +11,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,14 +22,18 @@ from torch import nn
 
 from . import distributed, perf
 from . import run as runio
+from .card import write_card
 from .config import RunConfig
 from .data.augment import augment_batch, effective_ignore_index
 from .data.loader import SegmentationData, class_presence, presence_report
+from .data.splits import pair_names, split_data
 from .data.stream import folder_cache_mode, load_streaming
 from .device import autocast, resolve_device, resolve_precision
 from .ema import ModelEMA
-from .errors import ConfigError, RunError, UnetkitError
+from .errors import ConfigError, DataError, RunError, UnetkitError
+from .finetune import init_from, set_encoder_frozen
 from .fsio import atomic_write_text, remove_stale_temps
+from .loggers import Loggers, check_available
 from .losses import SegmentationLoss, class_weights, load_class_weights
 from .metrics import ConfusionMatrix, SegmentationMetrics
 from .plots import plot_curves
@@ -317,6 +321,9 @@ def fit(
     progress: bool = True,
     log: Callable[[str], None] | None = print,
     epoch_callback: Callable[[dict[str, Any]], None] | None = None,
+    loggers: Sequence[str] = (),
+    log_images_every: int = 5,
+    command: str | None = None,
 ) -> TrainResult:
     """Train the model described by ``config`` and write the run folder ``out`` (None: nothing written).
 
@@ -329,6 +336,8 @@ def fit(
     ``model`` trains that network (e.g. a ``unet_model(...)``) instead of a fresh one built from
     ``config.model``; it must be the network ``config.model`` describes, so that the run folder loads.
     Without validation data the "best" weights are the last epoch's.
+    ``loggers`` names extra loggers ("tensorboard", "mlflow"; see ``unetkit.loggers``), with a panel of
+    validation images every ``log_images_every`` epochs; ``command`` goes into the model card.
     """
     dist_info = distributed.info()  # rank 0 of 1 without torchrun
     if not dist_info.is_main:  # only rank 0 prints and writes the run folder
@@ -339,6 +348,7 @@ def fit(
     batch_size = distributed.local_batch_size(t.batch_size)  # per rank; t.batch_size stays the global batch
     dtype = resolve_precision(t.precision, device)
     run_dir = Path(out) if out is not None else None
+    check_available(loggers)  # a missing package is reported before any data is read
     if run_dir is not None and not resume and not overwrite and dist_info.is_main:
         runio.claim_run_folder(run_dir, create=False)  # refuses an existing run before any data is read
     if device.type == "cpu":
@@ -356,12 +366,18 @@ def fit(
         config = with_normalization(config, train_data, log)
     if len(train_data) == 0:
         raise ConfigError("the training set is empty")
+    for data in (train_data, val_data):
+        _check_class_ids(data, config)
     if t.crop is not None and config.preprocess.predict_mode == "resize":
         # resizing a whole image to the crop size would predict at a scale the model never saw
         config = replace(config, preprocess=replace(config.preprocess, predict_mode="sliding"))
 
     torch.manual_seed(t.seed)
     model = (_check_given_model(model, config) if model is not None else runio.build_model(config.model)).to(device)
+    if t.freeze_encoder_epochs and dist_info.enabled:  # DDP expects a gradient for every parameter it was given
+        raise ConfigError("--freeze-encoder is not supported with several processes yet; train it in one process")
+    if t.init_from and not resume:  # weights only: a new run, with its own fresh optimizer
+        init_from(model, t.init_from, log=log)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, config)
@@ -412,6 +428,9 @@ def fit(
                 f"could not write {run_dir / CONFIG} ({e.strerror or e}); free space or fix "
                 "permissions, or choose another --out"
             ) from None
+    run_loggers = Loggers.create(loggers if dist_info.is_main else (), run_dir, config, panel_every=log_images_every)
+    counts = {"train": len(train_data)} | ({"val": len(val_data)} if val_data is not None else {})
+    _write_card(run_dir if dist_info.is_main else None, config, history, counts, command)
 
     ema, budget = _averaging_and_budget(config, model, resumed)
     compiled = resolve_compile(t.compile, device)
@@ -454,11 +473,13 @@ def fit(
     val_seconds = 0.0  # the last validation's duration: what the budget keeps in reserve
 
     stopped_early = False
-    with _SigintGuard() as sigint, _progress(progress) as bar:
+    run_loggers.set_panel_data(val_data if val_data is not None and len(val_data) else train_data, config.palette)
+    with _SigintGuard() as sigint, _progress(progress) as bar, run_loggers:
         for epoch in range(start_epoch, t.epochs):
             if budget is not None and budget.exhausted(val_seconds):
                 break
             model.train()
+            _freeze_for_epoch(model, t.freeze_encoder_epochs, epoch, log)
             distributed.seed_rank(t.seed, epoch)
             gen = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
             aug_gen = (
@@ -572,6 +593,7 @@ def fit(
             if budget is not None:
                 state["budget"] = budget.state()
             checkpointer.save(model, opt, history, state, is_best)
+            run_loggers.epoch_end(row, vm.iou if val_data is not None and len(val_data) else None, eval_model, device)
             if bar:
                 bar.update(task, completed=steps_per_epoch)
             log(_epoch_line(row, t.epochs if budget is None else None))
@@ -585,6 +607,7 @@ def fit(
                 stopped_early = True
                 break
         checkpointer.plot(history)  # the epochs since the last throttled plot
+    _write_card(run_dir if dist_info.is_main else None, config, history, counts, command)
 
     distributed.barrier()  # rank 0 has written its last checkpoint before the others read the best weights
     if run_dir is not None and (run_dir / WEIGHTS).exists():
@@ -656,6 +679,29 @@ def _crop_fn(config: RunConfig, train_data: SegmentationData) -> Callable[..., t
     return crop
 
 
+def _write_card(
+    run_dir: Path | None, config: RunConfig, history: list[dict[str, Any]], counts: dict[str, int], command: str | None
+) -> None:
+    """RUN/README.md, the model card; a card that cannot be written never costs the run."""
+    if run_dir is None:
+        return
+    try:
+        write_card(run_dir, config, history, counts=counts, command=command)
+    except OSError:
+        pass
+
+
+def _freeze_for_epoch(model: nn.Module, epochs: int, epoch: int, log: Callable[[str], None]) -> None:
+    """Keep the encoder fixed during the first ``epochs`` epochs (after ``model.train()``)."""
+    if not epochs:
+        return
+    set_encoder_frozen(model, epoch < epochs)
+    if epoch == 0:
+        log(f"encoder frozen for the first {epochs} epoch(s)")
+    elif epoch == epochs:
+        log(f"encoder unfrozen from epoch {epoch + 1}")
+
+
 def _check_finite(
     value: float, epoch: int, step: int, run_dir: Path | None, first_bad: torch.Tensor | None = None
 ) -> None:
@@ -668,6 +714,25 @@ def _check_finite(
         raise NonFiniteLoss(
             f"the loss became {value} at {where}{keep}. Lower the learning rate (--lr), "
             "use --precision fp32, or pass --nan-policy skip to skip such steps"
+        )
+
+
+def _check_class_ids(data: Any, config: RunConfig) -> None:
+    """A DataError when cached masks hold ids that are neither a class nor the ignore index (the loss would
+    fail deep inside PyTorch otherwise)."""
+    masks = getattr(data, "masks", None)
+    if masks is None:  # streaming data: each mask is checked as it is decoded
+        return
+    n, ignore = config.model.n_classes, config.data.ignore_index
+    m = masks.reshape(-1).long()
+    bad = (m >= n) | (m < 0)
+    if ignore is not None:
+        bad &= m != ignore
+    if bool(bad.any()):
+        values = torch.unique(m[bad])[:10].tolist()
+        raise DataError(
+            f"the masks hold class ids {', '.join(map(str, values))}, not below n_classes={n}; raise n_classes "
+            "(--n-classes) to cover them, or set ignore_index (--ignore-index) for a 'void' value"
         )
 
 
@@ -762,6 +827,8 @@ def load_data(
             raise ConfigError("--label-map needs the in-memory cache for now: pass --cache memory")
         # same interface, decoded lazily
         return load_streaming(config, log=log, input_size=size, val_input_size=val_size)  # type: ignore[return-value]
+        train, val, mode = load_streaming(config, log=log)  # type: ignore[assignment]  # same interface, lazily decoded
+        return (*_fold_split(config, train, val), mode)  # type: ignore[return-value]
     palette = config.palette if d.mask_mode == "palette" else None
     if d.label_map and d.mask_mode == "palette":
         raise ConfigError("--label-map works on class ids; with colour masks import them first (datasets import)")
@@ -784,6 +851,7 @@ def load_data(
         train, val = _map_labels(train, config), (_map_labels(val, config) if val is not None else None)
     if d.val_fraction and not (d.val_images and d.val_masks):
         train, val = train.split(d.val_fraction, d.split_seed)
+    train, val = _fold_split(config, train, val)
     log(
         f"read {len(train) + (len(val) if val else 0)} image/mask pairs ({mode} masks) in "
         f"{time.perf_counter() - t0:.1f}s, {(train.nbytes + (val.nbytes if val else 0)) / 2**20:.1f} MiB cached"
@@ -824,6 +892,14 @@ def cache_size(config: RunConfig, images: str | Path, log: Callable[[str], None]
     if len(sizes) > 1:
         log(f"{images}: {sum(sizes.values()) - count} image(s) not {h}x{w} are resized to it for crop training")
     return h, w, config.model.input_size[2]
+
+
+def _fold_split(config: RunConfig, train: Any, val: Any) -> tuple[Any, Any]:
+    """For one fold of a k-fold run (``data.split_file``): that fold's training and validation subsets."""
+    d = config.data
+    if d.split_file is None or d.fold is None:
+        return train, val
+    return split_data(train, pair_names(d.images, d.masks), d.split_file, d.fold)  # type: ignore[arg-type]
 
 
 def _map_labels(data: SegmentationData, config: RunConfig) -> SegmentationData:

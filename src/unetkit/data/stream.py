@@ -106,6 +106,8 @@ class PairDataset(Dataset):
 
 def _collate(items: list[tuple[torch.Tensor, torch.Tensor, str]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     images, masks, errors = zip(*items)
+    if len({x.dtype for x in images}) > 1:  # 8-bit beside 16-bit images (or an error's placeholder)
+        images = tuple(x.to(torch.int32) for x in images)
     return torch.stack(images), torch.stack(masks), [e for e in errors if e]
 
 

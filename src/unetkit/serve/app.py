@@ -34,7 +34,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..errors import ConfigError
 from ..plots import colorize, overlay
-from ..predict import PredictorBase, open_predictor
+from ..predict import PredictorBase
+from ..predict_files import load_predictor
 from .auth import BearerAuth
 from .batcher import MicroBatcher, Overloaded
 from .budget import BudgetTimeout, PixelBudget
@@ -219,7 +220,7 @@ def create_app(
     API from their pages (none by default: the API answers its own page only).
     """
     if isinstance(model_path_or_predictor, (str, Path)):
-        predictor: PredictorBase = open_predictor(model_path_or_predictor, device=device, precision=precision)
+        predictor: PredictorBase = load_predictor(model_path_or_predictor, device=device, precision=precision)
         source = Path(model_path_or_predictor).name
     else:
         predictor = model_path_or_predictor

@@ -1,0 +1,80 @@
+"""The demo's recipes: the default is the chosen strong plan, ``--recipe seed`` is the tutorial exactly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from unetkit.cli import app
+from unetkit.config import AugmentConfig, ModelConfig, TrainConfig
+from unetkit.data import synthetic
+from unetkit.demo import PLANS, demo_config, example_scenes, run_demo
+from unetkit.errors import ConfigError
+from unetkit.recipes import STRONG, STRONG_MODEL
+
+
+def test_seed_recipe_is_the_tutorial_exactly():
+    config = demo_config("seed")
+    assert config.train == TrainConfig(epochs=10, recipe="seed")  # Adam 1e-3, CE, batch 32, constant, no aug
+    assert config.model == ModelConfig(n_classes=13)  # unet_model(n_filters=32), depth 5, no batch norm
+    assert config.model.input_size == (96, 128, 3)
+    assert (PLANS["seed"].train_count, PLANS["seed"].val_count, PLANS["seed"].epochs) == (640, 128, 10)
+
+
+def test_default_demo_is_the_chosen_strong_plan():
+    config = demo_config()
+    plan = PLANS["strong"]
+    assert config.train.recipe == "strong" and config.train.epochs == plan.epochs
+    assert config.model == ModelConfig(n_classes=13, **STRONG_MODEL)  # the seed's network + batch norm
+    for key, value in STRONG.items():  # the recipe, except what the demo's plan sets
+        if key not in plan.train:
+            assert getattr(config.train, key) == value, key
+    assert config.train.augment == AugmentConfig()  # procedural scenes: fresh data, no augmentation
+    assert (plan.train_count, plan.val_count) == (640, 128)
+
+
+def test_demo_config_overrides_and_unknown_recipe():
+    assert demo_config("strong", epochs=2, batch_size=4).train.batch_size == 4
+    with pytest.raises(ConfigError, match="seed, strong"):
+        demo_config("fast")
+
+
+def test_example_scenes_show_vehicles_and_pedestrians():
+    masks = [np.zeros((4, 4), np.uint8) for _ in range(6)]
+    masks[1][0, :2] = synthetic.VEHICLE  # no pedestrian: not chosen
+    for i, n in ((2, 1), (4, 3), (5, 2)):
+        masks[i][1, :n] = synthetic.PERSON
+        masks[i][2, :n] = synthetic.VEHICLE
+    assert example_scenes(masks, (synthetic.PERSON, synthetic.VEHICLE), k=3) == [2, 4, 5]
+    assert example_scenes(masks, (synthetic.PERSON, synthetic.VEHICLE), k=4) == [0, 2, 4, 5]
+
+
+def test_cli_demo_recipe_seed_runs_the_seed_recipe(tmp_path):
+    out = tmp_path / "demo"
+    args = ["demo", "--recipe", "seed", "--out", str(out), "--train-count", "8", "--val-count", "4"]
+    result = CliRunner().invoke(app, [*args, "--epochs", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["train"]["recipe"] == "seed" and saved["train"]["batch_size"] == 32
+    assert saved["model"]["batch_norm"] is False and saved["train"]["lr"] == 1e-3
+    assert "next:" in result.output
+
+
+def test_run_demo_strong_tiny(tmp_path):
+    r = run_demo(tmp_path / "d", train_count=8, val_count=4, epochs=1, progress=False, log=lambda _m: None)
+    saved = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert saved["train"]["recipe"] == "strong" and saved["model"]["batch_norm"] is True
+    assert r["epochs"] == 1 and (tmp_path / "d" / "examples.png").exists()
+
+
+def test_time_budget_stops_with_the_best_weights(tmp_path):
+    logs: list[str] = []
+    out = tmp_path / "d"
+    r = run_demo(out, train_count=8, val_count=4, epochs=3, budget_s=0.0, progress=False, log=logs.append)
+    assert r["epochs"] == 1  # stopped after the first epoch: the second would end past the budget
+    assert any(line.startswith("time budget: stopped after epoch 1") for line in logs)
+    assert (out / "curves.png").exists() and (out / "examples.png").exists() and "next:" in logs[-3]
+    assert PLANS["strong"].budget_s is not None and PLANS["seed"].budget_s is None  # the tutorial runs uncut
