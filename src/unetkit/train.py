@@ -172,6 +172,7 @@ class _Checkpointer:
     """
 
     plot_interval_s = 30.0
+    ema: ModelEMA | None = None
 
     def __init__(self, run_dir: Path | None, config: RunConfig):
         self.run_dir = run_dir
@@ -186,10 +187,10 @@ class _Checkpointer:
         history: list[dict[str, Any]],
         state: dict[str, Any],
         is_best: bool,
-        ema: ModelEMA | None = None,
     ) -> None:
         if self.run_dir is None:
             return
+        ema = self.ema
         weights = runio.model_state(model)
         opt_tensors, opt_meta = _optimizer_tensors(opt)
         tensors = {f"model.{k}": v for k, v in weights.items()} | opt_tensors
@@ -454,6 +455,7 @@ def fit(
     memory = torch.channels_last if t.channels_last else torch.contiguous_format
     ignore = _train_ignore_index(config)
     checkpointer = _Checkpointer(run_dir if dist_info.is_main else None, config)
+    checkpointer.ema = ema  # its average is saved as the best weights, and beside the raw ones
     steps_per_epoch = math.ceil(math.ceil(len(train_data) / dist_info.world_size) / batch_size)
     if dist_info.enabled:
         log(f"{dist_info.world_size} processes: global batch {t.batch_size} = {batch_size} per process")
@@ -590,7 +592,7 @@ def fit(
             state = {"epoch": epoch + 1, "best": best, "since_best": since_best, "plateau": plateau.state()}
             if budget is not None:
                 state["budget"] = budget.state()
-            checkpointer.save(model, opt, history, state, is_best, ema)
+            checkpointer.save(model, opt, history, state, is_best)
             run_loggers.epoch_end(row, vm.iou if val_data is not None and len(val_data) else None, eval_model, device)
             if bar:
                 bar.update(task, completed=steps_per_epoch)
