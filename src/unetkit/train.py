@@ -433,7 +433,8 @@ def fit(
         augment = augment_batch
 
     stopped_early = False
-    run_loggers.set_panel_data(val_data if val_data is not None and len(val_data) else train_data, config.palette)
+    panel_data = val_data if val_data is not None and len(val_data) else train_data
+    run_loggers.set_panel_data(panel_data, config.palette, config.preprocess)
     with _SigintGuard() as sigint, _progress(progress) as bar, run_loggers:
         for epoch in range(start_epoch, t.epochs):
             model.train()
