@@ -851,6 +851,9 @@ def main() -> None:
     ap.add_argument("--predict-compile", action="store_true", help="torch.compile the Predictor's model too")
     ap.add_argument("--out", type=Path, default=HERE / "results", help="folder for the .md and .json results")
     ap.add_argument("--verbose", action="store_true", help="show the workers' own output")
+    from bench_infer import add_arguments as add_inference_arguments  # the prediction-paths table (bench_infer.py)
+
+    add_inference_arguments(ap)
     # worker side
     ap.add_argument("--worker", choices=["keras", "unetkit"], help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, nargs=2, help=argparse.SUPPRESS)
@@ -956,6 +959,10 @@ def main() -> None:
                     "",
                 ]
                 print("\n" + et)
+    if not args.ablation and not args.no_inference:
+        from bench_infer import inference_section
+
+        md += inference_section(sizes[0], args, log, report)
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"speed-{'ablation-' if args.ablation else ''}{kind}-{stamp}"
     (args.out / f"{name}.md").write_text("\n".join(md) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import replace
 
 import numpy as np
@@ -93,6 +94,16 @@ def test_16bit_trains_predicts_and_keeps_its_statistics(tmp_path):
     x = preprocess_image(image, (16, 16, 1))
     expected = predictor.model(to_float(x, config.preprocess)).argmax(1)[0].numpy()
     np.testing.assert_array_equal(mask, expected)
+    from unetkit.predict_files import predict_files
+
+    predict_files(tmp_path / "run", [str(images / "0.png")], tmp_path / "pred", device="cpu")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "pred" / "0.png")), mask)
+    assert (tmp_path / "pred" / "0_overlay.png").is_file()
+    if importlib.util.find_spec("onnxruntime") is not None:
+        from unetkit.export import OnnxPredictor, export_onnx
+
+        export_onnx(tmp_path / "run", tmp_path / "m.onnx")
+        np.testing.assert_array_equal(OnnxPredictor(tmp_path / "m.onnx").predict(image), mask)
 
 
 def test_six_band_tiffs_train_predict_and_export(tmp_path):
@@ -120,3 +131,14 @@ def test_band_count_mismatch_and_jitter_with_mean_std(tmp_path):
             preprocess=PreprocessConfig(normalize="mean-std"),
             train=replace(config.train, augment=replace(config.train.augment, brightness=0.2)),
         )
+
+
+def test_predict_files_draws_overlays_of_16_bit_and_multi_band_images(tmp_path):
+    from unetkit.plots import overlay
+
+    a16 = np.linspace(0, 4000, 16 * 16).reshape(16, 16, 1).astype(np.uint16)
+    out = overlay(a16, np.zeros((16, 16), np.uint8), [[0, 0, 0]], alpha=0.0)
+    assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255  # stretched, not clipped to white
+    bands = np.zeros((4, 4, 6), np.uint8)
+    bands[..., 1] = 200
+    assert overlay(bands, np.zeros((4, 4), np.uint8), [[0, 0, 0]], alpha=0.0)[0, 0].tolist() == [0, 200, 0]

@@ -72,6 +72,7 @@ def test_compare_writes_table_json_and_picture(study):
     assert [m["model"] for m in report["models"]] == ["fcn", "unet"]
     for m in report["models"]:
         assert 0 <= m["mean_iou"] <= 1 and 0 <= m["pixel_accuracy"] <= 1 and 0 <= m["boundary_f1"] <= 1
+        assert 0 < m["mean_accuracy"] <= 1 and 0 < m["fw_iou"] <= 1
         assert set(m["per_class_iou"]) == {"class_0", "class_1", "class_2"}
         assert m["epochs"] == 2
     assert report["settings"]["train_images"] == 12 and report["settings"]["val_images"] == 4
@@ -120,10 +121,11 @@ def test_compare_needs_validation_data(tmp_path):
 def test_markdown_lists_absent_classes_as_dash():
     scores = [
         ModelScore("fcn", 0.9, 0.5, [0.5, None], 0.4, 10, 1, 1.0, 1),
-        ModelScore("unet", 0.95, 0.7, [0.7, None], 0.6, 20, 1, 2.0, 1),
+        ModelScore("unet", 0.95, 0.7, [0.7, None], 0.6, 20, 1, 2.0, 1, mean_accuracy=0.8, fw_iou=0.75),
     ]
     table = Comparison(scores, ["a", "b"], 2).markdown()
     assert "| IoU b | - | - |" in table and "| mean IoU | 0.5000 | 0.7000 |" in table
+    assert "| mAcc (class average) | 0.0000 | 0.8000 |" in table and "| fwIoU | 0.0000 | 0.7500 |" in table
 
 
 def test_info_and_train_accept_the_fcn_model(study):

@@ -58,7 +58,7 @@ GRAY = RNG.integers(0, 256, (6, 5), dtype=np.uint8)
 
 
 def test_extensions_case_insensitive():
-    assert set(IMAGE_EXTENSIONS) == {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+    assert set(IMAGE_EXTENSIONS) == {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
     assert is_image_file("A.PNG") and is_image_file("x.TiFf") and not is_image_file("notes.txt")
 
 

@@ -206,20 +206,22 @@ def test_torchrun_command_and_batch_split():
         local_batch_size(30, 4)
 
 
-def test_nproc_option_launches_torchrun(monkeypatch):
+def test_nproc_option_launches_torchrun(monkeypatch, blob_folders, tmp_path):
     from typer.testing import CliRunner
 
     import unetkit.distributed as distributed
     from unetkit.cli import app
 
     calls = []
-    monkeypatch.setattr(sys, "argv", ["unetkit", "train", "--images", "x", "--nproc", "2"])
+    images, masks = (str(p) for p in blob_folders)
+    args = ["train", "--images", images, "--masks", masks, "--n-classes", "3", "--out", str(tmp_path / "run")]
+    monkeypatch.setattr(sys, "argv", ["unetkit", *args, "--nproc", "2"])
     monkeypatch.setattr(
         distributed.subprocess, "run", lambda cmd, check: calls.append(cmd) or subprocess.CompletedProcess(cmd, 3)
     )
-    result = CliRunner().invoke(app, ["train", "--images", "x", "--nproc", "2"])
+    result = CliRunner().invoke(app, [*args, "--nproc", "2"])  # the settings are checked before torchrun starts
     assert result.exit_code == 3  # torchrun's exit code is the command's
-    assert calls == [torchrun_command(["train", "--images", "x"], 2)]
+    assert calls == [torchrun_command(args, 2)]
 
 
 @pytest.mark.parametrize("workers", [0, 2])

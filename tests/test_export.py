@@ -176,3 +176,17 @@ def test_clear_errors(tmp_path: Path, run_dir: Path) -> None:
 
     with pytest.raises(RunError, match="does not exist"):
         OnnxPredictor(tmp_path / "missing.onnx")
+
+
+def test_onnx_predictor_takes_tta(static, dynamic, run_dir: Path) -> None:
+    from unetkit.errors import ConfigError
+
+    im = images()[1]
+    torch_pred = Predictor.from_run(run_dir, device="cpu", precision="fp32").set_tta("flip,scales=1,1.5")
+    with pytest.raises(ConfigError, match="--dynamic"):
+        OnnxPredictor(static.path).set_tta("flip,scales=1,1.5")
+    flip = OnnxPredictor(static.path).set_tta("flip").logits(im)
+    torch_flip = Predictor.from_run(run_dir, device="cpu", precision="fp32").set_tta("flip").logits(im)
+    assert float((flip - torch_flip).abs().max()) < 1e-4
+    scaled = OnnxPredictor(dynamic.path).set_tta("flip,scales=1,1.5").logits(im)
+    assert float((scaled - torch_pred.logits(im)).abs().max()) < 1e-4

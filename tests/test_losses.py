@@ -12,11 +12,15 @@ import torch.nn.functional as F
 
 from unetkit.errors import ConfigError
 from unetkit.losses import (
+    LOSS_KINDS,
     SegmentationLoss,
     class_weights,
     cross_entropy,
     dice_loss,
+    focal_loss,
     load_class_weights,
+    lovasz_softmax,
+    ohem_cross_entropy,
     pixel_counts,
 )
 
@@ -142,7 +146,7 @@ def test_segmentation_loss_kinds_and_gradients(batch, kind: str) -> None:
 def test_segmentation_loss_rejects_bad_settings(batch) -> None:
     logits, target = batch
     with pytest.raises(ConfigError):
-        SegmentationLoss("focal", n_classes=N_CLASSES)
+        SegmentationLoss("hinge", n_classes=N_CLASSES)
     with pytest.raises(ConfigError):
         SegmentationLoss("ce", n_classes=N_CLASSES, weight=torch.ones(3))
     with pytest.raises(ValueError):
@@ -208,3 +212,108 @@ def test_load_class_weights_errors(tmp_path: Path, content: str, names, message:
 def test_load_class_weights_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_class_weights(tmp_path / "nope.json", 3)
+
+
+def _two_class_logits(p1: list[float]) -> torch.Tensor:
+    """(1, 2, 1, P) logits whose softmax gives class 1 probability ``p1`` per pixel."""
+    p = torch.tensor(p1, dtype=torch.float64)
+    return torch.stack([torch.zeros_like(p), torch.log(p / (1 - p))]).float().view(1, 2, 1, -1)
+
+
+P_TRUE = [0.1, 0.2, 0.3, 0.4, 0.55, 0.6, 0.7, 0.8, 0.9, 0.95]  # probability of the true class (1)
+
+
+def test_ohem_keeps_the_hard_pixels_and_at_least_min_kept() -> None:
+    logits, target = _two_class_logits(P_TRUE), torch.ones(1, 1, len(P_TRUE), dtype=torch.long)
+    nll = -torch.log(torch.tensor(P_TRUE))
+    # thresh 0.5, min_kept 3: the 4th smallest probability (0.4) < 0.5, so the threshold stays 0.5
+    loss = ohem_cross_entropy(logits, target, thresh=0.5, min_kept=3)
+    assert loss.item() == pytest.approx(nll[:4].mean().item(), rel=1e-5)
+    # min_kept 7: the threshold rises to the 8th smallest probability (0.8): 7 pixels kept
+    loss = ohem_cross_entropy(logits, target, thresh=0.5, min_kept=7)
+    assert loss.item() == pytest.approx(nll[:7].mean().item(), rel=1e-5)
+    # no threshold: the min_kept pixels of highest loss
+    loss = ohem_cross_entropy(logits, target, thresh=None, min_kept=2)
+    assert loss.item() == pytest.approx(nll[:2].mean().item(), rel=1e-5)
+    # an ignored pixel is never kept, however hard
+    ignored = target.clone()
+    ignored[..., 0] = 255
+    loss = ohem_cross_entropy(logits, ignored, thresh=0.5, min_kept=3, ignore_index=255)
+    assert loss.item() == pytest.approx(nll[1:4].mean().item(), rel=1e-5)
+    # min_kept is per image: two copies of the image keep 2 x 7 pixels
+    two = ohem_cross_entropy(logits.repeat(2, 1, 1, 1), target.repeat(2, 1, 1), thresh=0.5, min_kept=7)
+    assert two.item() == pytest.approx(nll[:7].mean().item(), rel=1e-5)
+    # everything ignored: 0, not NaN
+    assert ohem_cross_entropy(logits, torch.full_like(target, 255), ignore_index=255).item() == 0.0
+
+
+def test_ohem_with_everything_kept_is_cross_entropy(batch) -> None:
+    logits, target = batch
+    weight = torch.tensor([0.5, 1.0, 2.0, 3.0])
+    got = ohem_cross_entropy(logits, target, thresh=1.01, min_kept=0, weight=weight, label_smoothing=0.1)
+    want = cross_entropy(logits, target, weight=weight, label_smoothing=0.1)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_focal_loss_hand_computed(batch) -> None:
+    logits, target = _two_class_logits(P_TRUE), torch.ones(1, 1, len(P_TRUE), dtype=torch.long)
+    p = torch.tensor(P_TRUE)
+    expected = (-((1 - p) ** 2) * torch.log(p)).mean()
+    assert focal_loss(logits, target, gamma=2.0).item() == pytest.approx(expected.item(), rel=1e-5)
+    logits, target = batch
+    assert focal_loss(logits, target, gamma=0.0).item() == pytest.approx(cross_entropy(logits, target).item(), rel=1e-5)
+    weight = torch.tensor([0.5, 1.0, 2.0, 3.0])
+    assert focal_loss(logits, target, gamma=0.0, weight=weight).item() == pytest.approx(
+        cross_entropy(logits, target, weight=weight).item(), rel=1e-5
+    )
+
+
+def test_lovasz_softmax_hand_computed() -> None:
+    # 3 pixels, labels [1, 0, 1], class-1 probabilities [0.8, 0.4, 0.3]. Class 1: errors sorted
+    # [0.7, 0.4, 0.2] with labels [1, 0, 1]: Jaccard losses [1/2, 2/3, 1], gradient [1/2, 1/6, 1/3],
+    # loss 0.35 + 0.4/6 + 0.2/3 = 29/60. Class 0: errors sorted [0.7, 0.4, 0.2] with labels [0, 1, 0]:
+    # Jaccard losses [1/2, 1, 1], gradient [1/2, 1/2, 0], loss 0.35 + 0.2 = 33/60. Mean 31/60.
+    logits = _two_class_logits([0.8, 0.4, 0.3])
+    target = torch.tensor([[[1, 0, 1]]])
+    assert lovasz_softmax(logits, target).item() == pytest.approx(31 / 60, rel=1e-5)
+    # an ignored pixel drops out: pixels 0 and 2 (both class 1) alone; class 0 is then absent
+    ignored = torch.tensor([[[1, 255, 1]]])
+    # class 1 errors sorted [0.7, 0.2], labels [1, 1]: Jaccard losses [1/2, 1], gradient [1/2, 1/2]
+    assert lovasz_softmax(logits, ignored, ignore_index=255).item() == pytest.approx(0.45, rel=1e-5)
+
+
+def test_lovasz_of_hard_predictions_is_one_minus_iou() -> None:
+    g = torch.Generator().manual_seed(2)
+    target = torch.randint(0, 3, (2, 5, 6), generator=g)
+    pred = torch.where(torch.rand(2, 5, 6, generator=g) < 0.7, target, torch.randint(0, 3, (2, 5, 6), generator=g))
+    logits = F.one_hot(pred, 3).movedim(-1, 1).float() * 60  # probabilities 0 or 1
+    ious = []
+    for c in range(3):
+        inter = ((pred == c) & (target == c)).sum().item()
+        union = ((pred == c) | (target == c)).sum().item()
+        ious.append(inter / union)
+    assert lovasz_softmax(logits, target).item() == pytest.approx(1 - sum(ious) / 3, abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", LOSS_KINDS)
+def test_every_loss_kind_trains(batch, kind: str) -> None:
+    logits, target = batch
+    logits = logits.clone().requires_grad_()
+    loss_fn = SegmentationLoss(kind, n_classes=N_CLASSES, ignore_index=255, label_smoothing=0.1, ohem_min_kept=5)
+    loss = loss_fn(logits, target)
+    loss.backward()
+    assert torch.isfinite(loss) and logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_label_smoothing_and_sum_of_terms(batch) -> None:
+    logits, target = batch
+    smooth = SegmentationLoss("ce", n_classes=N_CLASSES, label_smoothing=0.2)(logits, target)
+    assert smooth.item() == pytest.approx(cross_entropy(logits, target, label_smoothing=0.2).item(), rel=1e-6)
+    logp = F.log_softmax(logits, dim=1)  # smoothing: (1 - e) * CE + e * the mean over classes of -log p
+    by_hand = 0.8 * cross_entropy(logits, target) + 0.2 * (-logp.mean(dim=1)).mean()
+    assert smooth.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    both = SegmentationLoss("focal+lovasz", n_classes=N_CLASSES, dice_weight=0.5, focal_gamma=1.0)(logits, target)
+    want = focal_loss(logits, target, gamma=1.0) + 0.5 * lovasz_softmax(logits, target)
+    assert both.item() == pytest.approx(want.item(), rel=1e-6)
+    with pytest.raises(ConfigError, match="smoothing"):
+        SegmentationLoss("ce", n_classes=N_CLASSES, label_smoothing=1.0)

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from unetkit.metrics import BoundaryF1, ConfusionMatrix, _bincount_fixed, _scatter_count, boundary_f1
+from unetkit.metrics import (
+    BoundaryF1,
+    ConfusionMatrix,
+    _bincount_fixed,
+    _scatter_count,
+    boundary_f1,
+    metrics_from_matrix,
+)
 
 # 3 classes, 8 pixels. Truth row / prediction column:
 TARGET = torch.tensor([[0, 0, 0, 1], [1, 1, 2, 2]])
@@ -137,9 +144,27 @@ def test_nothing_counted_gives_zeros_not_nan() -> None:
 def test_to_dict_keys_and_strict_json() -> None:
     m = _cm(torch.tensor([0, 0, 1]), torch.tensor([0, 1, 1]), 3).compute()
     d = m.to_dict(["a", "b", "c"])
-    assert set(d) == {"pixel_accuracy", "mean_iou", "mean_dice", "per_class", "absent_classes"}
-    assert [set(row) for row in d["per_class"]] == [{"name", "iou", "dice", "support"}] * 3
-    assert d["per_class"][2] == {"name": "c", "iou": None, "dice": None, "support": 0}
+    assert set(d) == {
+        "pixel_accuracy",
+        "mean_accuracy",
+        "mean_iou",
+        "fw_iou",
+        "mean_dice",
+        "per_class",
+        "absent_classes",
+    }
+    row_keys = {"name", "iou", "dice", "precision", "recall", "accuracy", "support", "predicted"}
+    assert [set(row) for row in d["per_class"]] == [row_keys] * 3
+    assert d["per_class"][2] == {
+        "name": "c",
+        "iou": None,
+        "dice": None,
+        "precision": None,
+        "recall": None,
+        "accuracy": None,
+        "support": 0,
+        "predicted": 0,
+    }
     assert d["absent_classes"] == ["c"]
     assert json.loads(json.dumps(d, allow_nan=False)) == d
     assert m.to_dict()["per_class"][0]["name"] == "class_0"
@@ -210,3 +235,62 @@ def test_boundary_f1_ignores_void_pixels_and_accumulates() -> None:
     assert acc.per_class() == pytest.approx([0.5, 0.5])
     acc.reset()
     assert acc.compute() == 1.0 and all(math.isnan(v) for v in acc.per_class())
+
+
+# 5 classes, 12 pixels: class 1 predicted once but never true, class 3 absent everywhere, class 4 true
+# twice but never predicted.
+FIELD = np.array(
+    [
+        [3, 1, 0, 0, 0],
+        [0, 0, 0, 0, 0],
+        [2, 0, 4, 0, 0],
+        [0, 0, 0, 0, 0],
+        [1, 0, 1, 0, 0],
+    ]
+)
+
+
+def _pairs_of(matrix: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prediction and target pixels that produce ``matrix``."""
+    truth, pred = [], []
+    for t, p in np.argwhere(matrix > 0):
+        truth += [t] * int(matrix[t, p])
+        pred += [p] * int(matrix[t, p])
+    return torch.tensor(pred), torch.tensor(truth)
+
+
+def test_field_metrics_hand_computed_with_absent_classes() -> None:
+    pred, target = _pairs_of(FIELD)
+    m = _cm(pred, target, 5).compute()
+    np.testing.assert_array_equal(m.matrix, FIELD)
+    nan = math.nan
+    # support [4, 0, 6, 0, 2], predicted [6, 1, 5, 0, 0], tp [3, 0, 4, 0, 0], 12 pixels
+    assert m.pixel_accuracy == pytest.approx(7 / 12)
+    assert m.iou == pytest.approx([3 / 7, 0.0, 4 / 7, nan, 0.0], nan_ok=True)
+    assert m.dice == pytest.approx([6 / 10, 0.0, 8 / 11, nan, 0.0], nan_ok=True)
+    assert m.recall == pytest.approx([3 / 4, nan, 4 / 6, nan, 0.0], nan_ok=True)
+    assert m.accuracy == pytest.approx(m.recall, nan_ok=True)
+    # class 1: predicted once, wrong (0); class 4: in the truth, never predicted (0); class 3: absent (NaN)
+    assert m.precision == pytest.approx([3 / 6, 0.0, 4 / 5, nan, 0.0], nan_ok=True)
+    assert m.mean_accuracy == pytest.approx((3 / 4 + 4 / 6 + 0.0) / 3)  # over classes with true pixels
+    assert m.mean_iou == pytest.approx((3 / 7 + 0 + 4 / 7 + 0) / 4)  # class 1 counts, class 3 does not
+    assert m.fw_iou == pytest.approx(4 / 12 * 3 / 7 + 6 / 12 * 4 / 7 + 2 / 12 * 0.0)
+    assert m.absent == [3]
+    assert metrics_from_matrix(FIELD).to_dict() == m.to_dict()  # the same formulas from a matrix alone
+
+
+def test_field_metrics_in_json_and_table() -> None:
+    m = metrics_from_matrix(FIELD)
+    names = ["road", "sky", "car", "pole", "sign"]
+    d = m.to_dict(names)
+    assert d["mean_accuracy"] == pytest.approx(m.mean_accuracy) and d["fw_iou"] == pytest.approx(m.fw_iou)
+    assert d["per_class"][4]["recall"] == 0.0 and d["per_class"][4]["precision"] == 0.0
+    assert d["per_class"][1]["recall"] is None and d["per_class"][1]["predicted"] == 1
+    assert d["per_class"][0]["accuracy"] == pytest.approx(0.75)
+    json.dumps(d, allow_nan=False)
+    table = m.format_table(names)
+    assert "Prec" in table and "Recall" in table
+    assert f"mAcc (class average)   {m.mean_accuracy:.4f}" in table
+    assert f"fwIoU                  {m.fw_iou:.4f}" in table
+    with pytest.raises(ValueError, match="square"):
+        metrics_from_matrix(np.zeros((2, 3)))

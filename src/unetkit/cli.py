@@ -30,6 +30,9 @@ app.add_typer(datasets_app, name="datasets")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+LOSS_HELP = "ce, ohem, focal, dice, lovasz, or a pixel term + a region term: ce+dice, ohem+lovasz, ..."
+TTA_HELP = "test-time augmentation: flip, or e.g. flip,scales=0.75,1,1.25 (logits averaged over the views)"
+
 
 def _print_version(value: bool) -> None:
     if value:
@@ -286,6 +289,10 @@ def _build_train_config(**opts: Any):
     if n_classes is None:
         raise UnetkitError("give --n-classes N (or a --palette / --class-names file that lists the classes)")
     h, w = opts["input_size"] or (96, 128)
+    if opts.get("crop") is not None:  # crops are what the network sees: the crop is the input size
+        if opts["input_size"] is not None and tuple(opts["input_size"]) != tuple(opts["crop"]):
+            raise UnetkitError("--crop H W sets the network's input size; leave out --input-size (or give the same)")
+        h, w = opts["crop"]
     channels = opts["channels"] if opts["channels"] is not None else _survey_images(opts, (h, w))
     model = ModelConfig(
         name=opts["model"] or "unet",
@@ -299,7 +306,7 @@ def _build_train_config(**opts: Any):
         val_images=_abs(opts["val_images"]),
         val_masks=_abs(opts["val_masks"]),
         val_fraction=opts["val_fraction"] or 0.0,
-        mask_mode=opts["mask_mode"] or ("palette" if palette else "auto"),
+        mask_mode=opts["mask_mode"] or ("palette" if opts["palette"] is not None else "auto"),
         palette_file=_s(opts["palette"]),
         ignore_index=labels.get("ignore_index", opts["ignore_index"]),
         label_map_file=_s(opts.get("label_map")),
@@ -322,6 +329,10 @@ def _build_train_config(**opts: Any):
             "schedule",
             "warmup_epochs",
             "loss",
+            "label_smoothing",
+            "ohem_thresh",
+            "ohem_min_kept",
+            "focal_gamma",
             "class_weights",
             "early_stopping",
             "precision",
@@ -334,6 +345,7 @@ def _build_train_config(**opts: Any):
     if opts.get("compile") is not None:
         t["compile"] = "on" if opts["compile"] else "off"
     t |= _init_options(opts)
+    t |= _accuracy_options(opts)
     if opts.get("augment") is not None:  # off: none; on: the recipe's, or the strong recipe's if it has none
         from .recipes import STRONG_AUGMENT
 
@@ -342,6 +354,8 @@ def _build_train_config(**opts: Any):
             if opts["augment"]
             else AugmentConfig()
         )
+    if any(opts.get(k) is not None for k in ("aug_scale", "aug_colour", "aug_hue")):
+        t["augment"] = _augment_options(t.get("augment", config.train.augment), opts)
     m = {k: opts[k] for k in ("depth", "dropout", "batch_norm") if opts.get(k) is not None}
     p = {k: opts[k] for k in ("resize", "normalize") if opts.get(k) is not None}
     return replace(
@@ -364,6 +378,30 @@ def _init_options(opts: dict[str, Any]) -> dict[str, Any]:
             )
         t["freeze_encoder_epochs"] = opts["freeze_epochs"] if opts.get("freeze_epochs") is not None else 5
     return t
+
+
+def _accuracy_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """TrainConfig fields from --crop, --class-aware-crop, --ema and --time-budget."""
+    t: dict[str, Any] = {k: opts[k] for k in ("crop", "class_aware_crop", "ema") if opts.get(k) is not None}
+    if opts.get("time_budget") is not None:
+        from .timebudget import parse_duration
+
+        t["time_budget"] = parse_duration(opts["time_budget"])
+        if opts.get("epochs") is None:
+            t["epochs"] = 100_000  # the budget decides; --epochs is then a cap
+    return t
+
+
+def _augment_options(augment: Any, opts: dict[str, Any]) -> Any:
+    """``augment`` with the scale range, colour jitter and hue the user gave (each turns augmentation on)."""
+    a: dict[str, Any] = {}
+    if opts.get("aug_scale") is not None:
+        a["scale"] = tuple(opts["aug_scale"])
+    if opts.get("aug_colour") is not None:
+        a["brightness"] = a["contrast"] = a["saturation"] = opts["aug_colour"]
+    if opts.get("aug_hue") is not None:
+        a["hue"] = opts["aug_hue"]
+    return replace(augment, **a)
 
 
 def _labels_options(opts: dict[str, Any], names: list[str] | None, palette: list | None) -> dict[str, Any]:
@@ -453,12 +491,36 @@ def train(
     weight_decay: float | None = None,
     schedule: Annotated[str | None, typer.Option(help="constant, cosine or plateau")] = None,
     warmup_epochs: int | None = None,
-    loss: Annotated[str | None, typer.Option(help="ce, dice or ce+dice")] = None,
+    loss: Annotated[str | None, typer.Option(help=LOSS_HELP)] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="cross-entropy label smoothing (0: off)")] = None,
+    ohem_thresh: Annotated[
+        float | None, typer.Option(help="OHEM: keep pixels whose true-class probability is below")
+    ] = None,
+    ohem_min_kept: Annotated[int | None, typer.Option(help="OHEM: keep at least this many pixels per image")] = None,
+    focal_gamma: Annotated[float | None, typer.Option(help="focal loss exponent")] = None,
     class_weights: Annotated[str | None, typer.Option(help="none, inverse, median-frequency or a JSON file")] = None,
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="the recipe's augmentation")] = None,
+    aug_scale: Annotated[
+        tuple[float, float] | None, typer.Option(help="random scale range MIN MAX, e.g. 0.5 2.0 (zoom out/in)")
+    ] = None,
+    aug_colour: Annotated[float | None, typer.Option(help="brightness/contrast/saturation jitter, e.g. 0.3")] = None,
+    aug_hue: Annotated[
+        float | None, typer.Option(help="hue jitter as a fraction of the colour wheel, e.g. 0.05")
+    ] = None,
+    crop: Annotated[
+        tuple[int, int] | None,
+        typer.Option(help="train on random H W crops of the images at native size (sets the input size)"),
+    ] = None,
+    class_aware_crop: Annotated[
+        float | None, typer.Option(help="share of crops centred on a rare-class pixel (with --crop), e.g. 0.5")
+    ] = None,
+    ema: Annotated[float | None, typer.Option(help="average the weights with this decay, e.g. 0.999")] = None,
+    time_budget: Annotated[
+        str | None, typer.Option(help="train for this long (e.g. 10m, 600, 1h30m); the schedule follows the clock")
+    ] = None,
     early_stopping: Annotated[int | None, typer.Option(help="patience in epochs (0: off)")] = None,
     mask_mode: Annotated[str | None, typer.Option(help="auto, index, binary, channels or palette")] = None,
-    palette: Annotated[Path | None, typer.Option(help="JSON {class name: [r, g, b]}")] = None,
+    palette: Annotated[Path | None, typer.Option(help="JSON {class name: \\[r, g, b]}")] = None,
     class_names: Annotated[Path | None, typer.Option(help="JSON list of class names")] = None,
     classes: Annotated[Path | None, typer.Option(help="classes.json (names, colours, ignore index)")] = None,
     label_map: Annotated[
@@ -576,7 +638,16 @@ def _resume_config(ctx: typer.Context, run: Path, opts: dict[str, Any], say: Cal
             f"start a new one (--out NEW_RUN; --init-from {run} starts from its weights)"
         )
     old = _load_run_config(run)
+    if not (run / "last.safetensors").exists():  # before reading any data
+        from .errors import RunError
+        from .train import _nothing_to_resume
+
+        raise RunError(_nothing_to_resume(run))
     changes = {n: opts[n] for n in given}
+    if changes.get("time_budget") is not None:
+        from .timebudget import parse_duration
+
+        changes["time_budget"] = parse_duration(changes["time_budget"])
     if opts.get("compile") is not None and "compile" in changes:
         changes["compile"] = "on" if opts["compile"] else "off"
     config = resume_config(run, **changes)
@@ -653,7 +724,7 @@ def compare(
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="the recipe's augmentation")] = None,
     recipe: Annotated[str, typer.Option(help="seed (the tutorial exactly) or strong")] = "seed",
     mask_mode: Annotated[str | None, typer.Option(help="auto, index, binary, channels or palette")] = None,
-    palette: Annotated[Path | None, typer.Option(help="JSON {class name: [r, g, b]}")] = None,
+    palette: Annotated[Path | None, typer.Option(help="JSON {class name: \\[r, g, b]}")] = None,
     class_names: Annotated[Path | None, typer.Option(help="JSON list of class names")] = None,
     tolerance: Annotated[int, typer.Option(help="boundary F1 tolerance in pixels")] = 2,
     examples: Annotated[int, typer.Option(help="validation images in the picture")] = 4,
@@ -725,8 +796,15 @@ def evaluate(
         list[str] | None, typer.Option(help="fill holes in this class (id or name; repeatable)")
     ] = None,
     keep_largest: Annotated[list[str] | None, typer.Option(help="keep this class's largest component only")] = None,
+    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
+    confusion: Annotated[
+        Path | None, typer.Option(help="write the row-normalised confusion matrix as PNG (counts as .csv beside it)")
+    ] = None,
+    per_image: Annotated[
+        Path | None, typer.Option(help="write each image's pixel accuracy and mIoU as CSV, worst first")
+    ] = None,
 ) -> None:
-    """Pixel accuracy, mean IoU, per-class IoU and Dice over a whole folder pair (and what post-processing changes)."""
+    """aAcc, mAcc, mIoU, fwIoU and per-class IoU, Dice, precision, recall over a folder pair (and post-processing)."""
     from .evaluate import evaluate as run_evaluate
 
     post = _postprocess(run, min_size, fill_holes, keep_largest)
@@ -741,11 +819,19 @@ def evaluate(
         check_agreement=check_agreement,
         label_map=label_map,
         classes=classes,
+        tta=tta,
     )
     _say(report.table())
     if json_out is not None:
         report.save_json(json_out)
         _say(f"wrote {json_out}")
+    if confusion is not None:
+        csv_path = report.save_confusion(confusion)
+        _say(f"wrote {confusion} and {csv_path}")
+    if per_image is not None:
+        report.save_per_image(per_image)
+        worst = report.worst_first()[:3]
+        _say(f"wrote {per_image}; worst: " + ", ".join(f"{s.name} (mIoU {s.mean_iou:.3f})" for s in worst))
 
 
 @app.command()
@@ -756,7 +842,13 @@ def predict(
     out: Annotated[Path, typer.Option(help="output folder (never one of the input folders)")],
     masks: Annotated[Path | None, typer.Option(help="truth masks: also write input | truth | prediction")] = None,
     mode: Annotated[str | None, typer.Option(help="resize or sliding (window at full resolution)")] = None,
+    classes: Annotated[Path | None, typer.Option(help="classes.json: names and colours to show")] = None,
     device: str = "auto",
+    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
+    save_probs: Annotated[
+        str | None,
+        typer.Option(help="also write confidence and entropy PNGs; npz: with float16 probabilities, png: PNGs only"),
+    ] = None,
     precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
     outputs: Annotated[
         str, typer.Option(help="which files per image: any of mask,colour,overlay")
@@ -777,7 +869,7 @@ def predict(
     from .predict_files import predict_files
 
     report = predict_files(
-        run,
+        _with_classes(run, classes, device, precision),
         inputs,
         out,
         masks=masks,
@@ -793,8 +885,22 @@ def predict(
         postprocess=_postprocess(run, min_size, fill_holes, keep_largest),
         progress=progress and sys.stderr.isatty(),
         log=_say,
+        tta=tta,
+        save_probs=save_probs,
     )
     _say(report.summary())
+
+
+def _with_classes(run: Path, classes: Path | None, device: str, precision: str | None) -> Any:
+    """The run itself, or (with --classes FILE) its predictor showing that file's names and colours."""
+    if classes is None:
+        return run
+    from .data.classes import use_classes
+    from .predict import open_predictor
+
+    predictor = open_predictor(run, device=device, precision=precision)
+    use_classes(predictor.config, classes)
+    return predictor
 
 
 @app.command("import-keras")
@@ -882,6 +988,8 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="images per forward pass at most")] = 8,
     device: str = "auto",
     log_level: Annotated[str, typer.Option(help="info logs each request; warning is quiet")] = "info",
+    classes: Annotated[Path | None, typer.Option(help="classes.json: names and colours to show")] = None,
+    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
     precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
     api_key_file: Annotated[
         Path | None, typer.Option(help="require 'Authorization: Bearer KEY' (KEY: this file's first line)")
@@ -923,8 +1031,15 @@ def serve(
     guard = ", API key required" if api_key else ""
     _say(f"serving {model} at {scheme}://{host}:{port}/ (API reference: /docs{guard}); Ctrl-C stops")
     tls = {"ssl_keyfile": str(ssl_keyfile), "ssl_certfile": str(ssl_certfile)} if ssl_certfile else {}
+    served: Any = model
+    if classes is not None:
+        from .data.classes import use_classes
+        from .predict import open_predictor
+
+        served = open_predictor(model, device=device, precision=precision, postprocess=post)
+        use_classes(served.config, classes)
     run_server(
-        model,
+        served,
         host,
         port,
         max_upload_bytes=int(max_upload_mb * 1e6),
@@ -933,6 +1048,7 @@ def serve(
         max_batch=max_batch,
         device=device,
         log_level=log_level,
+        tta=tta,
         precision=precision,
         postprocess=post,
         api_key=api_key,
@@ -1012,3 +1128,77 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# train --help: options in panels, with the defaults that matter (None in the signature means "the recipe's")
+_TRAIN_PANELS = {
+    "Data": "images masks val_images val_masks val_fraction n_classes ignore_index mask_mode palette class_names "
+    "classes label_map recursive skip_bad cache num_workers",
+    "Model": "model input_size channels n_filters depth dropout batch_norm normalize resize",
+    "Optimisation": "recipe epochs batch_size lr optimizer weight_decay schedule warmup_epochs loss class_weights "
+    "augment early_stopping seed nan_policy",
+    "Runtime": "out resume overwrite precision compile device nproc progress",
+}
+_TRAIN_DEFAULTS = {
+    "n_filters": "32",
+    "input_size": "96 128",
+    "model": "unet",
+    "depth": "5",
+    "dropout": "0.3",
+    "batch_norm": "off; strong: on",
+    "epochs": "40",
+    "batch_size": "32; strong: 8",
+    "lr": "0.001; strong: 0.005",
+    "optimizer": "adam; strong: adamw",
+    "weight_decay": "0; strong: 0.01",
+    "schedule": "constant; strong: cosine",
+    "warmup_epochs": "0; strong: 1",
+    "loss": "ce; strong: ce+dice",
+    "class_weights": "none",
+    "augment": "off; strong: flip, scale, colour jitter",
+    "early_stopping": "0",
+    "val_fraction": "0",
+    "mask_mode": "auto",
+    "resize": "bilinear",
+    "precision": "auto",
+    "device": "auto",
+    "seed": "0",
+    "nan_policy": "stop",
+    "cache": "auto",
+    "num_workers": "2",
+}
+
+
+def _arrange_help(fn: Callable[..., Any], panels: dict[str, str], defaults: dict[str, str]) -> None:
+    """Put ``fn``'s options into help panels and show ``defaults`` for those whose signature default is None.
+
+    It rewrites the signature typer reads, so the command's code keeps its plain parameters.
+    """
+    import inspect
+    import typing
+
+    from typer.models import OptionInfo
+
+    panel_of = {name: panel for panel, names in panels.items() for name in names.split()}
+    params = []
+    for p in inspect.signature(fn, eval_str=True).parameters.values():
+        if p.name not in panel_of:
+            params.append(p)
+            continue
+        base, meta = p.annotation, ()
+        if typing.get_origin(base) is Annotated:
+            base, *rest = typing.get_args(base)
+            meta = tuple(rest)
+        info = next((m for m in meta if isinstance(m, OptionInfo)), None) or typer.Option()
+        info.rich_help_panel = panel_of[p.name]
+        if p.name in defaults:
+            info.show_default = defaults[p.name]
+        if p.name == "input_size":
+            info.metavar = "H W"
+        params.append(p.replace(annotation=Annotated[base, info]))
+    order = list(panels)
+    params.sort(key=lambda p: order.index(panel_of[p.name]) if p.name in panel_of else -1)  # panels in order
+    fn.__signature__ = inspect.signature(fn).replace(parameters=params)  # type: ignore[attr-defined]
+
+
+_arrange_help(train, _TRAIN_PANELS, _TRAIN_DEFAULTS)

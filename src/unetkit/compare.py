@@ -50,12 +50,16 @@ class ModelScore:
     epochs: int
     train_seconds: float
     best_epoch: int
+    mean_accuracy: float = 0.0  # mAcc, from the same confusion matrix
+    fw_iou: float = 0.0
 
     def to_dict(self, class_names: list[str]) -> dict[str, Any]:
         return {
             "model": self.name,
             "pixel_accuracy": self.pixel_accuracy,
+            "mean_accuracy": self.mean_accuracy,
             "mean_iou": self.mean_iou,
+            "fw_iou": self.fw_iou,
             "boundary_f1": self.boundary_f1,
             "parameters": self.parameters,
             "epochs": self.epochs,
@@ -89,8 +93,10 @@ class Comparison:
         def row(label: str, values: list[str]) -> None:
             lines.append(f"| {label} | " + " | ".join(values) + " |")
 
-        row("pixel accuracy", [f"{s.pixel_accuracy:.4f}" for s in self.scores])
+        row("aAcc (pixel accuracy)", [f"{s.pixel_accuracy:.4f}" for s in self.scores])
+        row("mAcc (class average)", [f"{s.mean_accuracy:.4f}" for s in self.scores])
         row("mean IoU", [f"{s.mean_iou:.4f}" for s in self.scores])
+        row("fwIoU", [f"{s.fw_iou:.4f}" for s in self.scores])
         row(f"boundary F1 ({self.tolerance} px)", [f"{s.boundary_f1:.4f}" for s in self.scores])
         for c, name in enumerate(self.class_names):
             row(f"IoU {name}", ["-" if s.iou[c] is None else f"{s.iou[c]:.4f}" for s in self.scores])
@@ -194,6 +200,8 @@ def compare(
                 len(result.history),
                 round(seconds, 1),
                 best_epoch,
+                m.mean_accuracy,
+                m.fw_iou,
             )
         )
         trained[name] = model

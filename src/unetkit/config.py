@@ -23,6 +23,16 @@ ResizeMode = Literal["bilinear", "nearest"]
 
 CONFIG_VERSION = 1
 
+# The loss kinds unetkit.losses implements: a pixel term, a region term, or one of each summed.
+LOSSES = (
+    "ce",
+    "ohem",
+    "focal",
+    "dice",
+    "lovasz",
+    *(f"{a}+{b}" for a in ("ce", "ohem", "focal") for b in ("dice", "lovasz")),
+)
+
 
 def valid_sizes_near(size: int, multiple: int) -> tuple[int, int]:
     """The nearest multiples of ``multiple`` below and above ``size`` (below is at least ``multiple``)."""
@@ -160,6 +170,7 @@ class AugmentConfig:
     brightness: float = 0.0
     contrast: float = 0.0
     saturation: float = 0.0
+    hue: float = 0.0  # max hue rotation as a fraction of the colour wheel (0.5 = half a turn)
 
     def __post_init__(self) -> None:
         self.scale = tuple(float(v) for v in self.scale)  # type: ignore[assignment]
@@ -167,8 +178,9 @@ class AugmentConfig:
             len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1],
             f"scale must be (min, max) with 0 < min <= max, got {self.scale}",
         )
-        for name in ("rotate", "brightness", "contrast", "saturation"):
+        for name in ("rotate", "brightness", "contrast", "saturation", "hue"):
             _check(getattr(self, name) >= 0, f"augment.{name} must be >= 0")
+        _check(self.hue <= 0.5, f"augment.hue must be <= 0.5 (half a turn of the colour wheel), got {self.hue}")
 
     @property
     def enabled(self) -> bool:
@@ -188,7 +200,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "constant"  # "constant", "cosine" (with warm-up) or "plateau"
     warmup_epochs: int = 0
-    loss: str = "ce"  # "ce", "dice" or "ce+dice"
+    loss: str = "ce"  # one of LOSSES: "ce", "ohem", "focal", "dice", "lovasz", or e.g. "ce+dice"
+    label_smoothing: float = 0.0  # for the ce and ohem terms
+    ohem_thresh: float | None = 0.7  # OHEM: hard = true-class probability below this (None: top-k losses)
+    ohem_min_kept: int = 10_000  # OHEM: pixels kept at least, per image
+    focal_gamma: float = 2.0
     class_weights: str = "none"  # "none", "inverse", "median-frequency" or a JSON file of weights
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     early_stopping: int = 0  # patience in epochs on validation mIoU; 0 = off
@@ -201,6 +217,10 @@ class TrainConfig:
     recipe: str = "seed"
     init_from: str | None = None  # start from this run folder's (or Keras file's) weights; a new optimizer
     freeze_encoder_epochs: int = 0  # keep the contracting path fixed for the first N epochs
+    crop: tuple[int, int] | None = None  # train on random (h, w) crops of images kept at native size
+    class_aware_crop: float = 0.0  # share of crops centred on a pixel of a rare class
+    ema: float | None = None  # decay of an exponential moving average of the weights (validated, saved)
+    time_budget: float | None = None  # seconds of training; the schedule follows the clock, epochs is a cap
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
@@ -215,11 +235,27 @@ class TrainConfig:
         )
         _choice("optimizer", self.optimizer, ("adam", "adamw"))
         _choice("schedule", self.schedule, ("constant", "cosine", "plateau"))
-        _choice("loss", self.loss, ("ce", "dice", "ce+dice"))
+        _choice("loss", self.loss, LOSSES)
+        _check(0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check(
+            self.ohem_thresh is None or 0.0 < self.ohem_thresh <= 1.0,
+            f"ohem_thresh must be in (0, 1] or null, got {self.ohem_thresh}",
+        )
+        _check(self.ohem_min_kept >= 0, f"ohem_min_kept must be >= 0, got {self.ohem_min_kept}")
+        _check(self.focal_gamma >= 0, f"focal_gamma must be >= 0, got {self.focal_gamma}")
         _choice("precision", self.precision, ("auto", "fp32", "bf16"))
         _choice("compile", self.compile, ("auto", "on", "off"))
         _choice("nan_policy", self.nan_policy, ("stop", "skip"))
         _check(self.freeze_encoder_epochs >= 0, f"freeze_encoder_epochs must be >= 0, got {self.freeze_encoder_epochs}")
+        if self.crop is not None:
+            self.crop = tuple(int(v) for v in self.crop)  # type: ignore[assignment]
+            _check(len(self.crop) == 2 and min(self.crop) > 0, f"crop must be (height, width) > 0, got {self.crop}")
+        _check(0.0 <= self.class_aware_crop <= 1.0, f"class_aware_crop must be in [0, 1], got {self.class_aware_crop}")
+        _check(self.ema is None or 0.0 < self.ema < 1.0, f"ema must be a decay in (0, 1), e.g. 0.999; got {self.ema}")
+        _check(
+            self.time_budget is None or (math.isfinite(self.time_budget) and self.time_budget > 0),
+            f"time_budget must be a positive number of seconds, got {self.time_budget}",
+        )
         _check(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             f"device must be auto, cpu or cuda[:N]; got {self.device!r}",
@@ -255,7 +291,14 @@ class RunConfig:
             "choose a value >= n_classes, e.g. 255",
         )
 
-        jitter = self.train.augment.brightness or self.train.augment.contrast or self.train.augment.saturation
+        crop = self.train.crop
+        _check(
+            crop is None or tuple(crop) == tuple(self.model.input_size[:2]),
+            f"train.crop {crop} must equal the model's input size {tuple(self.model.input_size[:2])}: crops are "
+            "what the network is trained on (--crop H W sets both)",
+        )
+        a = self.train.augment
+        jitter = a.brightness or a.contrast or a.saturation or a.hue
         _check(
             not (jitter and self.preprocess.normalize == "mean-std"),
             "colour augmentation (brightness/contrast/saturation) works on values in [0, 1]: "

@@ -1,10 +1,14 @@
 """evaluate(): a run (or any Predictor) on a folder pair, at each mask's original size.
 
-One confusion matrix over the whole set; pixel accuracy, IoU and Dice derive from it.
+One confusion matrix over the whole set; aAcc, mAcc, mIoU, fwIoU and the per-class IoU, Dice,
+precision and recall all derive from it (see ``unetkit.metrics``). Each image also gets its own
+small matrix, so the report can list the images from the worst to the best (bad labels, hard cases).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +24,7 @@ from .data.io import read_image, read_mask
 from .data.masks import RANGE_FIX, decode_mask, detect_mask_mode
 from .errors import DataError
 from .fsio import atomic_write_text
-from .metrics import ConfusionMatrix, SegmentationMetrics
+from .metrics import ConfusionMatrix, SegmentationMetrics, metrics_from_matrix
 from .postprocess import PostProcess
 from .predict import PredictorBase
 from .predict_files import agreement_note, load_predictor
@@ -29,6 +33,16 @@ _EVAL_FIX = (
     "the run was trained for its classes (n_classes and ignore index in its config.json): check that "
     "--masks is the right folder, or choose another --mask-mode"
 )
+
+
+@dataclass
+class ImageScore:
+    """One image's own scores (its confusion matrix alone, same absent-class rule as the set)."""
+
+    name: str
+    pixel_accuracy: float
+    mean_iou: float
+    pixels: int  # counted (not ignored) pixels
 
 
 @dataclass
@@ -41,6 +55,8 @@ class EvalReport:
     # with post-processing: the raw model's metrics above are followed by one row per option and all together
     postprocess: list[dict[str, Any]] = field(default_factory=list)
     agreement: str | None = None
+    per_image: list[ImageScore] = field(default_factory=list)
+    tta: str | None = None
 
     @property
     def mean_iou(self) -> float:
@@ -57,6 +73,8 @@ class EvalReport:
             extra["postprocess"] = self.postprocess
         if self.agreement:
             extra["agreement"] = self.agreement
+        if self.tta:
+            extra["tta"] = self.tta
         return self.metrics.to_dict(self.class_names) | extra
 
     def table(self) -> str:
@@ -74,6 +92,45 @@ class EvalReport:
 
     def save_json(self, path: str | Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=False))
+
+    def worst_first(self) -> list[ImageScore]:
+        """The images by mIoU, then pixel accuracy, lowest first."""
+        return sorted(self.per_image, key=lambda s: (s.mean_iou, s.pixel_accuracy, s.name))
+
+    def save_per_image(self, path: str | Path) -> None:
+        """CSV of each image's pixel accuracy and mIoU, worst first."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["image", "pixel_accuracy", "mean_iou", "pixels"])
+        for s in self.worst_first():
+            writer.writerow([s.name, f"{s.pixel_accuracy:.6f}", f"{s.mean_iou:.6f}", s.pixels])
+        atomic_write_text(path, buf.getvalue())
+
+    def save_confusion(self, path: str | Path) -> Path:
+        """The row-normalised confusion matrix as a picture at ``path``, and its counts as CSV beside it.
+
+        Returns the CSV's path (``path`` with the suffix .csv): rows are the true class, columns the
+        predicted one, cells raw pixel counts.
+        """
+        from .plots import plot_confusion
+
+        path = Path(path)
+        csv_path = path.with_suffix(".csv")
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["truth \\ prediction", *self.class_names])
+        for name, row in zip(self.class_names, self.metrics.matrix):
+            writer.writerow([name, *(int(v) for v in row)])
+        atomic_write_text(csv_path, buf.getvalue())
+        plot_confusion(self.metrics.matrix, self.class_names, path)
+        return csv_path
+
+
+def _image_score(name: str, pred: np.ndarray, mask: np.ndarray, n: int, ignore: int | None) -> tuple[Any, ImageScore]:
+    cm = ConfusionMatrix(n, ignore)
+    cm.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(mask.astype(np.int64)))
+    m = metrics_from_matrix(cm.matrix.numpy())
+    return cm, ImageScore(name, m.pixel_accuracy, m.mean_iou, int(m.matrix.sum()))
 
 
 def _lookup_table(config: Any, label_map: str | Path | None, classes: str | Path | None) -> list[int] | None:
@@ -106,6 +163,7 @@ def evaluate(
     check_agreement: int = 0,
     label_map: str | Path | None = None,
     classes: str | Path | None = None,
+    tta: str | None = None,
 ) -> EvalReport:
     """Evaluate a run folder, an ensemble folder, an .onnx file (or a predictor) on images/masks paired by file stem.
 
@@ -114,11 +172,15 @@ def evaluate(
     ``check_agreement`` N: the share of pixels of the first N images where the masks agree with fp32.
     Masks hold the source ids of the run's label map, if it was trained with one (``label_map`` FILE
     instead: that map, over the source classes of ``classes`` FILE, else ``class_0..``).
+    ``tta`` (e.g. ``"flip"`` or ``"flip,scales=0.75,1,1.25"``, see ``unetkit.tta``) averages the logits
+    of the augmented views before the argmax. ``report.per_image`` scores each image alone (raw masks).
     """
     if isinstance(model, PredictorBase):
         predictor = model
     else:  # a run folder, an ensemble folder or an .onnx file
         predictor = load_predictor(model, device=device, precision=precision)
+    if tta is not None:
+        predictor.set_tta(tta)
     config = predictor.config
     n = config.model.n_classes
     ignore = config.data.ignore_index
@@ -135,7 +197,7 @@ def evaluate(
     steps = postprocess.steps() if postprocess is not None else []
     variants = [("raw", None), *steps] + ([("all together", postprocess)] if len(steps) > 1 else [])
     load = _loader(mode, n_source, palette, ignore, lut)
-    metrics, changed, total = _score(predictor, pairs, load, variants, n, ignore, batch_size)
+    metrics, changed, total, scores = _score(predictor, pairs, load, variants, n, ignore, batch_size)
     rows = [
         {
             "name": name,
@@ -146,6 +208,8 @@ def evaluate(
         for i, ((name, _), m) in enumerate(zip(variants, metrics))
     ]
     report = EvalReport(metrics[0], predictor.class_names, len(pairs), mode, predictor.precision, rows if steps else [])
+    report.per_image = scores
+    report.tta = predictor.tta.describe() if predictor.tta is not None else None
     if check_agreement and not isinstance(model, PredictorBase):
         report.agreement = _agreement(model, predictor, [p for p, _ in pairs[:check_agreement]], device)
     return report
@@ -187,18 +251,22 @@ def _score(
     n: int,
     ignore: int | None,
     batch_size: int,
-) -> tuple[list[SegmentationMetrics], list[int], int]:
-    """One confusion matrix per variant (raw, each post-processing) over the whole set; pixels each changed."""
+) -> tuple[list[SegmentationMetrics], list[int], int, list[ImageScore]]:
+    """One confusion matrix per variant (raw, each post-processing) over the whole set; pixels each changed;
+    each image's own scores (raw masks)."""
     cms = [ConfusionMatrix(n, ignore) for _ in variants]
+    scores: list[ImageScore] = []
     changed = [0] * len(variants)
     total = 0
     saved, predictor.postprocess = predictor.postprocess, None  # raw masks; each variant applied here
     try:
         with ThreadPoolExecutor(max_workers=2) as pool:
             for start in range(0, len(pairs), batch_size):
-                loaded = list(pool.map(load, pairs[start : start + batch_size]))
+                chunk = pairs[start : start + batch_size]
+                loaded = list(pool.map(load, chunk))
                 preds = predictor.predict_batch([im for im, _ in loaded], batch_size=batch_size)
-                for pred, (_, mask) in zip(preds, loaded):
+                for (img_path, _), pred, (_, mask) in zip(chunk, preds, loaded):
+                    scores.append(_image_score(img_path.name, pred, mask, n, ignore)[1])
                     truth = torch.from_numpy(mask.astype(np.int64))
                     total += pred.size
                     for i, (_, post) in enumerate(variants):
@@ -207,7 +275,7 @@ def _score(
                         cms[i].update(torch.from_numpy(out.astype(np.int64)), truth)
     finally:
         predictor.postprocess = saved
-    return [cm.compute() for cm in cms], changed, total
+    return [cm.compute() for cm in cms], changed, total, scores
 
 
 def _agreement(model: str | Path, predictor: PredictorBase, files: list[Path], device: str) -> str:

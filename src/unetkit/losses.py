@@ -6,6 +6,11 @@ weighted; with ``ignore_index`` it averages over the counted pixels only, and wi
 divides by the summed weights of those pixels (PyTorch's convention) so the loss scale does not
 depend on how many pixels of rare classes a batch happens to hold. Losses are always computed in
 fp32, whatever the logits' dtype, because a bf16 log-softmax loses about three significant digits.
+
+For imbalance and thin classes there are three more terms: OHEM cross-entropy (only the hard
+pixels, as mmsegmentation's OHEM sampler chooses them), focal loss (easy pixels down-weighted by
+``(1 - p_t) ** gamma``) and Lovász-softmax (a convex surrogate of each class's IoU, so the loss
+itself is what mIoU measures). A kind is one term or a sum, e.g. ``"ohem+dice"``, ``"ce+lovasz"``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from .metrics import _bincount_fixed
 __all__ = [
     "cross_entropy",
     "dice_loss",
+    "ohem_cross_entropy",
+    "focal_loss",
+    "lovasz_softmax",
     "SegmentationLoss",
     "LOSS_KINDS",
     "class_weights",
@@ -32,7 +40,10 @@ __all__ = [
     "pixel_counts",
 ]
 
-LOSS_KINDS = ("ce", "dice", "ce+dice")
+# A pixel term (ce, ohem, focal), a region term (dice, lovasz), or one of each summed.
+PIXEL_TERMS = ("ce", "ohem", "focal")
+REGION_TERMS = ("dice", "lovasz")
+LOSS_KINDS = (*PIXEL_TERMS, *REGION_TERMS, *(f"{a}+{b}" for a in PIXEL_TERMS for b in REGION_TERMS))
 WEIGHT_METHODS = ("none", "inverse", "median-frequency")
 
 
@@ -152,10 +163,145 @@ def dice_loss(
     return (per_class * present).sum() / present.sum().clamp_min(1.0)
 
 
-class SegmentationLoss(nn.Module):
-    """The training loss chosen by name: "ce" (the seed), "dice", or "ce+dice" (CE + dice_weight * Dice).
+def _valid_pixels(logits: Tensor, target: Tensor, ignore_index: int | None) -> tuple[Tensor, Tensor]:
+    """Integer target (N, ...) checked against the logits, and the mask of counted pixels."""
+    target = _int_target(logits, target)
+    valid = (target >= 0) & (target < logits.shape[1])
+    if ignore_index is not None:
+        valid &= target != ignore_index
+    return target, valid
 
-    Class weights apply to the cross-entropy term only; they are a buffer, so ``.to(device)`` moves them.
+
+def _weighted_mean(per_pixel: Tensor, target: Tensor, keep: Tensor, weight: Tensor | None) -> Tensor:
+    """Sum of ``per_pixel`` over ``keep`` divided by the kept pixels' class weights (or their count)."""
+    keep_f = keep.float()
+    if weight is None:
+        denom = keep_f.sum()
+    else:
+        denom = (weight.to(per_pixel.device, torch.float32)[torch.where(keep, target, 0)] * keep_f).sum()
+    return (per_pixel * keep_f).sum() / denom.clamp_min(1e-12)
+
+
+def ohem_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    thresh: float | None = 0.7,
+    min_kept: int = 10_000,
+    weight: Tensor | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """Cross-entropy over the hard pixels only (online hard example mining), in fp32.
+
+    As mmsegmentation's ``OHEMPixelSampler``: with ``thresh``, a pixel is hard when the probability
+    of its true class is below ``max(thresh, p_k)``, where ``p_k`` is the (k+1)-th smallest such
+    probability in the batch and ``k = min_kept * batch size`` (so at least ``k`` pixels are kept,
+    ties aside); without ``thresh``, the ``k`` pixels of highest loss are kept. Unlike mmsegmentation,
+    the loss is the mean over the kept pixels (class-weighted as in ``cross_entropy``), so its scale
+    does not shrink as the model gets better. Ignored pixels are never kept.
+    """
+    logits = logits.float()
+    target, valid = _valid_pixels(logits, target, ignore_index)
+    safe = torch.where(valid, target, 0)
+    w = weight.to(logits.device, torch.float32) if weight is not None else None
+    per_pixel = F.cross_entropy(logits, safe, weight=w, reduction="none", label_smoothing=label_smoothing)
+    keep = ohem_keep(logits.detach(), safe, valid, thresh=thresh, min_kept=min_kept, per_pixel=per_pixel.detach())
+    return _weighted_mean(per_pixel, safe, keep, w)
+
+
+def ohem_keep(
+    logits: Tensor, target: Tensor, valid: Tensor, *, thresh: float | None, min_kept: int, per_pixel: Tensor
+) -> Tensor:
+    """The mask of pixels OHEM keeps (see ``ohem_cross_entropy``); never one outside ``valid``."""
+    if min_kept < 0:
+        raise ConfigError(f"ohem min_kept must be >= 0, got {min_kept}")
+    k = min_kept * target.shape[0]
+    flat_valid = valid.reshape(-1)
+    n_valid = flat_valid.sum()
+    if thresh is None:
+        loss = torch.where(valid, per_pixel, -torch.inf).reshape(-1)
+        order = loss.argsort(descending=True)
+        rank = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+        return ((rank < k) & flat_valid).view_as(valid)
+    prob = F.softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
+    prob = torch.where(valid, prob, torch.inf)
+    ordered = prob.reshape(-1).sort().values
+    at = torch.clamp(torch.minimum(torch.as_tensor(k, device=prob.device), n_valid - 1), min=0)
+    threshold = torch.clamp(ordered[at], min=thresh)
+    return (prob < threshold) & valid
+
+
+def focal_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    gamma: float = 2.0,
+    weight: Tensor | None = None,
+    ignore_index: int | None = None,
+) -> Tensor:
+    """Focal loss ``-(1 - p_t)**gamma * log p_t`` (Lin et al.), mean over the counted pixels, in fp32.
+
+    ``weight`` plays the role of the per-class alpha and normalises like ``cross_entropy``;
+    ``gamma = 0`` is plain cross-entropy.
+    """
+    if gamma < 0:
+        raise ConfigError(f"focal gamma must be >= 0, got {gamma}")
+    logits = logits.float()
+    target, valid = _valid_pixels(logits, target, ignore_index)
+    safe = torch.where(valid, target, 0)
+    logp_t = F.log_softmax(logits, dim=1).gather(1, safe.unsqueeze(1)).squeeze(1)
+    per_pixel = -((1 - logp_t.exp()).clamp_min(0) ** gamma) * logp_t
+    w = weight.to(logits.device, torch.float32) if weight is not None else None
+    if w is not None:
+        per_pixel = per_pixel * w[safe]
+    return _weighted_mean(per_pixel, safe, valid, w)
+
+
+def _lovasz_grad(fg_sorted: Tensor) -> Tensor:
+    """Gradient of the Lovász extension of the Jaccard loss at errors sorted in decreasing order."""
+    gts = fg_sorted.sum()
+    intersection = gts - fg_sorted.cumsum(0)
+    union = gts + (1 - fg_sorted).cumsum(0)
+    jaccard = 1 - intersection / union
+    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+
+
+def lovasz_softmax(
+    logits: Tensor, target: Tensor, *, ignore_index: int | None = None, classes_present_only: bool = True
+) -> Tensor:
+    """Lovász-softmax loss (Berman et al. 2018) over the whole batch, in fp32.
+
+    For each class, the pixel errors ``|[y == c] - p_c|`` are sorted in decreasing order and dotted
+    with the Lovász gradient of the Jaccard index; the loss is the mean over classes (only those
+    present in the batch's truth by default, as for ``dice_loss``). Ignored pixels count for nothing;
+    with none counted the loss is 0.
+    """
+    logits = logits.float()
+    target, valid = _valid_pixels(logits, target, ignore_index)
+    n_classes = logits.shape[1]
+    probs = F.softmax(logits, dim=1).movedim(1, -1)[valid]  # (P, C) counted pixels only
+    labels = target[valid]
+    losses, present = [], []
+    for c in range(n_classes):
+        fg = (labels == c).float()
+        errors = (fg - probs[:, c]).abs()
+        errors_sorted, order = errors.sort(descending=True)
+        losses.append(torch.dot(errors_sorted, _lovasz_grad(fg[order])) if fg.numel() else errors.sum())
+        present.append(fg.sum() > 0)
+    per_class = torch.stack(losses)
+    if not classes_present_only:
+        return per_class.mean() if labels.numel() else per_class.sum() * 0
+    mask = torch.stack(present).float()
+    return (per_class * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+class SegmentationLoss(nn.Module):
+    """The training loss chosen by name (``LOSS_KINDS``): "ce" (the seed), "ohem", "focal", "dice",
+    "lovasz", or a pixel term plus a region term, e.g. "ce+dice" = CE + dice_weight * Dice.
+
+    Class weights apply to the pixel term only (ce, ohem, focal); label smoothing to ce and ohem.
+    The weights are a buffer, so ``.to(device)`` moves them.
     """
 
     weight: Tensor | None
@@ -168,10 +314,16 @@ class SegmentationLoss(nn.Module):
         weight: Tensor | None = None,
         ignore_index: int | None = None,
         dice_weight: float = 1.0,
+        label_smoothing: float = 0.0,
+        ohem_thresh: float | None = 0.7,
+        ohem_min_kept: int = 10_000,
+        focal_gamma: float = 2.0,
     ):
         super().__init__()
         if kind not in LOSS_KINDS:
             raise ConfigError(f"loss must be one of {', '.join(LOSS_KINDS)}; got {kind!r}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"label smoothing must be in [0, 1), got {label_smoothing}")
         if weight is not None:
             weight = torch.as_tensor(weight, dtype=torch.float32)
             if weight.shape != (n_classes,):
@@ -180,18 +332,41 @@ class SegmentationLoss(nn.Module):
         self.n_classes = n_classes
         self.ignore_index = ignore_index
         self.dice_weight = dice_weight
+        self.label_smoothing = label_smoothing
+        self.ohem_thresh = ohem_thresh
+        self.ohem_min_kept = ohem_min_kept
+        self.focal_gamma = focal_gamma
         self.register_buffer("weight", weight)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
         if logits.shape[1] != self.n_classes:
             raise ValueError(f"logits have {logits.shape[1]} classes, the loss expects {self.n_classes}")
+        terms = self.kind.split("+")
         loss = logits.new_zeros((), dtype=torch.float32)
-        if self.kind in ("ce", "ce+dice"):
-            loss = loss + cross_entropy(logits, target, weight=self.weight, ignore_index=self.ignore_index)
-        if self.kind in ("dice", "ce+dice"):
-            dice = dice_loss(logits, target, ignore_index=self.ignore_index)
-            loss = loss + (self.dice_weight * dice if self.kind == "ce+dice" else dice)
+        for term in terms:
+            value = self._term(term, logits, target)
+            loss = loss + (self.dice_weight * value if len(terms) > 1 and term in REGION_TERMS else value)
         return loss
+
+    def _term(self, term: str, logits: Tensor, target: Tensor) -> Tensor:
+        ignore, weight, smoothing = self.ignore_index, self.weight, self.label_smoothing
+        if term == "ce":
+            return cross_entropy(logits, target, weight=weight, ignore_index=ignore, label_smoothing=smoothing)
+        if term == "ohem":
+            return ohem_cross_entropy(
+                logits,
+                target,
+                thresh=self.ohem_thresh,
+                min_kept=self.ohem_min_kept,
+                weight=weight,
+                ignore_index=ignore,
+                label_smoothing=smoothing,
+            )
+        if term == "focal":
+            return focal_loss(logits, target, gamma=self.focal_gamma, weight=weight, ignore_index=ignore)
+        if term == "lovasz":
+            return lovasz_softmax(logits, target, ignore_index=ignore)
+        return dice_loss(logits, target, ignore_index=ignore)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, n_classes={self.n_classes}, ignore_index={self.ignore_index}, " + (

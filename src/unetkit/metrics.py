@@ -8,6 +8,18 @@ they can be called every step without stalling the GPU; only ``compute()`` reads
 Absent-class rule (used by every mean here): a class that appears in neither the ground truth nor
 the predictions has no defined IoU or Dice (NaN) and is left out of the means; a class that is
 predicted but absent from the truth has IoU 0 and does count, since predicting it was an error.
+
+The field's summary numbers, all from the same matrix ``m`` (rows truth, columns prediction):
+
+- aAcc (``pixel_accuracy``): ``trace(m) / m.sum()``, the share of counted pixels that are right.
+- per class ``recall`` = ``accuracy`` = ``m[c, c] / m[c].sum()`` (mmsegmentation's per-class "Acc";
+  NaN where the class has no true pixels) and ``precision`` = ``m[c, c] / m[:, c].sum()`` (NaN for
+  an absent class, 0 for a class in the truth that was never predicted).
+- mAcc (``mean_accuracy``, the "class average" of CamVid tables): the mean of the per-class
+  accuracies over the classes present in the truth.
+- mIoU (``mean_iou``): the mean IoU under the absent-class rule above.
+- fwIoU (``fw_iou``): ``sum_c freq_c * IoU_c`` with ``freq_c`` = the class's share of the true
+  pixels; classes without true pixels weigh 0.
 """
 
 from __future__ import annotations
@@ -21,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ConfusionMatrix", "SegmentationMetrics", "BoundaryF1", "boundary_f1"]
+__all__ = ["ConfusionMatrix", "SegmentationMetrics", "BoundaryF1", "boundary_f1", "metrics_from_matrix"]
 
 
 def _bincount_fixed(index: Tensor, length: int) -> Tensor:
@@ -73,10 +85,19 @@ class SegmentationMetrics:
     mean_dice: float
     absent: list[int]  # class ids left out of the means
     matrix: np.ndarray = field(repr=False, compare=False)  # rows = truth, columns = prediction
+    precision: list[float] = field(default_factory=list)  # per class; NaN where absent
+    recall: list[float] = field(default_factory=list)  # per class = class accuracy; NaN without true pixels
+    mean_accuracy: float = 0.0  # mAcc: mean recall over the classes with true pixels
+    fw_iou: float = 0.0  # frequency-weighted IoU
 
     @property
     def n_classes(self) -> int:
         return len(self.iou)
+
+    @property
+    def accuracy(self) -> list[float]:
+        """Per-class accuracy, the term mAcc averages: the same as ``recall``."""
+        return list(self.recall)
 
     @property
     def predicted(self) -> list[int]:
@@ -90,14 +111,27 @@ class SegmentationMetrics:
         def num(v: float) -> float | None:
             return None if math.isnan(v) else float(v)
 
+        per_class = []
+        for c, name in enumerate(names):
+            per_class.append(
+                {
+                    "name": name,
+                    "iou": num(self.iou[c]),
+                    "dice": num(self.dice[c]),
+                    "precision": num(self.precision[c]),
+                    "recall": num(self.recall[c]),
+                    "accuracy": num(self.recall[c]),
+                    "support": int(self.support[c]),
+                    "predicted": int(self.matrix[:, c].sum()),
+                }
+            )
         return {
             "pixel_accuracy": float(self.pixel_accuracy),
+            "mean_accuracy": float(self.mean_accuracy),
             "mean_iou": float(self.mean_iou),
+            "fw_iou": float(self.fw_iou),
             "mean_dice": float(self.mean_dice),
-            "per_class": [
-                {"name": name, "iou": num(iou), "dice": num(dice), "support": int(support)}
-                for name, iou, dice, support in zip(names, self.iou, self.dice, self.support, strict=True)
-            ],
+            "per_class": per_class,
             "absent_classes": [names[c] for c in self.absent],
         }
 
@@ -106,19 +140,22 @@ class SegmentationMetrics:
         names = _names(class_names, self.n_classes)
         predicted = self.predicted
         width = max([len("class"), *(len(n) for n in names)])
-        lines = [f"{'class':<{width}}  {'IoU':>6}  {'Dice':>6}  {'true px':>12}  {'predicted px':>12}"]
+        heads = "  ".join(f"{h:>6}" for h in ("IoU", "Dice", "Prec", "Recall"))
+        lines = [f"{'class':<{width}}  {heads}  {'true px':>12}  {'predicted px':>12}"]
         for c in range(self.n_classes):
-            iou = "-" if math.isnan(self.iou[c]) else f"{self.iou[c]:.4f}"
-            dice = "-" if math.isnan(self.dice[c]) else f"{self.dice[c]:.4f}"
+            values = "  ".join(f"{_cell(v):>6}" for v in (self.iou[c], self.dice[c], self.precision[c], self.recall[c]))
             counts = f"{self.support[c]:>12,}  {predicted[c]:>12,}"
             note = "  (absent)" if c in self.absent else ""
-            lines.append(f"{names[c]:<{width}}  {iou:>6}  {dice:>6}  {counts}{note}")
+            lines.append(f"{names[c]:<{width}}  {values}  {counts}{note}")
         counted = self.n_classes - len(self.absent)
+        with_truth = sum(1 for s in self.support if s > 0)
         lines += [
             "",
-            f"pixel accuracy  {self.pixel_accuracy:.4f}",
-            f"mean IoU        {self.mean_iou:.4f}  (over {counted} of {self.n_classes} classes)",
-            f"mean Dice       {self.mean_dice:.4f}",
+            f"aAcc (pixel accuracy)  {self.pixel_accuracy:.4f}",
+            f"mAcc (class average)   {self.mean_accuracy:.4f}  (over {with_truth} classes with true pixels)",
+            f"mIoU                   {self.mean_iou:.4f}  (over {counted} of {self.n_classes} classes)",
+            f"fwIoU                  {self.fw_iou:.4f}",
+            f"mean Dice              {self.mean_dice:.4f}",
         ]
         if int(self.matrix.sum()) == 0:
             lines.append("no pixels were counted (every target was ignored or out of range); the means are 0")
@@ -131,6 +168,44 @@ class SegmentationMetrics:
         if false_only:
             lines.append("counted with IoU 0, predicted but absent from the ground truth: " + ", ".join(false_only))
         return "\n".join(lines)
+
+
+def _cell(v: float) -> str:
+    return "-" if math.isnan(v) else f"{v:.4f}"
+
+
+def metrics_from_matrix(matrix: np.ndarray) -> SegmentationMetrics:
+    """Every metric of an (n, n) confusion matrix (rows truth, columns prediction); see the module docstring."""
+    m = np.asarray(matrix).astype(np.int64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"a confusion matrix must be square, got shape {m.shape}")
+    tp = np.diag(m).astype(np.float64)
+    support = m.sum(axis=1)
+    predicted = m.sum(axis=0)
+    union = support + predicted - tp
+    present = union > 0
+    has_truth = support > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(present, tp / union, np.nan)
+        dice = np.where(present, 2 * tp / (support + predicted), np.nan)
+        recall = np.where(has_truth, tp / support, np.nan)
+        precision = np.where(predicted > 0, tp / predicted, np.where(present, 0.0, np.nan))
+    total = int(m.sum())
+    freq = support / total if total else np.zeros(len(support))
+    return SegmentationMetrics(
+        pixel_accuracy=float(tp.sum() / total) if total else 0.0,
+        iou=[float(v) for v in iou],
+        dice=[float(v) for v in dice],
+        support=[int(v) for v in support],
+        mean_iou=float(iou[present].mean()) if present.any() else 0.0,
+        mean_dice=float(dice[present].mean()) if present.any() else 0.0,
+        absent=[int(c) for c in np.flatnonzero(~present)],
+        matrix=m,
+        precision=[float(v) for v in precision],
+        recall=[float(v) for v in recall],
+        mean_accuracy=float(recall[has_truth].mean()) if has_truth.any() else 0.0,
+        fw_iou=float((freq[has_truth] * iou[has_truth]).sum()) if has_truth.any() else 0.0,
+    )
 
 
 class ConfusionMatrix:
@@ -209,26 +284,7 @@ class ConfusionMatrix:
 
     def compute(self) -> SegmentationMetrics:
         """Read the counts back to the host and derive every metric from them."""
-        m = self.matrix.detach().cpu().numpy().astype(np.int64)
-        tp = np.diag(m).astype(np.float64)
-        support = m.sum(axis=1)
-        predicted = m.sum(axis=0)
-        union = support + predicted - tp
-        present = union > 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            iou = np.where(present, tp / union, np.nan)
-            dice = np.where(present, 2 * tp / (support + predicted), np.nan)
-        total = int(m.sum())
-        return SegmentationMetrics(
-            pixel_accuracy=float(tp.sum() / total) if total else 0.0,
-            iou=[float(v) for v in iou],
-            dice=[float(v) for v in dice],
-            support=[int(v) for v in support],
-            mean_iou=float(iou[present].mean()) if present.any() else 0.0,
-            mean_dice=float(dice[present].mean()) if present.any() else 0.0,
-            absent=[int(c) for c in np.flatnonzero(~present)],
-            matrix=m,
-        )
+        return metrics_from_matrix(self.matrix.detach().cpu().numpy())
 
 
 def _neighbour_offsets(connectivity: int) -> list[tuple[int, int]]:

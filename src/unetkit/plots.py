@@ -8,7 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from .fsio import atomic_write_bytes
-from .preprocess import to_channels
+from .preprocess import display_rgb
+
+# metrics.csv column prefix of each class's validation IoU (``val_iou_<class name>``).
+PER_CLASS_IOU = "val_iou_"
 
 
 def colorize(mask: np.ndarray, palette: list[list[int]]) -> np.ndarray:
@@ -20,7 +23,7 @@ def colorize(mask: np.ndarray, palette: list[list[int]]) -> np.ndarray:
 
 def overlay(image: np.ndarray, mask: np.ndarray, palette: list[list[int]], alpha: float = 0.5) -> np.ndarray:
     """Blend the colour mask over an (H, W, C) uint8 image."""
-    rgb = to_channels(image, 3).astype(np.float32)
+    rgb = display_rgb(image).astype(np.float32)
     colours = colorize(mask, palette).astype(np.float32)
     return np.clip(rgb * (1 - alpha) + colours * alpha, 0, 255).astype(np.uint8)
 
@@ -41,11 +44,27 @@ def _save(fig, path: str | Path) -> None:
 
 
 def plot_curves(history: list[dict], path: str | Path) -> None:
-    """Loss, accuracy and mIoU per epoch, train and validation, as one PNG."""
-    fig = _figure(13, 3.6)
+    """Loss, accuracy and mIoU per epoch, train and validation, as one PNG.
+
+    When the rows carry per-class validation IoU (``val_iou_<class>`` columns), a fourth panel shows
+    each class's curve, so a class that never takes off is visible.
+    """
     epochs = [r["epoch"] for r in history]
+    per_class = sorted({k for r in history for k in r if k.startswith(PER_CLASS_IOU)})
+    per_class = [k for k in per_class if any(r.get(k) is not None for r in history)]
+    panels = 4 if per_class else 3
+    fig = _figure(13 / 3 * panels, 3.6)
+    if per_class:
+        ax = fig.add_subplot(1, panels, 4)
+        for key in per_class:
+            ys = [r.get(key) for r in history]
+            ax.plot(epochs, [float("nan") if y is None else y for y in ys], "-", lw=1, label=key[len(PER_CLASS_IOU) :])
+        ax.set_title("validation IoU per class")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2 if len(per_class) > 8 else 1)
     for i, (key, title) in enumerate([("loss", "loss"), ("accuracy", "pixel accuracy"), ("miou", "mean IoU")]):
-        ax = fig.add_subplot(1, 3, i + 1)
+        ax = fig.add_subplot(1, panels, i + 1)
         for split, style in (("train", "-o"), ("val", "-s")):
             ys = [r.get(f"{split}_{key}") for r in history]
             if any(y is not None for y in ys):
@@ -54,6 +73,31 @@ def plot_curves(history: list[dict], path: str | Path) -> None:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()
+    _save(fig, path)
+
+
+def plot_confusion(matrix: np.ndarray, class_names: list[str], path: str | Path) -> None:
+    """The confusion matrix, each row (true class) normalised to sum 1, class names on both axes."""
+    m = np.asarray(matrix, dtype=np.float64)
+    rows = m.sum(axis=1, keepdims=True)
+    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    n = len(class_names)
+    size = max(4.0, 0.45 * n + 2)
+    fig = _figure(size + 1, size)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks(range(n), class_names, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), class_names, fontsize=7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if n <= 25:
+        for t in range(n):
+            for p in range(n):
+                if norm[t, p] >= 0.005:
+                    colour = "white" if norm[t, p] > 0.5 else "black"
+                    ax.text(p, t, f"{norm[t, p]:.2f}", ha="center", va="center", fontsize=6, color=colour)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_title("confusion matrix (rows normalised)")
     _save(fig, path)
 
 
@@ -70,7 +114,9 @@ def side_by_side(
                 ax.imshow(colorize(item, palette), interpolation="nearest")
             else:
                 ax.imshow(
-                    item.squeeze(),
+                    (
+                        display_rgb(item) if item.ndim == 3 and (item.dtype != np.uint8 or item.shape[-1] > 4) else item
+                    ).squeeze(),
                     cmap="gray" if item.ndim == 2 or item.shape[-1] == 1 else None,
                     interpolation="nearest",
                 )

@@ -7,9 +7,9 @@ resized bilinearly to that size before the argmax (the seed's "index of the larg
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from .errors import ConfigError, DataError, ExportError, RunError
 from .preprocess import image_to_tensor, resize_images, to_float
 from .run import load_run
 from .tiling import sliding_window_logits
+
+if TYPE_CHECKING:
+    from .tta import TTA
 
 ImageLike = np.ndarray | str | Path
 
@@ -82,9 +85,39 @@ class PredictorBase:
     # Above this many output elements (K x H x W), argmax masks are upsampled in bands of rows so that a
     # large image never holds its full-size float logits in memory at once (serving large uploads).
     band_elements: int = 1 << 25
+    tta: TTA | None = None  # test-time augmentation (unetkit.tta); None: the plain forward pass
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def set_tta(self, spec: str | TTA | None) -> PredictorBase:
+        """Average the logits over flipped/rescaled views, e.g. ``"flip,scales=0.75,1,1.25"``; returns self."""
+        from .errors import ConfigError
+        from .tta import parse_tta
+
+        tta = parse_tta(spec)
+        session = getattr(self, "session", None)  # an ONNX file whose height and width are fixed
+        fixed = session is not None and all(isinstance(d, int) for d in session.get_inputs()[0].shape[2:])
+        if tta is not None and tta.scales != (1.0,) and fixed:
+            raise ConfigError(
+                f"--tta {tta.describe()}: this model takes one fixed input size, so only flip works; "
+                "for scales, export the run with `unetkit export RUN --out FILE.onnx --dynamic`"
+            )
+        self.tta = tta
+        return self
+
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+        """``_forward``, or its mean over the TTA views when ``tta`` is set."""
+        if self.tta is None:
+            return self._forward(x)
+        from .tta import tta_forward
+
+        m = self.config.model.size_multiple
+        return tta_forward(self._forward, x, self.tta, multiple=m, resize=self.config.preprocess.resize)
+
+    def probabilities(self, image: ImageLike | object) -> torch.Tensor:
+        """(K, H, W) float32 class probabilities (softmax of the logits) at the image's original size."""
+        return torch.softmax(self.logits(image), dim=0)
 
     @property
     def class_names(self) -> list[str]:
@@ -101,7 +134,7 @@ class PredictorBase:
     def _sliding(self, image: np.ndarray) -> torch.Tensor:
         h, w, c = self.input_size
         return sliding_window_logits(
-            self._forward,
+            self._infer,
             image_to_tensor(image, c),
             (h, w),
             self.config.preprocess.overlap,
@@ -113,7 +146,7 @@ class PredictorBase:
         h, w, c = self.input_size
         mode = self.config.preprocess.resize
         x = torch.cat([resize_images(image_to_tensor(im, c), (h, w), mode) for im in images])
-        return self._forward(x)
+        return self._infer(x)
 
     def logits(self, image: ImageLike | object) -> torch.Tensor:
         """(K, H, W) float32 logits at the image's original size."""
@@ -135,7 +168,7 @@ class PredictorBase:
         """(H, W) class ids (argmax over channels) at the image's original size."""
         return self.predict_batch([as_image(image)])[0]
 
-    def predict_batch(self, images: list[ImageLike | object], batch_size: int = 16) -> list[np.ndarray]:
+    def predict_batch(self, images: Sequence[ImageLike | object], batch_size: int = 16) -> list[np.ndarray]:
         """(H, W) class-id masks for several images (any mix of sizes), ``batch_size`` per forward pass."""
         if not isinstance(images, (list, tuple)):
             raise DataError(
@@ -209,7 +242,7 @@ class PredictorBase:
         out: list[np.ndarray] = []
         pending: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
         for i in range(0, len(images), batch_size):
-            ids = self._forward(torch.from_numpy(images[i : i + batch_size]).permute(0, 3, 1, 2)).argmax(1)
+            ids = self._infer(torch.from_numpy(images[i : i + batch_size]).permute(0, 3, 1, 2)).argmax(1)
             ids = ids.to(self._ids_dtype())
             if ids.is_cuda:  # copy back without waiting; wait only for the batch before this one
                 host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)

@@ -242,12 +242,20 @@ def _read(job: _Job) -> _Job:
     return job
 
 
-def _writer(predictor: PredictorBase, masks_dir: Path | None) -> Callable[[_Job, np.ndarray], None]:
+def _writer(
+    predictor: PredictorBase, masks_dir: Path | None, save_probs: str | None = None
+) -> Callable[[_Job, np.ndarray], None]:
     palette, config = predictor.palette, predictor.config
 
     def write(job: _Job, pred: np.ndarray) -> None:
         image = job.image
         assert image is not None
+        if save_probs is not None:  # a second pass for the probabilities (unetkit.uncertainty)
+            from .uncertainty import save_probabilities
+
+            kind, path = next(iter(job.outputs.items()))
+            stem = path.name[: -len(SUFFIXES[kind] + ".png")]
+            save_probabilities(path.parent, stem, predictor.probabilities(image), predictor.class_names, save_probs)
         for kind, path in job.outputs.items():
             if kind == "mask":
                 save_png(path, pred)
@@ -328,12 +336,24 @@ def predict_files(
     check_agreement: int = 0,
     frames: bool = False,
     log: Callable[[str], Any] | None = None,
+    tta: str | None = None,
+    save_probs: str | None = None,
 ) -> PredictReport:
-    """Predict every image (and video) named by ``inputs`` (files, folders, globs) into the folder ``out``."""
+    """Predict every image (and video) named by ``inputs`` (files, folders, globs) into the folder ``out``.
+
+    ``tta``: test-time augmentation (``unetkit.tta``). ``save_probs``: also write each image's confidence
+    and entropy PNGs, "npz" with its float16 probabilities too (``unetkit.uncertainty``).
+    """
     kinds = parse_outputs(outputs)
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     predictor = model if isinstance(model, PredictorBase) else load_predictor(model, device=device, precision=precision)
+    if tta is not None:
+        predictor.set_tta(tta)
+    if save_probs is not None:
+        from .uncertainty import check_format
+
+        check_format(save_probs)
     if postprocess is not None:
         predictor.postprocess = postprocess
     if mode is not None:
@@ -357,7 +377,7 @@ def predict_files(
         if log is not None:
             log(report.agreement)
     try:
-        _run_jobs(predictor, jobs, report, masks, strict, batch_size, workers, progress)
+        _run_jobs(predictor, jobs, report, masks, strict, batch_size, workers, progress, save_probs)
         for video in videos:
             _predict_video(predictor, video, out, kinds, frames, report, progress, strict)
     except KeyboardInterrupt:
@@ -379,9 +399,10 @@ def _run_jobs(
     batch_size: int,
     workers: int | None,
     progress: bool,
+    save_probs: str | None = None,
 ) -> None:
     """Decode, predict and write every job; finished writes are waited for even when interrupted."""
-    write = _writer(predictor, Path(masks) if masks is not None else None)
+    write = _writer(predictor, Path(masks) if masks is not None else None, save_probs)
     workers = workers or min(8, (os.cpu_count() or 2))
     writes: list[tuple[_Job, Future[None]]] = []
     with (

@@ -64,6 +64,20 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     return np.concatenate([rgb, alpha], axis=2)
 
 
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """An (H, W, C) image as 8-bit RGB for pictures (overlays): the first 3 of many bands, and 16-bit
+    values stretched from the image's min..max (only for display; the network never sees this)."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.shape[2] > 4:
+        image = image[:, :, :3]
+    if image.dtype != np.uint8:
+        a = image.astype(np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        image = np.zeros(a.shape, np.uint8) if hi <= lo else np.rint((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    return to_channels(image, 3)
+
+
 def resize_images(images: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
     """Resize (N, C, H, W) uint8 (or int32, 16-bit) images to ``size`` = (H, W); the dtype is kept.
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,16 +111,24 @@ def build_model(config: ModelConfig) -> nn.Module:
 
 
 def write_metrics(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """metrics.csv: the ``METRIC_FIELDS`` columns, then any other numeric columns the rows carry
+    (e.g. ``val_mean_accuracy``, ``val_iou_<class>``) in the order they first appear."""
+    extra = [
+        k
+        for k in dict.fromkeys(k for row in rows for k in row)
+        if k not in METRIC_FIELDS and all(isinstance(r.get(k), (int, float, type(None))) for r in rows)
+    ]
+    fields = METRIC_FIELDS + extra
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _fmt(row.get(k)) for k in METRIC_FIELDS})
+        writer.writerow({k: _fmt(row.get(k)) for k in fields})
     fsio.atomic_write_text(path, buf.getvalue())
 
 
 def _fmt(v: Any) -> Any:
-    if v is None:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     if isinstance(v, float):
         return f"{v:.6g}"

@@ -29,15 +29,17 @@ from .data.loader import SegmentationData, class_presence, presence_report
 from .data.splits import pair_names, split_data
 from .data.stream import folder_cache_mode, load_streaming
 from .device import autocast, resolve_device, resolve_precision
-from .errors import ConfigError, RunError, UnetkitError
+from .ema import ModelEMA
+from .errors import ConfigError, DataError, RunError, UnetkitError
 from .finetune import init_from, set_encoder_frozen
 from .fsio import atomic_write_text, remove_stale_temps
 from .loggers import Loggers, check_available
 from .losses import SegmentationLoss, class_weights, load_class_weights
-from .metrics import ConfusionMatrix
+from .metrics import ConfusionMatrix, SegmentationMetrics
 from .plots import plot_curves
 from .preprocess import to_float
 from .run import CONFIG, CURVES, LAST, METRICS, WEIGHTS
+from .timebudget import TimeBudget
 
 
 class TrainingInterrupted(UnetkitError):
@@ -126,12 +128,22 @@ def _loss_fn(config: RunConfig, data: SegmentationData, device: torch.device) ->
         weight = load_class_weights(t.class_weights, n, class_names=config.class_names)
     if weight is not None:
         weight = weight.to(device=device, dtype=torch.float32)
-    return SegmentationLoss(t.loss, n_classes=n, weight=weight, ignore_index=_train_ignore_index(config))
+    return SegmentationLoss(
+        t.loss,
+        n_classes=n,
+        weight=weight,
+        ignore_index=_train_ignore_index(config),
+        label_smoothing=t.label_smoothing,
+        ohem_thresh=t.ohem_thresh,
+        ohem_min_kept=t.ohem_min_kept,
+        focal_gamma=t.focal_gamma,
+    )
 
 
 def _train_ignore_index(config: RunConfig) -> int | None:
     """The data's ignore index, or the one augmentation pads masks with when the data has none."""
-    return effective_ignore_index(config.data.ignore_index, config.train.augment, config.model.n_classes)
+    t = config.train
+    return effective_ignore_index(config.data.ignore_index, t.augment, config.model.n_classes, t.crop is not None)
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -174,12 +186,17 @@ class _Checkpointer:
         history: list[dict[str, Any]],
         state: dict[str, Any],
         is_best: bool,
+        ema: ModelEMA | None = None,
     ) -> None:
         if self.run_dir is None:
             return
         weights = runio.model_state(model)
         opt_tensors, opt_meta = _optimizer_tensors(opt)
         tensors = {f"model.{k}": v for k, v in weights.items()} | opt_tensors
+        if ema is not None:  # the average is what is validated, so it is what "best" means
+            tensors |= {f"ema.{k}": v.detach().cpu() for k, v in ema.state_dict().items()}
+            state = state | {"ema_updates": ema.updates}
+            weights = runio.model_state(ema.module)
         tensors["rng.cpu"] = torch.get_rng_state()
         if torch.cuda.is_available():
             tensors["rng.cuda"] = torch.cuda.get_rng_state()
@@ -260,8 +277,13 @@ def evaluate_data(
     loss_fn: SegmentationLoss | None = None,
     batch_size: int | None = None,
 ) -> tuple[ConfusionMatrix, float | None]:
-    """Confusion matrix (and mean loss) of ``model`` on cached data, at the model's input size."""
-    cm = ConfusionMatrix(config.model.n_classes, config.data.ignore_index, device=device)
+    """Confusion matrix (and mean loss) of ``model`` on cached data, at the data's size.
+
+    That is the model's input size, except for crop training, where the data is kept at its native
+    size: whole images are then padded to the network's size multiple (masks with the ignore index).
+    """
+    pad_ignore = _train_ignore_index(config) if config.train.crop is not None else None
+    cm = ConfusionMatrix(config.model.n_classes, pad_ignore or config.data.ignore_index, device=device)
     loss_sum = torch.zeros((), device=device)
     count = 0
     was_training = model.training
@@ -269,7 +291,12 @@ def evaluate_data(
     memory = torch.channels_last if config.train.channels_last else torch.contiguous_format
     with torch.no_grad():
         for x, y in data.batches(batch_size or config.train.batch_size, device=device):
-            x = to_float(x, config.preprocess).contiguous(memory_format=memory)
+            x = to_float(x, config.preprocess)
+            if pad_ignore is not None:
+                from .data.augment import pad_to_multiple
+
+                x, y = pad_to_multiple(x, y, config.model.size_multiple, pad_ignore)
+            x = x.contiguous(memory_format=memory)
             with autocast(device, dtype):
                 logits = model(x)
             if loss_fn is not None:
@@ -338,6 +365,11 @@ def fit(
         config = with_normalization(config, train_data, log)
     if len(train_data) == 0:
         raise ConfigError("the training set is empty")
+    for data in (train_data, val_data):
+        _check_class_ids(data, config)
+    if t.crop is not None and config.preprocess.predict_mode == "resize":
+        # resizing a whole image to the crop size would predict at a scale the model never saw
+        config = replace(config, preprocess=replace(config.preprocess, predict_mode="sliding"))
 
     torch.manual_seed(t.seed)
     model = (_check_given_model(model, config) if model is not None else runio.build_model(config.model)).to(device)
@@ -349,6 +381,7 @@ def fit(
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, config)
     plateau = _Plateau()
+    resumed: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
     history: list[dict[str, Any]] = []
     start_epoch, best, since_best = 0, -1.0, 0
 
@@ -366,6 +399,7 @@ def fit(
                 torch.cuda.set_rng_state(tensors["rng.cuda"])
             start_epoch, best, since_best = int(meta["epoch"]), float(meta["best"]), int(meta["since_best"])
             plateau = _Plateau(meta.get("plateau"))
+            resumed = (tensors, meta)
             history = runio.read_metrics(run_dir / METRICS)[:start_epoch]
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             detail = (str(e).splitlines() or [""])[0]
@@ -397,6 +431,7 @@ def fit(
     counts = {"train": len(train_data)} | ({"val": len(val_data)} if val_data is not None else {})
     _write_card(run_dir if dist_info.is_main else None, config, history, counts, command)
 
+    ema, budget = _averaging_and_budget(config, model, resumed)
     compiled = resolve_compile(t.compile, device)
     step_model = model
     if compiled:
@@ -431,12 +466,17 @@ def fit(
     augment = None
     if t.augment.enabled:
         augment = augment_batch
+    if t.crop is not None:
+        augment = _crop_fn(config, train_data)
+    val_seconds = 0.0  # the last validation's duration: what the budget keeps in reserve
 
     stopped_early = False
     panel_data = val_data if val_data is not None and len(val_data) else train_data
     run_loggers.set_panel_data(panel_data, config.palette, config.preprocess)
     with _SigintGuard() as sigint, _progress(progress) as bar, run_loggers:
         for epoch in range(start_epoch, t.epochs):
+            if budget is not None and budget.exhausted(val_seconds):
+                break
             model.train()
             _freeze_for_epoch(model, t.freeze_encoder_epochs, epoch, log)
             distributed.seed_rank(t.seed, epoch)
@@ -450,7 +490,8 @@ def fit(
             loss_sum = torch.zeros((), device=device)
             first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a NaN/Inf loss
             seen = 0
-            task = bar.add_task(f"epoch {epoch + 1}/{t.epochs}", total=steps_per_epoch, info="") if bar else None
+            of = f"/{t.epochs}" if budget is None else f" ({max(budget.left, 0):.0f} s of the budget left)"
+            task = bar.add_task(f"epoch {epoch + 1}{of}", total=steps_per_epoch, info="") if bar else None
             t0 = last_refresh = time.perf_counter()
             for step, (x, y) in enumerate(
                 train_data.batches(
@@ -464,7 +505,9 @@ def fit(
             ):
                 if sigint.hit:
                     raise TrainingInterrupted(_interrupt_message(run_dir, epoch))
-                factor = lr_factor(config, epoch + step / steps_per_epoch) * plateau.factor
+                if budget is not None and step and budget.exhausted(val_seconds):
+                    break  # the budget is spent: validate and save this (partial) epoch
+                factor = _factor(config, epoch + step / steps_per_epoch, budget) * plateau.factor
                 for group in opt.param_groups:
                     group["lr"] = t.lr * factor
                 x = to_float(x, config.preprocess)
@@ -482,6 +525,8 @@ def fit(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if ema is not None:
+                    ema.update(runio.unwrap(model))
                 loss_sum += loss.detach() * x.shape[0]
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)  # no sync
                 seen += x.shape[0]
@@ -517,13 +562,22 @@ def fit(
             }
             score = tm.mean_iou
             if val_data is not None and len(val_data):
+                v0 = time.perf_counter()
                 vcm, vloss = evaluate_data(
-                    eval_model, val_part, config, device=device, dtype=dtype, loss_fn=loss_fn, batch_size=batch_size
+                    ema.module if ema is not None else eval_model,
+                    val_part,
+                    config,
+                    device=device,
+                    dtype=dtype,
+                    loss_fn=loss_fn,
+                    batch_size=batch_size,
                 )
+                val_seconds = time.perf_counter() - v0
                 vcm.all_reduce()
                 vloss = distributed.weighted_mean(vloss, len(val_part), device)
                 vm = vcm.compute()
                 row |= {"val_loss": vloss, "val_accuracy": vm.pixel_accuracy, "val_miou": vm.mean_iou}
+                row |= validation_columns(vm, config.class_names or [])
                 score = vm.mean_iou
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
@@ -535,13 +589,18 @@ def fit(
             if t.schedule == "plateau":
                 plateau.step(score)
             state = {"epoch": epoch + 1, "best": best, "since_best": since_best, "plateau": plateau.state()}
-            checkpointer.save(model, opt, history, state, is_best)
+            if budget is not None:
+                state["budget"] = budget.state()
+            checkpointer.save(model, opt, history, state, is_best, ema)
             run_loggers.epoch_end(row, vm.iou if val_data is not None and len(val_data) else None, eval_model, device)
             if bar:
                 bar.update(task, completed=steps_per_epoch)
-            log(_epoch_line(row, t.epochs))
+            log(_epoch_line(row, t.epochs if budget is None else None))
             if epoch_callback is not None:
                 epoch_callback(row)
+            if budget is not None and budget.exhausted(val_seconds):
+                log(f"time budget of {budget.seconds:.0f} s spent ({budget.elapsed:.0f} s); best mIoU {best:.4f}")
+                break
             if t.early_stopping and since_best >= t.early_stopping:
                 log(f"early stopping: validation mIoU has not improved for {since_best} epochs (best {best:.4f})")
                 stopped_early = True
@@ -580,6 +639,68 @@ def _freeze_for_epoch(model: nn.Module, epochs: int, epoch: int, log: Callable[[
         log(f"encoder unfrozen from epoch {epoch + 1}")
 
 
+def validation_columns(vm: SegmentationMetrics, class_names: list[str]) -> dict[str, float | None]:
+    """The extra metrics.csv columns of a validation pass: mAcc, fwIoU and each class's IoU."""
+    from .plots import PER_CLASS_IOU
+
+    row: dict[str, float | None] = {"val_mean_accuracy": vm.mean_accuracy, "val_fw_iou": vm.fw_iou}
+    for name, iou in zip(class_names, vm.iou):
+        row[f"{PER_CLASS_IOU}{name}"] = None if math.isnan(iou) else iou
+    return row
+
+
+def _averaging_and_budget(
+    config: RunConfig, model: nn.Module, resumed: tuple[dict[str, torch.Tensor], dict[str, Any]] | None
+) -> tuple[ModelEMA | None, TimeBudget | None]:
+    """The weight average and the time budget the config asks for, restored from a resumed checkpoint."""
+    t = config.train
+    ema = budget = None
+    if t.ema is not None:
+        ema = ModelEMA(runio.unwrap(model), t.ema)
+        saved = {k[4:]: v for k, v in resumed[0].items() if k.startswith("ema.")} if resumed else {}
+        if saved:
+            ema.load_state_dict(saved, resumed[1].get("ema_updates", 0))  # type: ignore[index]
+    if t.time_budget is not None:
+        budget = TimeBudget(t.time_budget, resumed[1].get("budget") if resumed else None).start()
+    return ema, budget
+
+
+def _factor(config: RunConfig, epoch_progress: float, budget: TimeBudget | None) -> float:
+    """The schedule's learning-rate factor: by epochs, or (cosine under a time budget) by the clock."""
+    t = config.train
+    if budget is None or t.schedule != "cosine":
+        return lr_factor(config, epoch_progress)
+    in_warmup = bool(t.warmup_epochs) and epoch_progress < t.warmup_epochs
+    warm = max(epoch_progress / t.warmup_epochs, 1e-3) if in_warmup else 1.0
+    return budget.lr_factor(in_warmup, warm)
+
+
+def _crop_fn(config: RunConfig, train_data: SegmentationData) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """The batch transform of crop training: random crops (see ``data.augment.random_crops``)."""
+    from .data.augment import random_crops
+
+    t = config.train
+    weight = None
+    if t.class_aware_crop > 0:  # inverse pixel frequency: the rarer the class, the likelier its crops
+        counts = train_data.class_counts(config.model.n_classes).double()
+        weight = torch.where(counts > 0, counts.sum() / counts.clamp_min(1), 0).float()
+
+    def crop(x: torch.Tensor, y: torch.Tensor, cfg: Any, *, ignore_index: int, generator: torch.Generator):
+        w = weight.to(x.device) if weight is not None else None
+        return random_crops(
+            x,
+            y,
+            t.crop,  # type: ignore[arg-type]
+            cfg,
+            ignore_index=ignore_index,
+            generator=generator,
+            class_aware=t.class_aware_crop,
+            class_weight=w,
+        )
+
+    return crop
+
+
 def _check_finite(
     value: float, epoch: int, step: int, run_dir: Path | None, first_bad: torch.Tensor | None = None
 ) -> None:
@@ -592,6 +713,25 @@ def _check_finite(
         raise NonFiniteLoss(
             f"the loss became {value} at {where}{keep}. Lower the learning rate (--lr), "
             "use --precision fp32, or pass --nan-policy skip to skip such steps"
+        )
+
+
+def _check_class_ids(data: Any, config: RunConfig) -> None:
+    """A DataError when cached masks hold ids that are neither a class nor the ignore index (the loss would
+    fail deep inside PyTorch otherwise)."""
+    masks = getattr(data, "masks", None)
+    if masks is None:  # streaming data: each mask is checked as it is decoded
+        return
+    n, ignore = config.model.n_classes, config.data.ignore_index
+    m = masks.reshape(-1).long()
+    bad = (m >= n) | (m < 0)
+    if ignore is not None:
+        bad &= m != ignore
+    if bool(bad.any()):
+        values = torch.unique(m[bad])[:10].tolist()
+        raise DataError(
+            f"the masks hold class ids {', '.join(map(str, values))}, not below n_classes={n}; raise n_classes "
+            "(--n-classes) to cover them, or set ignore_index (--ignore-index) for a 'void' value"
         )
 
 
@@ -634,9 +774,9 @@ def _interrupt_message(run_dir: Path | None, epoch: int) -> str:
     return f"interrupted during epoch {epoch + 1}: {done}{hint}"
 
 
-def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+def _epoch_line(row: dict[str, Any], epochs: int | None) -> str:
     parts = [
-        f"epoch {row['epoch']}/{epochs}",
+        f"epoch {row['epoch']}" + (f"/{epochs}" if epochs is not None else ""),
         f"loss {row['train_loss']:.4f}",
         f"acc {row['train_accuracy']:.4f}",
         f"mIoU {row['train_miou']:.4f}",
@@ -679,11 +819,16 @@ def load_data(
     d, m = config.data, config.model
     if not d.images or not d.masks:
         raise ConfigError("no training data: give --images DIR and --masks DIR")
+    size = cache_size(config, d.images, log)  # the model's input size, or the native size for crops
+    val_size = cache_size(config, d.val_images, log) if d.val_images else size
     if folder_cache_mode(config, local_world_size=distributed.env_info().local_world_size, log=log) == "stream":
         if d.label_map:
             raise ConfigError("--label-map needs the in-memory cache for now: pass --cache memory")
         train, val, mode = load_streaming(config, log=log)  # type: ignore[assignment]  # same interface, lazily decoded
         return (*_fold_split(config, train, val), mode)  # type: ignore[return-value]
+
+        # same interface, decoded lazily
+        return load_streaming(config, log=log, input_size=size, val_input_size=val_size)  # type: ignore[return-value]
     palette = config.palette if d.mask_mode == "palette" else None
     if d.label_map and d.mask_mode == "palette":
         raise ConfigError("--label-map works on class ids; with colour masks import them first (datasets import)")
@@ -698,12 +843,10 @@ def load_data(
         log=log,
     )
     t0 = time.perf_counter()
-    train, mode = SegmentationData.from_folders(d.images, d.masks, m.input_size, **common)
+    train, mode = SegmentationData.from_folders(d.images, d.masks, size, **common)
     val = None
     if d.val_images and d.val_masks:
-        val, _ = SegmentationData.from_folders(
-            d.val_images, d.val_masks, m.input_size, **(common | {"mask_mode": mode})
-        )
+        val, _ = SegmentationData.from_folders(d.val_images, d.val_masks, val_size, **(common | {"mask_mode": mode}))
     if d.label_map:
         train, val = _map_labels(train, config), (_map_labels(val, config) if val is not None else None)
     if d.val_fraction and not (d.val_images and d.val_masks):
@@ -729,6 +872,34 @@ def _fold_split(config: RunConfig, train: Any, val: Any) -> tuple[Any, Any]:
     if d.split_file is None or d.fold is None:
         return train, val
     return split_data(train, pair_names(d.images, d.masks), d.split_file, d.fold)  # type: ignore[arg-type]
+
+
+def cache_size(config: RunConfig, images: str | Path, log: Callable[[str], None] = print) -> tuple[int, int, int]:
+    """The size a folder's images are cached at: the model's input size, or for crop training the
+    images' own (native) size, the most common one when they differ (others are resized to it)."""
+    if config.train.crop is None:
+        return tuple(config.model.input_size)  # type: ignore[return-value]
+    from collections import Counter
+
+    from PIL import Image
+
+    from .data.folders import list_images
+
+    sizes: Counter[tuple[int, int]] = Counter()
+    for file in list_images(images):
+        try:
+            with Image.open(file) as im:
+                sizes[(im.height, im.width)] += 1
+        except OSError:  # not readable by PIL (e.g. some TIFFs): decode it fully
+            from .data.io import read_image
+
+            sizes[tuple(read_image(file).shape[:2])] += 1  # type: ignore[index]
+    if not sizes:
+        raise ConfigError(f"no images in {images}")
+    (h, w), count = sizes.most_common(1)[0]
+    if len(sizes) > 1:
+        log(f"{images}: {sum(sizes.values()) - count} image(s) not {h}x{w} are resized to it for crop training")
+    return h, w, config.model.input_size[2]
 
 
 def _map_labels(data: SegmentationData, config: RunConfig) -> SegmentationData:
@@ -782,7 +953,17 @@ def with_normalization(config: RunConfig, data: Any, log: Callable[[str], None] 
     return replace(config, preprocess=replace(p, **stats))
 
 
-RESUME_TRAIN = ("epochs", "lr", "batch_size", "early_stopping", "device", "precision", "compile", "nan_policy")
+RESUME_TRAIN = (
+    "epochs",
+    "lr",
+    "batch_size",
+    "early_stopping",
+    "device",
+    "precision",
+    "compile",
+    "nan_policy",
+    "time_budget",
+)
 RESUME_DATA = ("images", "masks", "val_images", "val_masks", "cache", "num_workers", "recursive", "skip_bad")
 
 

@@ -7,7 +7,14 @@ bilinearly and the mask with nearest neighbour through the same sampling grid, s
 aligned pixel for pixel and the mask only ever holds its original ids. Where the map reaches
 outside the source (zooming out, rotated corners) the image is padded with 0 and the mask with
 ``ignore_index``, so the loss and the metrics skip those pixels. Colour jitter (brightness,
-contrast, saturation) touches the image only, and runs before the geometry so padding stays 0.
+contrast, saturation, hue) touches the image only, and runs before the geometry so padding stays 0.
+
+``random_crops`` is the same idea for training on crops of images kept at their native size: each
+sample gets a window of ``crop / scale`` source pixels (scale drawn log-uniformly from the config's
+range), flipped or not, placed at random (or, for a share of the samples, centred on a pixel of a
+rare class), and resampled to the crop size; where the window leaves the image the mask gets
+``ignore_index``. At scale 1 the window sits on whole pixels, so a crop is an exact copy.
+``pad_to_multiple`` pads whole images (validation at native size) with the ignore index likewise.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from ..config import AugmentConfig
 
 # ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale uses.
 _LUMA = (0.299, 0.587, 0.114)
+# RGB -> YIQ (NTSC): a hue shift is a rotation of the (I, Q) chroma plane that keeps the luma Y.
+_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]])
 
 
 def pads(cfg: AugmentConfig) -> bool:
@@ -28,10 +37,13 @@ def pads(cfg: AugmentConfig) -> bool:
     return cfg.scale != (1.0, 1.0) or cfg.rotate > 0
 
 
-def effective_ignore_index(ignore_index: int | None, cfg: AugmentConfig, n_classes: int) -> int | None:
+def effective_ignore_index(
+    ignore_index: int | None, cfg: AugmentConfig, n_classes: int, crops: bool = False
+) -> int | None:
     """The ignore index training batches carry: the data's own, else 255 (or n_classes when that is
-    larger) when ``cfg`` pads masks, so padded pixels count in neither the loss nor the metrics."""
-    if ignore_index is not None or not (cfg.enabled and pads(cfg)):
+    larger) when ``cfg`` (or crop training) pads masks, so padded pixels count in neither the loss
+    nor the metrics."""
+    if ignore_index is not None or not (crops or (cfg.enabled and pads(cfg))):
         return ignore_index
     return max(255, n_classes)
 
@@ -60,7 +72,7 @@ def augment_batch(
     n = images.shape[0]
     # One draw for everything; columns: flip, scale, rotation, shift y, shift x, then the three jitters.
     u = torch.rand(n, 8, generator=generator, device=images.device, dtype=torch.float32)
-    images = _jitter(images, cfg, u[:, 5:8])
+    images = _jitter(images, cfg, u[:, 5:8], _hue_draw(cfg, n, generator, images.device))
     if not pads(cfg):
         if cfg.hflip:  # a pure flip needs no resampling: exact and cheap
             flip = u[:, 0] < 0.5
@@ -104,12 +116,30 @@ def _affine(cfg: AugmentConfig, u: torch.Tensor, height: int, width: int) -> tor
     return theta
 
 
-def _jitter(images: torch.Tensor, cfg: AugmentConfig, u: torch.Tensor) -> torch.Tensor:
-    """Brightness, contrast and saturation with factors uniform in [1 - a, 1 + a]; clamped to [0, 1].
+def _hue_draw(cfg: AugmentConfig, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor | None:
+    """A separate draw for the hue shift, after the others, so configs without hue augment as before."""
+    return torch.rand(n, generator=generator, device=device, dtype=torch.float32) if cfg.hue else None
 
-    Only the colour channels change (a 4th, alpha channel is kept); saturation needs 3 of them.
+
+def hue_rotation(angle: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 3) RGB -> RGB matrices rotating the hue by ``angle`` radians (YIQ chroma rotation)."""
+    yiq = _YIQ.to(angle.device)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rot = torch.zeros(angle.shape[0], 3, 3, device=angle.device)
+    rot[:, 0, 0] = 1.0
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
+    return torch.linalg.inv(yiq) @ rot @ yiq
+
+
+def _jitter(
+    images: torch.Tensor, cfg: AugmentConfig, u: torch.Tensor, hue_u: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Brightness, contrast and saturation with factors uniform in [1 - a, 1 + a], then a hue rotation
+    uniform in [-hue, hue] turns; clamped to [0, 1].
+
+    Only the colour channels change (a 4th, alpha channel is kept); saturation and hue need 3 of them.
     """
-    if not (cfg.brightness or cfg.contrast or cfg.saturation):
+    if not (cfg.brightness or cfg.contrast or cfg.saturation or cfg.hue):
         return images
     view = (-1, 1, 1, 1)
     colour = 3 if images.shape[1] >= 3 else images.shape[1]
@@ -122,6 +152,9 @@ def _jitter(images: torch.Tensor, cfg: AugmentConfig, u: torch.Tensor) -> torch.
     if cfg.saturation and colour == 3:
         gray = _gray(x)
         x = (x - gray) * (1 + cfg.saturation * (2 * u[:, 2] - 1)).view(view) + gray
+    if hue_u is not None and colour == 3:
+        m = hue_rotation((2 * hue_u - 1) * cfg.hue * 2 * math.pi).to(x.dtype)
+        x = torch.einsum("nij,njhw->nihw", m, x)
     x = x.clamp(0.0, 1.0)
     return torch.cat([x, images[:, colour:]], dim=1) if images.shape[1] > colour else x
 
@@ -132,3 +165,143 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
         return x[:, :1]
     r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
     return _LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b
+
+
+def pad_to_multiple(
+    images: torch.Tensor, masks: torch.Tensor, multiple: int, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad float images (N, C, H, W) (edge pixels repeated) and masks (N, H, W) (``ignore_index``) at
+    the bottom and right up to multiples of ``multiple``, so a whole image fits the network."""
+    h, w = images.shape[-2:]
+    ph, pw = -(-h // multiple) * multiple - h, -(-w // multiple) * multiple - w
+    if not (ph or pw):
+        return images, masks
+    images = F.pad(images, (0, pw, 0, ph), mode="replicate")
+    masks = F.pad(masks, (0, pw, 0, ph), value=ignore_index)
+    return images, masks
+
+
+def random_crops(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    crop: tuple[int, int],
+    cfg: AugmentConfig,
+    *,
+    ignore_index: int,
+    generator: torch.Generator,
+    class_aware: float = 0.0,
+    class_weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (crop_h, crop_w) crops of float images (N, C, H, W) and masks (N, H, W), jointly.
+
+    ``cfg`` supplies the colour jitter, the flip and the scale range (rotation is not used here).
+    With ``class_aware`` = p > 0, each sample with probability p is centred on a random pixel of a
+    class present in it, the class drawn in proportion to ``class_weight`` (e.g. inverse pixel
+    frequency), so rare classes are seen more often.
+    """
+    if (
+        images.dim() != 4
+        or masks.dim() != 3
+        or images.shape[0] != masks.shape[0]
+        or images.shape[2:] != masks.shape[1:]
+    ):
+        raise ValueError(
+            f"expected images (N, C, H, W) and masks (N, H, W), got {tuple(images.shape)}, {tuple(masks.shape)}"
+        )
+    n, (height, width), (ch, cw) = images.shape[0], images.shape[2:], crop
+    device = images.device
+    u = torch.rand(n, 8, generator=generator, device=device, dtype=torch.float32)
+    images = _jitter(images, cfg, u[:, 5:8], _hue_draw(cfg, n, generator, device))
+    lo, hi = cfg.scale
+    scale = torch.exp(math.log(lo) + u[:, 1] * (math.log(hi) - math.log(lo)))
+    win_h, win_w = ch / scale, cw / scale  # the window's size in source pixels
+    y0 = _place(u[:, 3], win_h, height)
+    x0 = _place(u[:, 4], win_w, width)
+    if class_aware > 0:
+        centres = _rare_centres(masks, class_aware, class_weight, ignore_index, generator)
+        chosen = centres[:, 0] >= 0
+        y0 = torch.where(chosen, _clamp_window(centres[:, 0] + 0.5 - win_h / 2, win_h, height), y0)
+        x0 = torch.where(chosen, _clamp_window(centres[:, 1] + 0.5 - win_w / 2, win_w, width), x0)
+    flip = torch.where(u[:, 0] < 0.5, -1.0, 1.0) if cfg.hflip else torch.ones_like(scale)
+    if cfg.scale == (1.0, 1.0):  # whole pixels: an exact copy, by indexing rather than resampling
+        return _integer_crops(images, masks, y0.floor().long(), x0.floor().long(), flip < 0, crop, ignore_index)
+    theta = torch.zeros(n, 2, 3, device=device, dtype=torch.float32)
+    theta[:, 0, 0] = win_w / width * flip
+    theta[:, 0, 2] = (2 * x0 + win_w) / width - 1
+    theta[:, 1, 1] = win_h / height
+    theta[:, 1, 2] = (2 * y0 + win_h) / height - 1
+    grid = F.affine_grid(theta, [n, 1, ch, cw], align_corners=False)
+    out_images = F.grid_sample(
+        images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+    shifted = (masks.to(torch.float32) + 1.0).unsqueeze(1)
+    sampled = F.grid_sample(shifted, grid.float(), mode="nearest", padding_mode="zeros", align_corners=False)[:, 0]
+    out_masks = torch.where(sampled > 0, sampled - 1.0, float(ignore_index)).round_().to(masks.dtype)
+    return out_images, out_masks
+
+
+def _integer_crops(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    y0: torch.Tensor,
+    x0: torch.Tensor,
+    flip: torch.Tensor,
+    crop: tuple[int, int],
+    ignore_index: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crops starting at integer (y0, x0), mirrored where ``flip``; 0 / ``ignore_index`` outside the image."""
+    (ch, cw), (height, width), device = crop, images.shape[2:], images.device
+    rows = y0[:, None] + torch.arange(ch, device=device)
+    cols = x0[:, None] + torch.arange(cw, device=device)
+    cols = torch.where(flip[:, None], cols.flip(-1), cols)
+    inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
+    n = torch.arange(images.shape[0], device=device)[:, None, None]
+    r, c = rows.clamp(0, height - 1)[:, :, None], cols.clamp(0, width - 1)[:, None, :]
+    out_images = images.permute(0, 2, 3, 1)[n, r, c].permute(0, 3, 1, 2) * inside[:, None].to(images.dtype)
+    out_masks = torch.where(inside, masks[n, r, c], torch.full_like(masks[n, r, c], ignore_index))
+    return out_images.contiguous(), out_masks
+
+
+def _place(u: torch.Tensor, window: torch.Tensor, size: int) -> torch.Tensor:
+    """A window's first source pixel, uniform over the positions inside the image (window smaller) or
+    over those that keep the whole image inside the window (window larger)."""
+    slack = size - window
+    return torch.minimum(slack, torch.zeros_like(slack)) + u * slack.abs()
+
+
+def _clamp_window(start: torch.Tensor, window: torch.Tensor, size: int) -> torch.Tensor:
+    slack = size - window
+    return torch.maximum(torch.minimum(start, slack.clamp_min(0)), slack.clamp_max(0))
+
+
+def _rare_centres(
+    masks: torch.Tensor,
+    p: float,
+    class_weight: torch.Tensor | None,
+    ignore_index: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """(N, 2) pixel (y, x) to centre each sample's crop on, or -1 where the sample keeps its random place."""
+    n, device = masks.shape[0], masks.device
+    pick = torch.rand(n, generator=generator, device=device) < p
+    out = torch.full((n, 2), -1, dtype=torch.long, device=device)
+    for i in torch.nonzero(pick).flatten().tolist():
+        ids = masks[i].reshape(-1).long()
+        valid = ids != ignore_index
+        present = torch.unique(ids[valid])
+        if class_weight is not None:
+            present = present[present < class_weight.numel()]
+        if present.numel() == 0:
+            continue
+        w = (
+            class_weight.to(device)[present].float()
+            if class_weight is not None
+            else torch.ones(len(present), device=device)
+        )
+        if float(w.sum()) <= 0:
+            continue
+        c = present[torch.multinomial(w, 1, generator=generator)]
+        where = torch.nonzero(ids == c).flatten()
+        flat = where[torch.randint(len(where), (1,), generator=generator, device=device)]
+        out[i, 0], out[i, 1] = flat // masks.shape[2], flat % masks.shape[2]
+    return out

@@ -491,7 +491,8 @@ def plot_classes(report: CheckReport, path: str | Path, colors: Sequence[Sequenc
     ax.set_xticks(x, names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center")
     ax.set_ylabel("%")
     ax.set_title(f"class distribution ({report.pairs} training pairs)")
-    ax.legend()
+    ax.set_ylim(0, 125)  # room for the legend above the bars
+    ax.legend(ncol=2, loc="upper center")
     fig.tight_layout()
     tmp = Path(str(path) + ".tmp.png")
     fig.savefig(tmp, dpi=100)

@@ -95,3 +95,16 @@ def read_classes(path: str | Path) -> ClassList:
         return ClassList(names, colors, ignore)
     except DataError as e:
         raise _bad(path, str(e)) from None
+
+
+def use_classes(config: Any, path: str | Path) -> None:
+    """Show a run with the names and colours of a classes file (``--classes`` on predict and serve).
+
+    ``config`` is a loaded ``RunConfig``; the file must list exactly its ``n_classes`` classes.
+    """
+    classes = read_classes(path)
+    n = config.model.n_classes
+    if len(classes) != n:
+        raise DataError(f"classes file {path} lists {len(classes)} classes but the model predicts {n}; give its own")
+    config.class_names = list(classes.names)
+    config.palette = [list(c) for c in classes.colors]

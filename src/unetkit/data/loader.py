@@ -140,7 +140,8 @@ class SegmentationData:
         masks (N, H, W[, 1]) class ids, or one-hot (N, H, W, n_classes) as the seed's
         CategoricalCrossentropy remark allows (converted to ids: for hard one-hot labels the two
         losses are the same), or the tutorial's own colour masks (N, H, W, 3) with the class id in
-        their channels (``mask_mode="channels"``, also taken when they are not one-hot).
+        their channels (``mask_mode="channels"``; taken by default unless there are as many channels as
+        classes, which reads as one-hot).
         """
         images, masks = np.asarray(images), np.asarray(masks)
         if images.ndim == 3:
@@ -206,14 +207,15 @@ def _mask_ids(masks: np.ndarray, n_classes: int, mask_mode: str = "auto") -> np.
     """Class ids (N, H, W) from ids, (N, H, W, 1), one-hot (N, H, W, n_classes) or colour (N, H, W, 3/4) masks.
 
     Colour masks are read as ``--mask-mode channels`` reads the tutorial's CARLA masks: the class id is
-    the maximum over the colour channels (alpha dropped).
+    the maximum over the colour channels (alpha dropped); with as many channels as classes the masks are
+    one-hot unless ``mask_mode="channels"``.
     """
     if mask_mode not in ("auto", "channels"):
         raise DataError(f"from_arrays reads mask_mode 'auto' or 'channels', got {mask_mode!r}")
     if masks.ndim == 4 and masks.shape[-1] == 1:
         return masks[..., 0]
     colour = masks.ndim == 4 and masks.shape[-1] in (3, 4)
-    if colour and (mask_mode == "channels" or masks.shape[-1] != n_classes or not _is_one_hot(masks)):
+    if colour and (mask_mode == "channels" or masks.shape[-1] != n_classes):  # as many channels as classes: one-hot
         return masks[..., :3].max(axis=-1)
     if masks.ndim == 4 and masks.shape[-1] == n_classes and n_classes > 1:
         if not _is_one_hot(masks):
@@ -274,19 +276,25 @@ def presence_report(
     lines = [line]
     present = [i for i in range(n) if counts[i]]
     absent = [i for i in range(n) if not counts[i]]
-    if ignore_index is not None and ignored > total / 2:
-        fix = (
-            f"these look like binary 0/255 masks: leave out --ignore-index {ignore_index} and use --mask-mode binary"
-            if present == [0] and ignore_index == 255
-            else f"check that {ignore_index} is really the 'void' label, and --mask-mode"
+    ignored_share = 100.0 * ignored / max(total, 1)
+    if ignore_index == 255 and ignored and present == [0]:
+        lines.append(
+            f"warning: the masks hold only 0 and 255, and 255 is ignored (--ignore-index 255), so the model only "
+            f"ever sees class 0 ({ignored_share:.0f}% of the pixels are ignored); these look like binary 0/255 "
+            "masks: leave out --ignore-index 255 and use --mask-mode binary"
         )
-        lines.append(f"warning: {100.0 * ignored / total:.0f}% of the pixels are ignored (--ignore-index); {fix}")
+        return lines
+    if ignore_index is not None and ignored > total / 2:
+        lines.append(
+            f"warning: {ignored_share:.0f}% of the pixels are ignored (--ignore-index {ignore_index}); check that "
+            f"{ignore_index} is really the 'void' label, and --mask-mode"
+        )
     if absent and present:
         missing = ", ".join(names[i] for i in absent[:10]) + (
             f" and {len(absent) - 10} more" if len(absent) > 10 else ""
         )
         fix = "the model never learns them"
-        if present == list(range(len(present))):
+        if len(present) >= 2 and present == list(range(len(present))):
             fix += f"; if the data has {len(present)} classes, use --n-classes {len(present)}"
         if mask_mode == "index" and present == [0, 255]:
             fix += "; for binary 0/255 masks use --n-classes 2 --mask-mode binary"

@@ -106,6 +106,8 @@ class PairDataset(Dataset):
 
 def _collate(items: list[tuple[torch.Tensor, torch.Tensor, str]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     images, masks, errors = zip(*items)
+    if len({x.dtype for x in images}) > 1:  # 8-bit beside 16-bit images (or an error's placeholder)
+        images = tuple(x.to(torch.int32) for x in images)
     return torch.stack(images), torch.stack(masks), [e for e in errors if e]
 
 
@@ -328,9 +330,15 @@ def load_streaming(
     config: Any,
     *,
     log: Callable[[str], None] = print,
+    input_size: Sequence[int] | None = None,
+    val_input_size: Sequence[int] | None = None,
 ) -> tuple[StreamingData, StreamingData | None, str]:
-    """The streaming twin of ``train.load_data``: (train, validation or None, mask mode), nothing decoded."""
+    """The streaming twin of ``train.load_data``: (train, validation or None, mask mode), nothing decoded.
+
+    Samples are decoded at ``input_size`` (default: the model's; crop training passes the native size).
+    """
     d, m = config.data, config.model
+    size = tuple(input_size or m.input_size)
     palette = config.palette if d.mask_mode == "palette" else None
     common: dict[str, Any] = dict(
         n_classes=m.n_classes,
@@ -347,10 +355,11 @@ def load_streaming(
             "file stops training at the step that reads it (--cache memory checks them all first)"
         )
     t0 = time.perf_counter()
-    train, mode = StreamingData.from_folders(d.images, d.masks, m.input_size, **common)
+    train, mode = StreamingData.from_folders(d.images, d.masks, size, **common)
     val = None
     if d.val_images and d.val_masks:
-        val, _ = StreamingData.from_folders(d.val_images, d.val_masks, m.input_size, **(common | {"mask_mode": mode}))
+        val_size = tuple(val_input_size or size)
+        val, _ = StreamingData.from_folders(d.val_images, d.val_masks, val_size, **(common | {"mask_mode": mode}))
     elif d.val_fraction:
         train, val = train.split(d.val_fraction, d.split_seed)
     total = len(train) + (len(val) if val else 0)

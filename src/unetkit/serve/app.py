@@ -52,7 +52,7 @@ from .uploads import (
 
 log = logging.getLogger("unetkit.serve")
 
-Format = Literal["png", "colour", "overlay", "json"]
+Format = Literal["png", "colour", "overlay", "json", "confidence"]
 STATIC = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
@@ -155,6 +155,13 @@ def render(
     return json.dumps(body).encode(), "application/json"
 
 
+def confidence_png(predictor: PredictorBase, image: np.ndarray) -> bytes:
+    """Grey PNG of each pixel's largest class probability (0-255), at the image's original size."""
+    from ..uncertainty import confidence, to_gray8
+
+    return _png(to_gray8(confidence(predictor.probabilities(image))))
+
+
 _UPLOAD_BODY = {
     "required": True,
     "content": {
@@ -202,8 +209,11 @@ def create_app(
     postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
     api_key: str | None = None,
     cors_origins: Sequence[str] = (),
+    tta: str | None = None,
 ) -> FastAPI:
     """A FastAPI app serving one model: a run folder, an exported .onnx file, or a ready predictor.
+
+    ``tta`` (e.g. "flip", see ``unetkit.tta``) averages the logits over augmented views for every request.
 
     ``precision``: fp32 (default), bf16 or int8 (``open_predictor``). ``api_key``: every API route then
     needs ``Authorization: Bearer <key>`` (401 without). ``cors_origins``: origins allowed to call the
@@ -226,6 +236,8 @@ def create_app(
         max_queue,
         wait_timeout_s,
     )
+    if tta is not None:
+        predictor.set_tta(tta)
     h, w, c = predictor.input_size
     predictor.predict(np.zeros((h, w, c), dtype=np.uint8))  # warm up, and fail now rather than on a request
     batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(
@@ -347,7 +359,8 @@ def create_app(
             "png",
             description="png: class-id mask; colour: palette colours; overlay: "
             "colours blended over the image; json: mask as base64 PNG "
-            "plus per-class pixel fractions",
+            "plus per-class pixel fractions; confidence: grey PNG of each "
+            "pixel's largest class probability (255 = certain)",
         ),
         alpha: float = Query(0.5, ge=0.0, le=1.0, description="overlay opacity (format=overlay)"),
     ) -> Response:
@@ -368,8 +381,11 @@ def create_app(
             try:
                 image = await run_in_threadpool(decode_image, data, limits.max_pixels)
                 del data
-                mask = await batcher.run(image)
-                content, media = await run_in_threadpool(render, image, mask, format, alpha, names, palette)
+                if format == "confidence":  # needs the probabilities, not the batched masks
+                    content, media = await run_in_threadpool(confidence_png, predictor, image), "image/png"
+                else:
+                    mask = await batcher.run(image)
+                    content, media = await run_in_threadpool(render, image, mask, format, alpha, names, palette)
             finally:
                 budget.release(pixels)
         except UploadError as e:
