@@ -344,8 +344,8 @@ def _build_train_config(**opts: Any):
     }
     if opts.get("compile") is not None:
         t["compile"] = "on" if opts["compile"] else "off"
-    t |= _init_options(opts)
     t |= _accuracy_options(opts)
+    t |= _init_options(opts)
     if opts.get("augment") is not None:  # off: none; on: the recipe's, or the strong recipe's if it has none
         from .recipes import STRONG_AUGMENT
 
@@ -364,20 +364,6 @@ def _build_train_config(**opts: Any):
         model=replace(config.model, **m),
         preprocess=replace(config.preprocess, **p),
     )
-
-
-def _init_options(opts: dict[str, Any]) -> dict[str, Any]:
-    """--init-from, --freeze-encoder and --freeze-epochs as TrainConfig fields."""
-    t: dict[str, Any] = {}
-    if opts.get("init_from") is not None:
-        t["init_from"] = str(opts["init_from"])
-    if opts.get("freeze_encoder") or opts.get("freeze_epochs") is not None:
-        if opts.get("init_from") is None:
-            raise UnetkitError(
-                "--freeze-encoder keeps pretrained weights fixed: give --init-from RUN_OR_KERAS_FILE too"
-            )
-        t["freeze_encoder_epochs"] = opts["freeze_epochs"] if opts.get("freeze_epochs") is not None else 5
-    return t
 
 
 def _accuracy_options(opts: dict[str, Any]) -> dict[str, Any]:
@@ -402,6 +388,20 @@ def _augment_options(augment: Any, opts: dict[str, Any]) -> Any:
     if opts.get("aug_hue") is not None:
         a["hue"] = opts["aug_hue"]
     return replace(augment, **a)
+
+
+def _init_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """--init-from, --freeze-encoder and --freeze-epochs as TrainConfig fields."""
+    t: dict[str, Any] = {}
+    if opts.get("init_from") is not None:
+        t["init_from"] = str(opts["init_from"])
+    if opts.get("freeze_encoder") or opts.get("freeze_epochs") is not None:
+        if opts.get("init_from") is None:
+            raise UnetkitError(
+                "--freeze-encoder keeps pretrained weights fixed: give --init-from RUN_OR_KERAS_FILE too"
+            )
+        t["freeze_encoder_epochs"] = opts["freeze_epochs"] if opts.get("freeze_epochs") is not None else 5
+    return t
 
 
 def _labels_options(opts: dict[str, Any], names: list[str] | None, palette: list | None) -> dict[str, Any]:

@@ -215,12 +215,12 @@ class TrainConfig:
     seed: int = 0
     nan_policy: str = "stop"  # "stop" or "skip" a step whose loss is NaN/Inf
     recipe: str = "seed"
-    init_from: str | None = None  # start from this run folder's (or Keras file's) weights; a new optimizer
-    freeze_encoder_epochs: int = 0  # keep the contracting path fixed for the first N epochs
     crop: tuple[int, int] | None = None  # train on random (h, w) crops of images kept at native size
     class_aware_crop: float = 0.0  # share of crops centred on a pixel of a rare class
     ema: float | None = None  # decay of an exponential moving average of the weights (validated, saved)
     time_budget: float | None = None  # seconds of training; the schedule follows the clock, epochs is a cap
+    init_from: str | None = None  # start from this run folder's (or Keras file's) weights; a new optimizer
+    freeze_encoder_epochs: int = 0  # keep the contracting path fixed for the first N epochs
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
@@ -246,7 +246,6 @@ class TrainConfig:
         _choice("precision", self.precision, ("auto", "fp32", "bf16"))
         _choice("compile", self.compile, ("auto", "on", "off"))
         _choice("nan_policy", self.nan_policy, ("stop", "skip"))
-        _check(self.freeze_encoder_epochs >= 0, f"freeze_encoder_epochs must be >= 0, got {self.freeze_encoder_epochs}")
         if self.crop is not None:
             self.crop = tuple(int(v) for v in self.crop)  # type: ignore[assignment]
             _check(len(self.crop) == 2 and min(self.crop) > 0, f"crop must be (height, width) > 0, got {self.crop}")
@@ -256,6 +255,7 @@ class TrainConfig:
             self.time_budget is None or (math.isfinite(self.time_budget) and self.time_budget > 0),
             f"time_budget must be a positive number of seconds, got {self.time_budget}",
         )
+        _check(self.freeze_encoder_epochs >= 0, f"freeze_encoder_epochs must be >= 0, got {self.freeze_encoder_epochs}")
         _check(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             f"device must be auto, cpu or cuda[:N]; got {self.device!r}",

@@ -177,8 +177,8 @@ def evaluate(
     """
     if isinstance(model, PredictorBase):
         predictor = model
-    else:  # a run folder, an ensemble folder or an .onnx file
-        predictor = load_predictor(model, device=device, precision=precision)
+    else:
+        predictor = load_predictor(model, device=device, precision=precision)  # run, ensemble or .onnx
     if tta is not None:
         predictor.set_tta(tta)
     config = predictor.config

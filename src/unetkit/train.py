@@ -471,8 +471,7 @@ def fit(
     val_seconds = 0.0  # the last validation's duration: what the budget keeps in reserve
 
     stopped_early = False
-    panel_data = val_data if val_data is not None and len(val_data) else train_data
-    run_loggers.set_panel_data(panel_data, config.palette, config.preprocess)
+    run_loggers.set_panel_data(val_data if val_data is not None and len(val_data) else train_data, config.palette)
     with _SigintGuard() as sigint, _progress(progress) as bar, run_loggers:
         for epoch in range(start_epoch, t.epochs):
             if budget is not None and budget.exhausted(val_seconds):
@@ -616,29 +615,6 @@ def fit(
     return TrainResult(run_dir, model, history, best if best >= 0 else None, stopped_early)
 
 
-def _write_card(
-    run_dir: Path | None, config: RunConfig, history: list[dict[str, Any]], counts: dict[str, int], command: str | None
-) -> None:
-    """RUN/README.md, the model card; a card that cannot be written never costs the run."""
-    if run_dir is None:
-        return
-    try:
-        write_card(run_dir, config, history, counts=counts, command=command)
-    except OSError:
-        pass
-
-
-def _freeze_for_epoch(model: nn.Module, epochs: int, epoch: int, log: Callable[[str], None]) -> None:
-    """Keep the encoder fixed during the first ``epochs`` epochs (after ``model.train()``)."""
-    if not epochs:
-        return
-    set_encoder_frozen(model, epoch < epochs)
-    if epoch == 0:
-        log(f"encoder frozen for the first {epochs} epoch(s)")
-    elif epoch == epochs:
-        log(f"encoder unfrozen from epoch {epoch + 1}")
-
-
 def validation_columns(vm: SegmentationMetrics, class_names: list[str]) -> dict[str, float | None]:
     """The extra metrics.csv columns of a validation pass: mAcc, fwIoU and each class's IoU."""
     from .plots import PER_CLASS_IOU
@@ -699,6 +675,29 @@ def _crop_fn(config: RunConfig, train_data: SegmentationData) -> Callable[..., t
         )
 
     return crop
+
+
+def _write_card(
+    run_dir: Path | None, config: RunConfig, history: list[dict[str, Any]], counts: dict[str, int], command: str | None
+) -> None:
+    """RUN/README.md, the model card; a card that cannot be written never costs the run."""
+    if run_dir is None:
+        return
+    try:
+        write_card(run_dir, config, history, counts=counts, command=command)
+    except OSError:
+        pass
+
+
+def _freeze_for_epoch(model: nn.Module, epochs: int, epoch: int, log: Callable[[str], None]) -> None:
+    """Keep the encoder fixed during the first ``epochs`` epochs (after ``model.train()``)."""
+    if not epochs:
+        return
+    set_encoder_frozen(model, epoch < epochs)
+    if epoch == 0:
+        log(f"encoder frozen for the first {epochs} epoch(s)")
+    elif epoch == epochs:
+        log(f"encoder unfrozen from epoch {epoch + 1}")
 
 
 def _check_finite(
@@ -824,11 +823,10 @@ def load_data(
     if folder_cache_mode(config, local_world_size=distributed.env_info().local_world_size, log=log) == "stream":
         if d.label_map:
             raise ConfigError("--label-map needs the in-memory cache for now: pass --cache memory")
-        train, val, mode = load_streaming(config, log=log)  # type: ignore[assignment]  # same interface, lazily decoded
-        return (*_fold_split(config, train, val), mode)  # type: ignore[return-value]
-
         # same interface, decoded lazily
         return load_streaming(config, log=log, input_size=size, val_input_size=val_size)  # type: ignore[return-value]
+        train, val, mode = load_streaming(config, log=log)  # type: ignore[assignment]  # same interface, lazily decoded
+        return (*_fold_split(config, train, val), mode)  # type: ignore[return-value]
     palette = config.palette if d.mask_mode == "palette" else None
     if d.label_map and d.mask_mode == "palette":
         raise ConfigError("--label-map works on class ids; with colour masks import them first (datasets import)")
@@ -866,14 +864,6 @@ def load_data(
     return train, val, mode
 
 
-def _fold_split(config: RunConfig, train: Any, val: Any) -> tuple[Any, Any]:
-    """For one fold of a k-fold run (``data.split_file``): that fold's training and validation subsets."""
-    d = config.data
-    if d.split_file is None or d.fold is None:
-        return train, val
-    return split_data(train, pair_names(d.images, d.masks), d.split_file, d.fold)  # type: ignore[arg-type]
-
-
 def cache_size(config: RunConfig, images: str | Path, log: Callable[[str], None] = print) -> tuple[int, int, int]:
     """The size a folder's images are cached at: the model's input size, or for crop training the
     images' own (native) size, the most common one when they differ (others are resized to it)."""
@@ -900,6 +890,14 @@ def cache_size(config: RunConfig, images: str | Path, log: Callable[[str], None]
     if len(sizes) > 1:
         log(f"{images}: {sum(sizes.values()) - count} image(s) not {h}x{w} are resized to it for crop training")
     return h, w, config.model.input_size[2]
+
+
+def _fold_split(config: RunConfig, train: Any, val: Any) -> tuple[Any, Any]:
+    """For one fold of a k-fold run (``data.split_file``): that fold's training and validation subsets."""
+    d = config.data
+    if d.split_file is None or d.fold is None:
+        return train, val
+    return split_data(train, pair_names(d.images, d.masks), d.split_file, d.fold)  # type: ignore[arg-type]
 
 
 def _map_labels(data: SegmentationData, config: RunConfig) -> SegmentationData:
