@@ -105,7 +105,7 @@ def test_ensemble_cli_evaluate_predict(ens: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     r = runner.invoke(app, ["evaluate", str(ens), "--images", str(img_dir), "--masks", str(mask_dir)])
     assert r.exit_code == 0, r.output
-    assert "mean IoU" in r.output
+    assert "mIoU" in r.output and "(over 3 of 3 classes)" in r.output
     r = runner.invoke(app, ["predict", str(ens), str(img_dir), "--out", str(tmp_path / "pred"), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "pred").glob("img*_colour.png"))) == 4

@@ -71,7 +71,9 @@ def test_cli_folds_trains_each_fold_and_summarises(tmp_path, blob_folders) -> No
     assert summary["val_miou"]["std"] >= 0 and "+-" in r.output
 
     before = (out / "fold_0" / "weights.safetensors").stat().st_mtime_ns
-    r = CliRunner().invoke(app, args + ["--fold", "1", "--seed", "3"])  # K from splits.json; only fold 1
+    r = CliRunner().invoke(app, args + ["--fold", "1", "--seed", "3"])
+    assert r.exit_code != 0 and "already holds a run" in r.output  # a finished fold is never replaced silently
+    r = CliRunner().invoke(app, args + ["--fold", "1", "--seed", "3", "--overwrite"])  # K from splits.json; only fold 1
     assert r.exit_code == 0, r.output
     assert (out / "fold_0" / "weights.safetensors").stat().st_mtime_ns == before
     assert load_splits(out / "splits.json") == splits  # the saved split is reused, never remade

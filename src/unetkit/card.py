@@ -117,7 +117,7 @@ def _recipe_section(config: RunConfig, run_dir: Path, command: str | None) -> li
         )
     if command:
         lines += ["- command:", "", "```", command, "```"]
-    lines += ["- every setting is in `config.json`; `unetkit train --config config.json` repeats the run"]
+    lines += ["- every setting is in `config.json` (the input of `unetkit train --config` where that option exists)"]
     return lines
 
 

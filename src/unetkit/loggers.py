@@ -183,18 +183,21 @@ def epoch_scalars(row: dict[str, Any], class_names: list[str], val_iou: Sequence
 class ValidationPanel:
     """A fixed set of validation images drawn as rows of input | truth | prediction."""
 
-    def __init__(self, images: torch.Tensor, masks: torch.Tensor, palette: list[list[int]]):
-        self.images = images.detach().cpu()  # (N, C, H, W) uint8
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor, palette: list[list[int]], preprocess: Any = None):
+        self.images = images.detach().cpu()  # (N, C, H, W) integer images, as the data holds them
         self.masks = masks.detach().cpu()
         self.palette = palette
+        self.preprocess = preprocess  # the run's normalisation (a PreprocessConfig), as training uses it
 
     @classmethod
-    def from_data(cls, data: Any, palette: list[list[int]], count: int = PANEL_IMAGES) -> ValidationPanel | None:
+    def from_data(
+        cls, data: Any, palette: list[list[int]], preprocess: Any = None, count: int = PANEL_IMAGES
+    ) -> ValidationPanel | None:
         """The first ``count`` samples of a data set (cached or streamed), or None when it is empty."""
         if data is None or not len(data):
             return None
         x, y = next(iter(data.batches(min(count, len(data)), device="cpu")))
-        return cls(x, y, palette)
+        return cls(x, y, palette, preprocess)
 
     @torch.no_grad()
     def render(self, model: torch.nn.Module, device: torch.device) -> np.ndarray:
@@ -202,12 +205,15 @@ class ValidationPanel:
         was_training = model.training
         model.eval()
         try:
-            logits = model(to_float(self.images.to(device)))
+            logits = model(to_float(self.images.to(device), self.preprocess))
         finally:
             model.train(was_training)
         pred = logits.argmax(1).cpu().numpy()
+        shown = self.images
+        if shown.dtype != torch.uint8:  # 16-bit data: shown scaled to 8 bits
+            shown = (shown.float() * (255.0 / max(float(shown.max()), 1.0))).round().to(torch.uint8)
         rows = []
-        for image, truth, p in zip(self.images.permute(0, 2, 3, 1).numpy(), self.masks.numpy(), pred):
+        for image, truth, p in zip(shown.permute(0, 2, 3, 1).numpy(), self.masks.numpy(), pred):
             rgb = to_channels(image, 3)
             rows.append(np.concatenate([rgb, colorize(truth, self.palette), colorize(p, self.palette)], axis=1))
         return np.ascontiguousarray(np.concatenate(rows, axis=0))
@@ -254,10 +260,10 @@ class Loggers:
     def __bool__(self) -> bool:
         return bool(self.loggers)
 
-    def set_panel_data(self, data: Any, palette: list[list[int]]) -> None:
+    def set_panel_data(self, data: Any, palette: list[list[int]], preprocess: Any = None) -> None:
         """Choose the fixed panel images from the validation data (the first few samples)."""
         if self.loggers and self.panel_every:
-            self.panel = ValidationPanel.from_data(data, palette)
+            self.panel = ValidationPanel.from_data(data, palette, preprocess)
 
     def epoch_end(
         self, row: dict[str, Any], val_iou: Sequence[float] | None, model: torch.nn.Module, device: torch.device

@@ -473,7 +473,8 @@ def fit(
     val_seconds = 0.0  # the last validation's duration: what the budget keeps in reserve
 
     stopped_early = False
-    run_loggers.set_panel_data(val_data if val_data is not None and len(val_data) else train_data, config.palette)
+    panel_data = val_data if val_data is not None and len(val_data) else train_data
+    run_loggers.set_panel_data(panel_data, config.palette, config.preprocess)  # normalised as training is
     with _SigintGuard() as sigint, _progress(progress) as bar, run_loggers:
         for epoch in range(start_epoch, t.epochs):
             if budget is not None and budget.exhausted(val_seconds):
