@@ -131,6 +131,22 @@ def _image_array(im: Image.Image) -> np.ndarray:
     return np.require(a, requirements=["C", "W"])  # writable, for torch.from_numpy
 
 
+def _check_tiff_claim(path: Path, shape: tuple[int, ...], itemsize: int) -> None:
+    """Refuse, before decoding, a TIFF whose header claims more than the limit or far more than its file holds.
+
+    tifffile fills strips a damaged file lacks, so a flipped header byte would otherwise allocate gigabytes.
+    """
+    values = int(np.prod(shape))
+    if values > 4 * MAX_PIXELS:
+        raise DataError(f"image {path} claims {shape} values, over the limit; downscale or tile it")
+    claimed, size = values * itemsize, path.stat().st_size
+    if claimed > max(64 * 2**20, 256 * size):  # no real image compresses 256-fold past 64 MiB
+        raise DataError(
+            f"image {path} claims {shape} values ({claimed:,} bytes) from a file of {size:,} bytes: it is damaged "
+            f"or a decompression bomb; {_FIX_REEXPORT}"
+        )
+
+
 def _tiff_array(path: Path) -> np.ndarray:
     """A TIFF through tifffile -> (H, W, bands) uint8/uint16 (other types stretched to uint8 per image)."""
     try:
@@ -143,8 +159,7 @@ def _tiff_array(path: Path) -> np.ndarray:
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            if int(np.prod(series.shape)) > 16 * MAX_PIXELS:  # before decoding: a guard against bombs
-                raise DataError(f"image {path} claims {series.shape} values, over the limit; downscale or tile it")
+            _check_tiff_claim(path, series.shape, np.dtype(series.dtype).itemsize)
             a, axes = series.asarray(), series.axes
     except DataError:
         raise
