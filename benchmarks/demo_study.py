@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unetkit import timebudget
 from unetkit.demo import run_demo
 
 AUGMENTS: dict[str, dict[str, Any]] = {
@@ -42,6 +43,8 @@ def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
         value: Any = raw
         if key == "augment":
             value = AUGMENTS[raw]
+        elif key == "crop":  # crop=64x64: train on random crops at that size (the model's input size)
+            value = tuple(int(v) for v in raw.split("x"))
         elif raw.lower() in ("true", "false"):
             value = raw.lower() == "true"
         else:
@@ -60,9 +63,15 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_variant(spec: str, seed: int) -> dict[str, Any]:
-    """One demo run in a temporary folder; its scores, CPU-seconds and wall seconds."""
+def run_variant(spec: str, seed: int, cpu_budget: float | None = None) -> dict[str, Any]:
+    """One demo run in a temporary folder; its scores, CPU-seconds and wall seconds. With ``cpu_budget``
+    (seconds of the process's CPU time per thread) training runs on a time budget counted in CPU time,
+    so that runs on a shared machine get the compute an idle one would give them in that many seconds."""
     recipe, kwargs = parse_variant(spec)
+    if cpu_budget is not None:
+        threads = torch.get_num_threads()
+        timebudget.clock = lambda: cpu_seconds() / threads
+        kwargs = {"epochs": 10_000, "time_budget": cpu_budget, **kwargs}
     with tempfile.TemporaryDirectory() as tmp:
         c0, t0 = cpu_seconds(), time.perf_counter()
         r = run_demo(
@@ -77,6 +86,7 @@ def run_variant(spec: str, seed: int) -> dict[str, Any]:
     return {
         "variant": spec,
         "seed": seed,
+        "cpu_budget": cpu_budget,
         "epochs": r["epochs"],
         "train": r["train_count"],
         "batch_size": config.train.batch_size,
@@ -100,13 +110,14 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=["seed", "strong"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cpu-budget", type=float, default=None, help="train for this many CPU-seconds per thread")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/demo_study.jsonl"))
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     for spec in a.variants:
         for seed in a.seeds:
-            row = run_variant(spec, seed)
+            row = run_variant(spec, seed, a.cpu_budget)
             print(json.dumps(row), flush=True)
             with a.out.open("a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -56,8 +56,10 @@ def demo_config(recipe: str = "strong", *, epochs: int | None = None, seed: int 
     the recipe, then the plan's settings, then ``train`` (TrainConfig fields, e.g. ``batch_size=4``)."""
 
     plan = PLANS[recipe] if recipe in PLANS else PLANS["strong"]
+    crop = train.get("crop", plan.train.get("crop"))
+    size = (HEIGHT, WIDTH) if crop is None else tuple(crop)  # crop training: the model's input is the crop
     config = RunConfig(
-        model=ModelConfig(n_classes=synthetic.N_CLASSES),
+        model=ModelConfig(input_size=(*size, 3), n_classes=synthetic.N_CLASSES),
         train=TrainConfig(seed=seed),
         class_names=list(synthetic.CLASS_NAMES),
         palette=[list(c) for c in synthetic.PALETTE],
