@@ -36,7 +36,7 @@ import torch
 from . import __version__
 from .config import RunConfig
 from .ensemble import is_ensemble, load_ensemble
-from .errors import ExportError
+from .errors import ExportError, first_line
 from .fsio import atomic_write_bytes
 from .predict import (  # the onnxruntime side lives with the other predictors; re-exported here
     INT8_FILE,
@@ -325,9 +325,8 @@ def _float_proto(
     try:
         raw = _torch_export(model, example, dynamic, opset)
     except Exception as e:  # unsupported opset, exporter limitations: one clear paragraph
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ExportError(
-            f"exporting {run_dir} to ONNX with opset {opset} failed: {first}. Try another "
+            f"exporting {run_dir} to ONNX with opset {opset} failed: {first_line(e)}. Try another "
             f"--opset (default {DEFAULT_OPSET})"
         ) from None
     proto = onnx.load_from_string(raw)

@@ -15,7 +15,6 @@ itself is what mIoU measures). A kind is one term or a sum, e.g. ``"ohem+dice"``
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ConfigError
+from .fsio import read_json
 from .metrics import _bincount_fixed
 
 __all__ = [
@@ -423,12 +423,7 @@ def load_class_weights(path: str | Path, n_classes: int, class_names: list[str] 
     finite, >= 0 and not all zero. Any problem raises a ``ConfigError`` naming the file.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"class weight file {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"class weight file {path} is not valid JSON ({e})") from None
+    data = read_json(path, ConfigError, "class weight file")
 
     def number(value: object, what: str) -> float:
         is_number = isinstance(value, (int, float)) and not isinstance(value, bool)

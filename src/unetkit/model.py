@@ -6,8 +6,11 @@ Layout is PyTorch's (N, C, H, W); sizes and arguments follow the Keras seed: ``i
 
 from __future__ import annotations
 
+import inspect
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
+from typing import Any, ParamSpec, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -201,12 +204,18 @@ def upsampling_block(
 
 @dataclass(frozen=True)
 class _Arch:
-    input_size: tuple[int, int, int]
-    n_filters: int
-    n_classes: int
-    depth: int
-    dropout: float
-    batch_norm: bool
+    """The arguments ``unet_model`` and ``fcn_model`` share; the defaults are the seed's exactly."""
+
+    input_size: tuple[int, int, int] = (96, 128, 3)
+    n_filters: int = 32
+    n_classes: int = 23
+    _: KW_ONLY
+    depth: int = 5
+    dropout: float = 0.3
+    batch_norm: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_size", tuple(self.input_size))  # a list from JSON or the CLI
 
 
 class _Segmenter(nn.Module):
@@ -327,34 +336,38 @@ def _bilinear_kernel(channels: int, size: int) -> torch.Tensor:
     return weight
 
 
-def unet_model(
-    input_size: tuple[int, int, int] = (96, 128, 3),
-    n_filters: int = 32,
-    n_classes: int = 23,
-    *,
-    depth: int = 5,
-    dropout: float = 0.3,
-    batch_norm: bool = False,
-) -> UNet:
+_P = ParamSpec("_P")
+_Net = TypeVar("_Net", bound=_Segmenter)
+
+
+def _builder(network: Callable[[_Arch], _Net], arch: Callable[_P, _Arch], name: str, doc: str) -> Callable[_P, _Net]:
+    """A public builder taking ``_Arch``'s arguments, so that every network's are the same, defined once."""
+
+    def build(*args: _P.args, **kwargs: _P.kwargs) -> _Net:
+        return network(arch(*args, **kwargs))
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = doc
+    cast(Any, build).__signature__ = inspect.signature(arch).replace(return_annotation=network.__name__)  # help()
+    return build
+
+
+unet_model = _builder(
+    UNet,
+    _Arch,
+    "unet_model",
     """The seed's U-Net. The defaults are the seed's exactly (8,640,471 parameters).
 
     ``depth`` (levels, 5 in the seed), ``dropout`` (0.3 in the last two encoder blocks) and
     ``batch_norm`` (off in the seed) are options beyond the seed.
-    """
-    return UNet(_Arch(tuple(input_size), n_filters, n_classes, depth, dropout, batch_norm))
-
-
-def fcn_model(
-    input_size: tuple[int, int, int] = (96, 128, 3),
-    n_filters: int = 32,
-    n_classes: int = 23,
-    *,
-    depth: int = 5,
-    dropout: float = 0.3,
-    batch_norm: bool = False,
-) -> FCN:
-    """The FCN baseline the seed contrasts U-Net with: same encoder, one final upsampling."""
-    return FCN(_Arch(tuple(input_size), n_filters, n_classes, depth, dropout, batch_norm))
+    """,
+)
+fcn_model = _builder(
+    FCN,
+    _Arch,
+    "fcn_model",
+    "The FCN baseline the seed contrasts U-Net with: same encoder, one final upsampling.",
+)
 
 
 MODELS = {"unet": unet_model, "fcn": fcn_model}

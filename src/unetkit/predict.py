@@ -19,8 +19,8 @@ from torch import nn
 from . import perf
 from .config import RunConfig
 from .data.io import read_image
-from .device import PREDICT_PRECISIONS, resolve_device, resolve_predict_precision
-from .errors import ConfigError, DataError, ExportError, RunError
+from .device import check_predict_precision, resolve_device, resolve_predict_precision
+from .errors import ConfigError, DataError, ExportError, RunError, first_line, needs_extra
 from .preprocess import image_to_tensor, resize_images, to_float
 from .run import load_run
 from .tiling import sliding_window_logits
@@ -350,8 +350,7 @@ def open_predictor(
     (PyTorch autocast) or ``int8`` (the run's int8 ONNX file, ``RUN/model.int8.onnx``, on onnxruntime).
     """
     path = Path(model)
-    if precision is not None and precision not in PREDICT_PRECISIONS:
-        raise ConfigError(f"--precision must be one of {', '.join(PREDICT_PRECISIONS)}, got {precision!r}")
+    check_predict_precision(precision)
     predictor: PredictorBase
     if path.suffix.lower() == ".onnx" or (precision == "int8" and path.is_dir()):
         file = path if path.suffix.lower() == ".onnx" else path / INT8_FILE
@@ -390,7 +389,7 @@ def need_onnx(module: str) -> Any:
     try:
         return __import__(module)
     except ImportError:
-        raise ExportError(f"{module} is not installed; install the ONNX extra: pip install 'unetkit[onnx]'") from None
+        raise needs_extra("ONNX export and onnxruntime prediction", module, "onnx", ExportError) from None
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -409,8 +408,7 @@ def _session(path: Path, providers: list[str]) -> tuple[Any, dict[str, str]]:
     try:
         session = ort.InferenceSession(path.read_bytes(), session_options(), providers=providers)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ExportError(f"{path} is not a readable ONNX model ({first[:300]}); export it again") from None
+        raise ExportError(f"{path} is not a readable ONNX model ({first_line(e, 300)}); export it again") from None
     return session, dict(session.get_modelmeta().custom_metadata_map)
 
 
