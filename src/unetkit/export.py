@@ -160,7 +160,7 @@ def _torch_export(model: torch.nn.Module, example: torch.Tensor, dynamic: bool, 
         torch.onnx.export(
             model,
             (example,),
-            buf,
+            buf,  # type: ignore[arg-type]  # the stub says a path; the legacy exporter writes to any file object
             dynamo=False,
             opset_version=opset,
             do_constant_folding=True,
@@ -246,6 +246,7 @@ def export_onnx(
     start = time.perf_counter()
     out = _out_path(run_dir, out, int8)
     opset = DEFAULT_OPSET if opset is None else int(opset)
+    model: torch.nn.Module
     if is_ensemble(run_dir):  # one graph averaging the members' probabilities
         model, config = load_ensemble(run_dir)
     else:

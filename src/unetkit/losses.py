@@ -338,7 +338,7 @@ class SegmentationLoss(nn.Module):
         self.focal_gamma = focal_gamma
         self.register_buffer("weight", weight)
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if logits.shape[1] != self.n_classes:
             raise ValueError(f"logits have {logits.shape[1]} classes, the loss expects {self.n_classes}")
         terms = self.kind.split("+")
@@ -426,8 +426,7 @@ def load_class_weights(path: str | Path, n_classes: int, class_names: list[str] 
     data = read_json(path, ConfigError, "class weight file")
 
     def number(value: object, what: str) -> float:
-        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not (is_number and math.isfinite(value) and value >= 0):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"{path}: the weight of {what} must be a finite number >= 0, got {value!r}")
         return float(value)
 

@@ -63,6 +63,7 @@ class ConvTranspose2dSame(nn.ConvTranspose2d):
     #: convolution then the crop, ``None`` (default) sub-pixel on the CPU and native elsewhere. On the CPU
     #: oneDNN's bf16 transposed convolution is several times slower than the sub-pixel convolution.
     subpixel: bool | None = None
+    subpixel_taps: torch.Tensor  # a buffer (registered in __init__)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 2):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0)
@@ -218,6 +219,17 @@ class _Arch:
         object.__setattr__(self, "input_size", tuple(self.input_size))  # a list from JSON or the CLI
 
 
+_Block = TypeVar("_Block", bound=nn.Module)
+
+
+def _typed(modules: nn.ModuleList, kind: type[_Block]) -> list[_Block]:
+    """The modules of ``modules``, all of type ``kind`` (a TypeError otherwise), typed for their layers."""
+    blocks = [m for m in modules if isinstance(m, kind)]
+    if len(blocks) != len(modules):
+        raise TypeError(f"expected only {kind.__name__} modules in {type(modules).__name__}")
+    return blocks
+
+
 class _Segmenter(nn.Module):
     """Shared pieces of U-Net and FCN: the encoder, size checks and Keras initialisation."""
 
@@ -248,6 +260,10 @@ class _Segmenter(nn.Module):
             )
             in_ch = f
         self.encoder = nn.ModuleList(blocks)
+
+    @property
+    def encoder_blocks(self) -> list[ConvBlock]:
+        return _typed(self.encoder, ConvBlock)
 
     @property
     def in_channels(self) -> int:
@@ -295,9 +311,13 @@ class UNet(_Segmenter):
         )
         self.conv9 = nn.Conv2d(f[0], f[0], 3, padding=1)
         self.conv10 = nn.Conv2d(f[0], arch.n_classes, 1)
-        he = [m for b in self.encoder for m in (b.conv1, b.conv2)]
-        he += [m for b in self.decoder for m in (b.conv1, b.conv2)] + [self.conv9]
+        he = [m for b in self.encoder_blocks for m in (b.conv1, b.conv2)]
+        he += [m for b in self.decoder_blocks for m in (b.conv1, b.conv2)] + [self.conv9]
         self._init_keras(he)
+
+    @property
+    def decoder_blocks(self) -> list[UpsamplingBlock]:
+        return _typed(self.decoder, UpsamplingBlock)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -315,7 +335,7 @@ class FCN(_Segmenter):
         s = self.size_multiple
         self.classifier = nn.Conv2d(self.filters[-1], arch.n_classes, 1)
         self.upsample = nn.ConvTranspose2d(arch.n_classes, arch.n_classes, 2 * s, stride=s, padding=s // 2)
-        self._init_keras([m for b in self.encoder for m in (b.conv1, b.conv2)])
+        self._init_keras([m for b in self.encoder_blocks for m in (b.conv1, b.conv2)])
         with torch.no_grad():  # start the single upsampling as bilinear interpolation, as FCN does
             self.upsample.weight.copy_(_bilinear_kernel(arch.n_classes, 2 * s))
 

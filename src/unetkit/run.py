@@ -59,8 +59,9 @@ METRIC_FIELDS = [
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model under torch.compile and DistributedDataParallel wrappers."""
     while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+        inner = getattr(model, "_orig_mod", None)  # torch.compile's wrapper
+        if isinstance(inner, nn.Module):
+            model = inner
         elif isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
         else:
