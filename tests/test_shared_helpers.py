@@ -92,3 +92,16 @@ def test_network_builders_share_one_signature_with_the_seed_defaults() -> None:
     assert isinstance(net, UNet) and net.arch.input_size == (32, 32, 1)
     assert isinstance(fcn_model((32, 32, 3), n_classes=2), FCN)
     assert count_parameters(unet_model()) == 8_640_471
+
+
+def test_typed_blocks_of_a_network() -> None:
+    from torch import nn
+
+    from unetkit.model import ConvBlock, UpsamplingBlock, unet_model
+
+    net = unet_model((32, 32, 1), 4, 3, depth=3)
+    assert [type(b) for b in net.encoder_blocks] == [ConvBlock] * 3
+    assert [type(b) for b in net.decoder_blocks] == [UpsamplingBlock] * 2
+    net.decoder.append(nn.Identity())
+    with pytest.raises(TypeError, match="UpsamplingBlock"):
+        _ = net.decoder_blocks
