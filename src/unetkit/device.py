@@ -44,6 +44,12 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
 PREDICT_PRECISIONS = ("fp32", "bf16", "int8")
 
 
+def check_predict_precision(name: str | None) -> None:
+    """Refuse a prediction precision other than None (the model's own) or one of ``PREDICT_PRECISIONS``."""
+    if name is not None and name not in PREDICT_PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PREDICT_PRECISIONS)}, got {name!r}")
+
+
 def resolve_predict_precision(name: str | None, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for prediction: float32 unless asked (``--precision``), so masks are the model's own.
 
@@ -54,8 +60,7 @@ def resolve_predict_precision(name: str | None, device: torch.device) -> torch.d
     name = "fp32" if name is None else name
     if name == "auto":  # the training rule, kept for callers that want the fastest float path
         return resolve_precision(name, device)
-    if name not in PREDICT_PRECISIONS:
-        raise ConfigError(f"--precision must be one of {', '.join(PREDICT_PRECISIONS)}, got {name!r}")
+    check_predict_precision(name)
     if name == "int8":
         raise ConfigError(
             "--precision int8 runs an int8 ONNX file on onnxruntime: make one with `unetkit export RUN --format "

@@ -136,7 +136,7 @@ class EnsemblePredictor(Predictor):
     members: int = 0  # how many runs the ensemble averages
 
     @classmethod
-    def from_run(  # type: ignore[override]
+    def from_run(
         cls, path: str | Path, *, device: str | torch.device = "auto", weights: str = "best", precision: str = "fp32"
     ) -> EnsemblePredictor:
         module, config = load_ensemble(path)

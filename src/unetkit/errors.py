@@ -23,3 +23,14 @@ class RunError(UnetkitError):
 
 class ExportError(UnetkitError):
     """An export could not be made, or an ONNX file is not one unetkit can use."""
+
+
+def first_line(e: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its type name when empty."""
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return line if limit is None else line[:limit]
+
+
+def needs_extra(what: str, package: str, extra: str, error: type[UnetkitError] = UnetkitError) -> UnetkitError:
+    """The error for a missing optional dependency: what needs which package, and the extra to install."""
+    return error(f"{what} needs {package}: pip install 'unetkit[{extra}]'")

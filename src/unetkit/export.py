@@ -36,7 +36,7 @@ import torch
 from . import __version__
 from .config import RunConfig
 from .ensemble import is_ensemble, load_ensemble
-from .errors import ExportError
+from .errors import ExportError, first_line
 from .fsio import atomic_write_bytes
 from .predict import (  # the onnxruntime side lives with the other predictors; re-exported here
     INT8_FILE,
@@ -160,7 +160,7 @@ def _torch_export(model: torch.nn.Module, example: torch.Tensor, dynamic: bool, 
         torch.onnx.export(
             model,
             (example,),
-            buf,
+            buf,  # type: ignore[arg-type]  # the stub says a path; the legacy exporter writes to any file object
             dynamo=False,
             opset_version=opset,
             do_constant_folding=True,
@@ -246,6 +246,7 @@ def export_onnx(
     start = time.perf_counter()
     out = _out_path(run_dir, out, int8)
     opset = DEFAULT_OPSET if opset is None else int(opset)
+    model: torch.nn.Module
     if is_ensemble(run_dir):  # one graph averaging the members' probabilities
         model, config = load_ensemble(run_dir)
     else:
@@ -325,9 +326,8 @@ def _float_proto(
     try:
         raw = _torch_export(model, example, dynamic, opset)
     except Exception as e:  # unsupported opset, exporter limitations: one clear paragraph
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ExportError(
-            f"exporting {run_dir} to ONNX with opset {opset} failed: {first}. Try another "
+            f"exporting {run_dir} to ONNX with opset {opset} failed: {first_line(e)}. Try another "
             f"--opset (default {DEFAULT_OPSET})"
         ) from None
     proto = onnx.load_from_string(raw)

@@ -1,4 +1,4 @@
-"""Atomic file writes and the clean-up of temporaries a killed writer left behind.
+"""Atomic file writes, the clean-up of temporaries a killed writer left behind, and reading JSON files.
 
 A leaf module: it imports nothing from unetkit, so that every module that writes files (the run
 folder, plots, reports, exports) can use it without pulling in anything else.
@@ -6,9 +6,12 @@ folder, plots, reports, exports) can use it without pulling in anything else.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 TMP_SUFFIX = ".tmp"  # atomic writes go to ".NAME.PID.RANDOM.tmp" first
 
@@ -58,6 +61,25 @@ def _umask() -> int:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """``atomic_write_bytes`` for UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | Path, error: Callable[[str], Exception], what: str = "", fix: str = "") -> Any:
+    """The parsed JSON file ``path``; when it is missing, unreadable or not JSON, ``error(message)`` is raised.
+
+    The message names the file (``what`` it is, e.g. "class weight file", then its path) and the problem,
+    then ``fix`` (what to do about a damaged file). The caller's error type keeps this module a leaf.
+    """
+    path = Path(path)
+    name = f"{what} {path}" if what else str(path)
+    fix = f"; {fix}" if fix else ""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{name} does not exist") from None
+    except OSError as e:  # a folder where the file should be, permissions, ...
+        raise error(f"{name} cannot be read ({e.strerror or e}){fix}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{name} is not valid JSON ({e}){fix}") from None
 
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:

@@ -487,10 +487,10 @@ def _validate(contents: _Contents, expected: list[_Expect], settings: str) -> No
 def _torch_layers(model: UNet) -> list[nn.Module]:
     """unetkit's convolutions in the order of the Keras model's layers with weights."""
     mods: list[nn.Module] = []
-    for block in model.encoder:
+    for block in model.encoder_blocks:
         mods += [block.conv1, block.conv2]
-    for block in model.decoder:
-        mods += [block.up, block.conv1, block.conv2]
+    for up in model.decoder_blocks:
+        mods += [up.up, up.conv1, up.conv2]
     return mods + [model.conv9, model.conv10]
 
 
@@ -602,11 +602,13 @@ def import_run(
     kept. The run's training settings are the seed's recipe, so fine-tuning continues as the
     tutorial trained.
     """
+    out = Path(out)
     if existing_run_files(out) and not overwrite:
         claim_run_folder(out, create=False)  # refuses before the (slow) import, with the message
     model, settings = import_keras(path, input_size=input_size)
     names = palette = None
     if class_names is not None:
+        class_names = Path(class_names)
         names = load_class_names(class_names)
         if json.loads(Path(class_names).read_text()).__class__ is dict:
             names, palette = load_palette_file(class_names)

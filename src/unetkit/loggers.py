@@ -7,7 +7,8 @@ IoU), and every ``panel_every`` epochs a fixed panel of validation images: input
 one image per row, always the same images so that the panels compare across epochs.
 
 Packages are checked when the loggers are created, before any data is read or any epoch runs: a
-missing one is a one-line error naming the extra to install.
+missing one is a one-line error naming the extra to install. ``progress_bar`` is the console bar
+that prediction to files (images and videos) shows.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from .config import RunConfig
-from .errors import ConfigError, UnetkitError
+from .errors import ConfigError, UnetkitError, first_line, needs_extra
 from .plots import colorize
 from .preprocess import to_channels, to_float
 
@@ -56,7 +58,7 @@ class RunLogger(Protocol):
 
 
 def _missing(package: str, extra: str) -> UnetkitError:
-    return UnetkitError(f"--log {extra} needs {package}: pip install 'unetkit[{extra}]'")
+    return needs_extra(f"--log {extra}", package, extra)
 
 
 def check_available(names: Sequence[str]) -> list[str]:
@@ -249,7 +251,7 @@ class Loggers:
             except Exception as e:  # an unreachable tracking server, a read-only folder ...
                 for logger in opened:
                     logger.close("FAILED")
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                first = first_line(e, 300)
                 where = f" at {mlflow_uri(Path(run_dir))}" if name == "mlflow" else ""  # type: ignore[arg-type]
                 raise UnetkitError(
                     f"--log {name} could not start{where} ({first}); fix the logger's target (for MLflow, "
@@ -300,3 +302,33 @@ class Loggers:
             except Exception:  # closing a logger must never cost a finished run
                 pass
         self.loggers = []
+
+
+def progress_bar(enabled: bool, total: int | None, what: str) -> AbstractContextManager[Any]:
+    """A transient bar on stderr (``what``, done of ``total``, rate, time left); None inside when not ``enabled``.
+
+    ``total`` None: not known (a video whose container does not say). Move it on with ``advance``.
+    """
+    if not enabled:
+        return nullcontext(None)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    bar.add_task(what, total=total, rate="")
+    return bar
+
+
+def advance(bar: Any, n: int, unit: str) -> None:
+    """Move a ``progress_bar`` on by ``n`` items and show its rate in ``unit``/s."""
+    task = bar.tasks[0]
+    speed = task.finished_speed or task.speed
+    bar.update(task.id, advance=n, rate=f"{speed:.1f} {unit}/s" if speed else "")

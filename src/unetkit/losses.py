@@ -15,7 +15,6 @@ itself is what mIoU measures). A kind is one term or a sum, e.g. ``"ohem+dice"``
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ConfigError
+from .fsio import read_json
 from .metrics import _bincount_fixed
 
 __all__ = [
@@ -338,7 +338,7 @@ class SegmentationLoss(nn.Module):
         self.focal_gamma = focal_gamma
         self.register_buffer("weight", weight)
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if logits.shape[1] != self.n_classes:
             raise ValueError(f"logits have {logits.shape[1]} classes, the loss expects {self.n_classes}")
         terms = self.kind.split("+")
@@ -423,16 +423,10 @@ def load_class_weights(path: str | Path, n_classes: int, class_names: list[str] 
     finite, >= 0 and not all zero. Any problem raises a ``ConfigError`` naming the file.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"class weight file {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"class weight file {path} is not valid JSON ({e})") from None
+    data = read_json(path, ConfigError, "class weight file")
 
     def number(value: object, what: str) -> float:
-        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not (is_number and math.isfinite(value) and value >= 0):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"{path}: the weight of {what} must be a finite number >= 0, got {value!r}")
         return float(value)
 

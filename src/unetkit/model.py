@@ -6,8 +6,11 @@ Layout is PyTorch's (N, C, H, W); sizes and arguments follow the Keras seed: ``i
 
 from __future__ import annotations
 
+import inspect
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
+from typing import Any, ParamSpec, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +63,7 @@ class ConvTranspose2dSame(nn.ConvTranspose2d):
     #: convolution then the crop, ``None`` (default) sub-pixel on the CPU and native elsewhere. On the CPU
     #: oneDNN's bf16 transposed convolution is several times slower than the sub-pixel convolution.
     subpixel: bool | None = None
+    subpixel_taps: torch.Tensor  # a buffer (registered in __init__)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 2):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0)
@@ -201,12 +205,29 @@ def upsampling_block(
 
 @dataclass(frozen=True)
 class _Arch:
-    input_size: tuple[int, int, int]
-    n_filters: int
-    n_classes: int
-    depth: int
-    dropout: float
-    batch_norm: bool
+    """The arguments ``unet_model`` and ``fcn_model`` share; the defaults are the seed's exactly."""
+
+    input_size: tuple[int, int, int] = (96, 128, 3)
+    n_filters: int = 32
+    n_classes: int = 23
+    _: KW_ONLY
+    depth: int = 5
+    dropout: float = 0.3
+    batch_norm: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_size", tuple(self.input_size))  # a list from JSON or the CLI
+
+
+_Block = TypeVar("_Block", bound=nn.Module)
+
+
+def _typed(modules: nn.ModuleList, kind: type[_Block]) -> list[_Block]:
+    """The modules of ``modules``, all of type ``kind`` (a TypeError otherwise), typed for their layers."""
+    blocks = [m for m in modules if isinstance(m, kind)]
+    if len(blocks) != len(modules):
+        raise TypeError(f"expected only {kind.__name__} modules in {type(modules).__name__}")
+    return blocks
 
 
 class _Segmenter(nn.Module):
@@ -239,6 +260,10 @@ class _Segmenter(nn.Module):
             )
             in_ch = f
         self.encoder = nn.ModuleList(blocks)
+
+    @property
+    def encoder_blocks(self) -> list[ConvBlock]:
+        return _typed(self.encoder, ConvBlock)
 
     @property
     def in_channels(self) -> int:
@@ -286,9 +311,13 @@ class UNet(_Segmenter):
         )
         self.conv9 = nn.Conv2d(f[0], f[0], 3, padding=1)
         self.conv10 = nn.Conv2d(f[0], arch.n_classes, 1)
-        he = [m for b in self.encoder for m in (b.conv1, b.conv2)]
-        he += [m for b in self.decoder for m in (b.conv1, b.conv2)] + [self.conv9]
+        he = [m for b in self.encoder_blocks for m in (b.conv1, b.conv2)]
+        he += [m for b in self.decoder_blocks for m in (b.conv1, b.conv2)] + [self.conv9]
         self._init_keras(he)
+
+    @property
+    def decoder_blocks(self) -> list[UpsamplingBlock]:
+        return _typed(self.decoder, UpsamplingBlock)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -306,7 +335,7 @@ class FCN(_Segmenter):
         s = self.size_multiple
         self.classifier = nn.Conv2d(self.filters[-1], arch.n_classes, 1)
         self.upsample = nn.ConvTranspose2d(arch.n_classes, arch.n_classes, 2 * s, stride=s, padding=s // 2)
-        self._init_keras([m for b in self.encoder for m in (b.conv1, b.conv2)])
+        self._init_keras([m for b in self.encoder_blocks for m in (b.conv1, b.conv2)])
         with torch.no_grad():  # start the single upsampling as bilinear interpolation, as FCN does
             self.upsample.weight.copy_(_bilinear_kernel(arch.n_classes, 2 * s))
 
@@ -327,34 +356,38 @@ def _bilinear_kernel(channels: int, size: int) -> torch.Tensor:
     return weight
 
 
-def unet_model(
-    input_size: tuple[int, int, int] = (96, 128, 3),
-    n_filters: int = 32,
-    n_classes: int = 23,
-    *,
-    depth: int = 5,
-    dropout: float = 0.3,
-    batch_norm: bool = False,
-) -> UNet:
+_P = ParamSpec("_P")
+_Net = TypeVar("_Net", bound=_Segmenter)
+
+
+def _builder(network: Callable[[_Arch], _Net], arch: Callable[_P, _Arch], name: str, doc: str) -> Callable[_P, _Net]:
+    """A public builder taking ``_Arch``'s arguments, so that every network's are the same, defined once."""
+
+    def build(*args: _P.args, **kwargs: _P.kwargs) -> _Net:
+        return network(arch(*args, **kwargs))
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = doc
+    cast(Any, build).__signature__ = inspect.signature(arch).replace(return_annotation=network.__name__)  # help()
+    return build
+
+
+unet_model = _builder(
+    UNet,
+    _Arch,
+    "unet_model",
     """The seed's U-Net. The defaults are the seed's exactly (8,640,471 parameters).
 
     ``depth`` (levels, 5 in the seed), ``dropout`` (0.3 in the last two encoder blocks) and
     ``batch_norm`` (off in the seed) are options beyond the seed.
-    """
-    return UNet(_Arch(tuple(input_size), n_filters, n_classes, depth, dropout, batch_norm))
-
-
-def fcn_model(
-    input_size: tuple[int, int, int] = (96, 128, 3),
-    n_filters: int = 32,
-    n_classes: int = 23,
-    *,
-    depth: int = 5,
-    dropout: float = 0.3,
-    batch_norm: bool = False,
-) -> FCN:
-    """The FCN baseline the seed contrasts U-Net with: same encoder, one final upsampling."""
-    return FCN(_Arch(tuple(input_size), n_filters, n_classes, depth, dropout, batch_norm))
+    """,
+)
+fcn_model = _builder(
+    FCN,
+    _Arch,
+    "fcn_model",
+    "The FCN baseline the seed contrasts U-Net with: same encoder, one final upsampling.",
+)
 
 
 MODELS = {"unet": unet_model, "fcn": fcn_model}

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .fsio import atomic_write_bytes
 from .preprocess import display_rgb
@@ -26,6 +27,22 @@ def overlay(image: np.ndarray, mask: np.ndarray, palette: list[list[int]], alpha
     rgb = display_rgb(image).astype(np.float32)
     colours = colorize(mask, palette).astype(np.float32)
     return np.clip(rgb * (1 - alpha) + colours * alpha, 0, 255).astype(np.uint8)
+
+
+def png_bytes(array: np.ndarray, compress_level: int = 6) -> bytes:
+    """PNG of a uint8 (H, W[, 1 | 3 | 4]) array, or of a 16-bit index mask when the ids exceed 255."""
+    if array.ndim == 2 and array.dtype != np.uint8:
+        image = Image.fromarray(array.astype(np.uint16))
+    else:
+        image = Image.fromarray(array.squeeze() if array.ndim == 3 and array.shape[2] == 1 else array)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def save_png(path: str | Path, array: np.ndarray) -> None:
+    """Atomically write ``png_bytes(array)`` to ``path``."""
+    atomic_write_bytes(path, png_bytes(array))
 
 
 def _figure(width: float, height: float):

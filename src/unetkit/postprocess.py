@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, UnetkitError
+from .errors import ConfigError, needs_extra
 
 
 def _ndimage() -> Any:
     try:
         from scipy import ndimage
     except ImportError:
-        raise UnetkitError("post-processing needs scipy: pip install 'unetkit[post]'") from None
+        raise needs_extra("post-processing", "scipy", "post") from None
     return ndimage
 
 

@@ -19,8 +19,8 @@ from torch import nn
 from . import perf
 from .config import RunConfig
 from .data.io import read_image
-from .device import PREDICT_PRECISIONS, resolve_device, resolve_predict_precision
-from .errors import ConfigError, DataError, ExportError, RunError
+from .device import check_predict_precision, resolve_device, resolve_predict_precision
+from .errors import ConfigError, DataError, ExportError, RunError, first_line, needs_extra
 from .preprocess import image_to_tensor, resize_images, to_float
 from .run import load_run
 from .tiling import sliding_window_logits
@@ -35,6 +35,27 @@ def as_image(image: ImageLike | object) -> np.ndarray:
     """A path, PIL image or (H, W[, C]) array -> (H, W, C) uint8 array; anything else a clear DataError."""
     if isinstance(image, (str, Path)):
         return read_image(image)
+    array = _one_array(image)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or min(array.shape) < 1:
+        raise DataError(
+            f"an image must be an (H, W) or (H, W, C) array, got shape {array.shape}; "
+            "for a stack of images use predict_array"
+        )
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.number)):
+        raise DataError(f"an image array must hold numbers, got dtype {array.dtype}")
+    if array.dtype == np.uint8 and not array.flags.writeable:
+        array = array.copy()  # np.asarray(PIL image) is read-only; torch.from_numpy warns on it
+    if array.dtype not in (np.uint8, np.uint16):  # 16-bit keeps its precision, as data.io reads it
+        if np.issubdtype(array.dtype, np.floating) and np.nanmax(array) <= 1.0:
+            array = np.round(np.nan_to_num(array) * 255)
+        array = np.clip(np.nan_to_num(array), 0, 255).astype(np.uint8)
+    return array
+
+
+def _one_array(image: object) -> np.ndarray:
+    """An array, PIL image or CPU tensor as an array; a list, a stack or anything else a DataError."""
     if isinstance(image, (list, tuple)):
         raise DataError(
             f"predict takes one image, got a {type(image).__name__} of {len(image)}: use "
@@ -51,21 +72,6 @@ def as_image(image: ImageLike | object) -> np.ndarray:
             f"predict takes one image, got an array of shape {image.shape}: use predict_array for an "
             "(N, H, W[, C]) stack of images"
         )
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or min(image.shape) < 1:
-        raise DataError(
-            f"an image must be an (H, W) or (H, W, C) array, got shape {image.shape}; "
-            "for a stack of images use predict_array"
-        )
-    if image.dtype == bool or not (np.issubdtype(image.dtype, np.number)):
-        raise DataError(f"an image array must hold numbers, got dtype {image.dtype}")
-    if image.dtype == np.uint8 and not image.flags.writeable:
-        image = image.copy()  # np.asarray(PIL image) is read-only; torch.from_numpy warns on it
-    if image.dtype not in (np.uint8, np.uint16):  # 16-bit keeps its precision, as data.io reads it
-        if np.issubdtype(image.dtype, np.floating) and np.nanmax(image) <= 1.0:
-            image = np.round(np.nan_to_num(image) * 255)
-        image = np.clip(np.nan_to_num(image), 0, 255).astype(np.uint8)
     return image
 
 
@@ -350,8 +356,7 @@ def open_predictor(
     (PyTorch autocast) or ``int8`` (the run's int8 ONNX file, ``RUN/model.int8.onnx``, on onnxruntime).
     """
     path = Path(model)
-    if precision is not None and precision not in PREDICT_PRECISIONS:
-        raise ConfigError(f"--precision must be one of {', '.join(PREDICT_PRECISIONS)}, got {precision!r}")
+    check_predict_precision(precision)
     predictor: PredictorBase
     if path.suffix.lower() == ".onnx" or (precision == "int8" and path.is_dir()):
         file = path if path.suffix.lower() == ".onnx" else path / INT8_FILE
@@ -390,7 +395,7 @@ def need_onnx(module: str) -> Any:
     try:
         return __import__(module)
     except ImportError:
-        raise ExportError(f"{module} is not installed; install the ONNX extra: pip install 'unetkit[onnx]'") from None
+        raise needs_extra("ONNX export and onnxruntime prediction", module, "onnx", ExportError) from None
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -409,8 +414,7 @@ def _session(path: Path, providers: list[str]) -> tuple[Any, dict[str, str]]:
     try:
         session = ort.InferenceSession(path.read_bytes(), session_options(), providers=providers)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ExportError(f"{path} is not a readable ONNX model ({first[:300]}); export it again") from None
+        raise ExportError(f"{path} is not a readable ONNX model ({first_line(e, 300)}); export it again") from None
     return session, dict(session.get_modelmeta().custom_metadata_map)
 
 

@@ -16,22 +16,21 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from .data.folders import expand_inputs, natural_key
 from .data.io import IMAGE_EXTENSIONS, read_image, read_mask
 from .data.masks import decode_mask
-from .device import PREDICT_PRECISIONS
+from .device import check_predict_precision
 from .ensemble import EnsemblePredictor, is_ensemble
-from .errors import ConfigError, DataError, UnetkitError
-from .fsio import atomic_write_bytes, atomic_write_text
-from .plots import colorize, overlay, side_by_side
+from .errors import ConfigError, DataError, UnetkitError, first_line
+from .fsio import atomic_write_text
+from .loggers import advance, progress_bar
+from .plots import colorize, overlay, save_png, side_by_side
 from .predict import PredictorBase, mask_agreement, open_predictor
 from .video import predict_video, video_outputs
 
@@ -71,21 +70,6 @@ class PredictReport:
         return text
 
 
-def save_png(path: str | Path, array: np.ndarray) -> None:
-    """Atomically write a uint8 (H, W[, 3]) array, or a 16-bit index mask when ids exceed 255."""
-    atomic_write_bytes(path, png_bytes(array))
-
-
-def png_bytes(array: np.ndarray, compress_level: int = 6) -> bytes:
-    if array.ndim == 2 and array.dtype != np.uint8:
-        image = Image.fromarray(array.astype(np.uint16))
-    else:
-        image = Image.fromarray(array.squeeze() if array.ndim == 3 and array.shape[2] == 1 else array)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
-
-
 def _find_mask(folder: Path, stem: str) -> Path | None:
     for ext in sorted(IMAGE_EXTENSIONS):
         for candidate in (folder / f"{stem}{ext}", folder / f"{stem}{ext.upper()}"):
@@ -103,8 +87,7 @@ def load_predictor(
     which reads the folder's int8 ONNX file as for a run.
     """
     if is_ensemble(model) and precision != "int8":
-        if precision is not None and precision not in PREDICT_PRECISIONS:
-            raise ConfigError(f"--precision must be one of {', '.join(PREDICT_PRECISIONS)}, got {precision!r}")
+        check_predict_precision(precision)
         predictor = EnsemblePredictor.from_run(model, device=device, precision=precision or "fp32")
         predictor.postprocess = kwargs.get("postprocess")
         return predictor
@@ -238,7 +221,7 @@ def _read(job: _Job) -> _Job:
     try:
         job.image = read_image(job.path)
     except (DataError, OSError) as e:
-        job.error = str(e).splitlines()[0] if str(e) else type(e).__name__
+        job.error = first_line(e)
     return job
 
 
@@ -285,25 +268,6 @@ def _truth(masks_dir: Path, file: Path, config: Any, palette: list[list[int]]) -
         ignore_index=config.data.ignore_index,
         path=mask_file,
     )
-
-
-def _progress(enabled: bool, total: int, what: str) -> Any:
-    if not enabled:
-        return nullcontext(None)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn(what),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    bar.add_task(what, total=total, rate="")
-    return bar
 
 
 def _batches(pool: ThreadPoolExecutor, jobs: list[_Job], size: int) -> Iterator[list[_Job]]:
@@ -407,7 +371,7 @@ def _run_jobs(
     writes: list[tuple[_Job, Future[None]]] = []
     with (
         ThreadPoolExecutor(workers, thread_name_prefix="unetkit-io") as pool,
-        _progress(progress and bool(jobs), len(jobs), "predicting") as bar,
+        progress_bar(progress and bool(jobs), len(jobs), "predicting") as bar,
     ):
         try:
             for batch in _batches(pool, jobs, batch_size):
@@ -421,7 +385,7 @@ def _run_jobs(
                 writes += [(j, pool.submit(write, j, p)) for j, p in zip(good, preds)]
                 writes = _collect(writes, report, len(writes) > 2 * batch_size)
                 if bar is not None:
-                    bar.update(bar.task_ids[0], advance=len(batch), rate=_rate(bar))
+                    advance(bar, len(batch), "images")
         finally:
             for job, fut in writes:  # everything already predicted is still written
                 try:
@@ -445,12 +409,6 @@ def _collect(
         else:
             keep.append((job, fut))
     return keep
-
-
-def _rate(bar: Any) -> str:
-    task = bar.tasks[0]
-    speed = task.finished_speed or task.speed
-    return f"{speed:.1f} images/s" if speed else ""
 
 
 def _write_manifest(report: PredictReport, jobs: list[_Job], kinds: Sequence[str], all_kinds: Sequence[str]) -> None:
@@ -525,7 +483,7 @@ def _predict_video(
     except DataError as e:
         if strict:
             raise
-        report.skipped.append((video, str(e).splitlines()[0]))
+        report.skipped.append((video, first_line(e)))
         return
     report.written.append(video)
     report.video_rows.append({"input": str(video), **{k: p.name for k, p in written.items()}, "note": ""})

@@ -144,7 +144,7 @@ def quantize_bytes(float_data: bytes, x: np.ndarray, exclude: list[str]) -> byte
                 quantize_static(
                     str(src),
                     str(dst),
-                    _Reader(x),  # type: ignore[arg-type]
+                    _Reader(x),
                     quant_format=QuantFormat.QDQ,
                     per_channel=True,
                     activation_type=QuantType.QUInt8,

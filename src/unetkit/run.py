@@ -31,7 +31,7 @@ from torch import nn
 
 from . import fsio
 from .config import ModelConfig, RunConfig
-from .errors import RunError
+from .errors import RunError, first_line
 from .model import MODELS
 
 CONFIG = "config.json"
@@ -59,8 +59,9 @@ METRIC_FIELDS = [
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model under torch.compile and DistributedDataParallel wrappers."""
     while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+        inner = getattr(model, "_orig_mod", None)  # torch.compile's wrapper
+        if isinstance(inner, nn.Module):
+            model = inner
         elif isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
         else:
@@ -85,9 +86,7 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     try:
         data = path.read_bytes()
         tensors = st_load(data)
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("unetkit")
-        meta = json.loads(raw) if raw else None
+        meta = _read_metadata(path)
     except FileNotFoundError:
         raise RunError(f"{path} does not exist") from None
     except (SafetensorError, OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
@@ -96,6 +95,13 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
             "corrupt: retrain, or resume from an intact copy"
         ) from None
     return tensors, meta
+
+
+def _read_metadata(path: Path) -> Any:
+    """The unetkit metadata in a safetensors file's header (``save_tensors``), None when it has none."""
+    with safe_open(str(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get("unetkit")
+    return json.loads(raw) if raw else None
 
 
 def build_model(config: ModelConfig) -> nn.Module:
@@ -198,8 +204,7 @@ def _uncommitted(run_dir: Path, found: list[str]) -> bool:
     if WEIGHTS not in found:
         return METRICS not in found
     try:
-        with safe_open(str(run_dir / WEIGHTS), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("unetkit") or "{}")
+        meta = _read_metadata(run_dir / WEIGHTS)
     except Exception:  # unreadable: not ours to judge, so not taken over
         return False
     return isinstance(meta, dict) and "epoch" in meta
@@ -263,9 +268,8 @@ def load_run(path: str | Path, *, weights: str = "best", device: str | torch.dev
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).splitlines()[0]
         raise RunError(
-            f"{file} does not match {path / CONFIG} ({first}); the two files come from different runs"
+            f"{file} does not match {path / CONFIG} ({first_line(e)}); the two files come from different runs"
         ) from None
     model.to(device).eval()
     return Run(path, config, model, read_metrics(path / METRICS))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,7 @@ def summarize_run(path: Path, root: Path) -> RunSummary:
     )
 
 
-def _sort_key(key: str):  # type: ignore[no-untyped-def]
+def _sort_key(key: str) -> Callable[[RunSummary], tuple[bool, Any]]:
     attr = {
         "name": "name",
         "model": "model",

@@ -53,14 +53,8 @@ def save_probabilities(
     out: Path, stem: str, probs: torch.Tensor, class_names: list[str], kind: str = "npz"
 ) -> list[Path]:
     """Write ``stem``'s confidence and entropy PNGs, and with ``kind="npz"`` the float16 probabilities."""
-    from PIL import Image
-
     from .fsio import atomic_write_bytes
-
-    def save_png(path: Path, gray: np.ndarray) -> None:  # not predict_files.save_png: no import cycle
-        png = io.BytesIO()
-        Image.fromarray(gray).save(png, format="PNG")
-        atomic_write_bytes(path, png.getvalue())
+    from .plots import save_png
 
     check_format(kind)
     written = [out / f"{stem}_confidence.png", out / f"{stem}_entropy.png"]

@@ -9,7 +9,6 @@ video cannot hold). The frame rate is kept; audio and subtitles are dropped.
 
 from __future__ import annotations
 
-import io
 import os
 import queue
 import tempfile
@@ -21,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError, UnetkitError
-from .fsio import atomic_write_bytes
-from .plots import colorize, overlay
+from .errors import DataError, first_line, needs_extra
+from .loggers import advance, progress_bar
+from .plots import colorize, overlay, save_png
 from .predict import PredictorBase
 
 _END = object()
@@ -34,7 +33,7 @@ def _av() -> Any:
     try:
         import av
     except ImportError:
-        raise UnetkitError("video prediction needs PyAV: pip install 'unetkit[video]'") from None
+        raise needs_extra("video prediction", "PyAV", "video") from None
     return av
 
 
@@ -134,7 +133,7 @@ def probe(path: Path) -> tuple[Fraction, int, int, int]:
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise DataError(f"{path} is not a video PyAV can read ({str(e).splitlines()[0] if str(e) else e})") from None
+        raise DataError(f"{path} is not a video PyAV can read ({first_line(e)})") from None
 
 
 def _batches(path: Path, batch: int) -> Iterator[list[np.ndarray]]:
@@ -145,7 +144,7 @@ def _batches(path: Path, batch: int) -> Iterator[list[np.ndarray]]:
         if item is _END:
             return
         if isinstance(item, Exception):
-            raise DataError(f"decoding {path} failed: {str(item).splitlines()[0] if str(item) else item}") from None
+            raise DataError(f"decoding {path} failed: {first_line(item)}") from None
         yield item
 
 
@@ -174,14 +173,14 @@ def predict_video(
     writer.start()
     ok = False
     try:
-        with _bar(progress, count, path.name) as bar:
+        with progress_bar(progress, count or None, path.name) as bar:
             for chunk in _batches(path, batch_size):
                 masks = predictor.predict_batch(chunk, batch_size=batch_size)
                 if errors:
                     break
                 work.put((chunk, masks))
                 if bar is not None:
-                    _advance(bar, len(chunk))
+                    advance(bar, len(chunk), "frames")
         ok = not errors
     finally:
         work.put(_END)
@@ -210,42 +209,7 @@ def _encode_loop(
                 if "overlay_video" in encoders:
                     encoders["overlay_video"].write(overlay(image, mask, palette))
                 if "frames" in paths:
-                    _save_index_png(paths["frames"] / f"{index:06d}.png", mask)
+                    save_png(paths["frames"] / f"{index:06d}.png", mask)  # 16-bit over 255 ids
                 index += 1
         except Exception as e:  # noqa: BLE001 - reported by predict_video
             errors.append(e)
-
-
-def _save_index_png(path: Path, mask: np.ndarray) -> None:
-    """One frame's class ids as a PNG (16-bit when they exceed 255), written atomically."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(mask if mask.dtype == np.uint8 else mask.astype(np.uint16)).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _bar(enabled: bool, total: int, name: str) -> Any:
-    from contextlib import nullcontext
-
-    if not enabled:
-        return nullcontext(None)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    bar = Progress(
-        TextColumn(name),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    bar.add_task(name, total=total or None, rate="")
-    return bar
-
-
-def _advance(bar: Any, n: int) -> None:
-    task = bar.tasks[0]
-    speed = task.speed
-    bar.update(task.id, advance=n, rate=f"{speed:.1f} frames/s" if speed else "")

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -27,13 +26,12 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..errors import ConfigError
-from ..plots import colorize, overlay
+from ..plots import colorize, overlay, png_bytes
 from ..predict import PredictorBase
 from ..predict_files import load_predictor
 from .auth import BearerAuth
@@ -109,13 +107,7 @@ def _load_static() -> dict[str, bytes]:
 
 
 def _png(array: np.ndarray) -> bytes:
-    if array.ndim == 2 and array.dtype != np.uint8:
-        image = Image.fromarray(array.astype(np.uint16))
-    else:
-        image = Image.fromarray(array)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=3)
-    return buf.getvalue()
+    return png_bytes(array, compress_level=3)  # faster than the default 6, for a response sent at once
 
 
 def class_table(mask: np.ndarray, names: list[str], palette: list[list[int]]) -> list[dict[str, Any]]:
@@ -194,16 +186,76 @@ _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+@dataclass
+class _Served:
+    """What the routes of one app share: the model, its batcher and pixel budget, limits and counters."""
+
+    predictor: PredictorBase
+    batcher: MicroBatcher[np.ndarray, np.ndarray]
+    budget: PixelBudget
+    limits: Limits
+    info: dict[str, Any]
+    static: dict[str, bytes] = field(default_factory=_load_static)
+    statuses: Counter[int] = field(default_factory=Counter)
+    started: float = field(default_factory=time.time)
+
+    def error(self, status: int, message: str) -> JSONResponse:
+        """The one shape of every refusal, counted by status: ``{"detail": message}``."""
+        self.statuses[status] += 1
+        return JSONResponse({"detail": message}, status_code=status)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "backend": self.predictor.backend,
+            "uptime_s": round(time.time() - self.started, 1),
+            "responses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "batcher": self.batcher.stats.to_dict(),
+            "pixels_in_flight": self.budget.used,
+            "peak_pixels_in_flight": self.budget.peak,
+        }
+
+    async def segment(self, request: Request, format: str, alpha: float) -> Response:
+        """The body of ``POST /predict``: read, check, decode, predict (batched) and encode one upload."""
+        limits, predictor = self.limits, self.predictor
+        try:
+            body = await read_limited(request, limits.max_upload_bytes + MULTIPART_SLACK)
+            data = await run_in_threadpool(
+                extract_image_bytes, body, request.headers.get("content-type", ""), limits.max_upload_bytes
+            )
+            del body
+            width, height = await run_in_threadpool(image_size, data, limits.max_pixels)
+            pixels = width * height
+            await self.budget.acquire(pixels, limits.wait_timeout_s)
+            try:
+                image = await run_in_threadpool(decode_image, data, limits.max_pixels)
+                del data
+                if format == "confidence":  # needs the probabilities, not the batched masks
+                    content, media = await run_in_threadpool(confidence_png, predictor, image), "image/png"
+                else:
+                    mask = await self.batcher.run(image)
+                    names, palette = predictor.class_names, predictor.palette
+                    content, media = await run_in_threadpool(render, image, mask, format, alpha, names, palette)
+            finally:
+                self.budget.release(pixels)
+        except UploadError as e:
+            return self.error(e.status, e.message)
+        except (Overloaded, BudgetTimeout) as e:
+            return self.error(503, str(e))
+        self.statuses[200] += 1
+        return Response(content, media_type=media, headers={"cache-control": "no-store"})
+
+
 def create_app(
     model_path_or_predictor: str | Path | PredictorBase,
     *,
-    max_upload_bytes: int = 20_000_000,
-    max_pixels: int = 25_000_000,
-    batch_window_ms: float = 5.0,
-    max_batch: int = 8,
+    max_upload_bytes: int = Limits.max_upload_bytes,
+    max_pixels: int = Limits.max_pixels,
+    batch_window_ms: float = Limits.batch_window_ms,
+    max_batch: int = Limits.max_batch,
     max_inflight_pixels: int | None = None,
-    max_queue: int = 256,
-    wait_timeout_s: float = 30.0,
+    max_queue: int = Limits.max_queue,
+    wait_timeout_s: float = Limits.wait_timeout_s,
     device: str = "auto",
     precision: str | None = None,
     postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -214,89 +266,69 @@ def create_app(
     """A FastAPI app serving one model: a run folder, an exported .onnx file, or a ready predictor.
 
     ``tta`` (e.g. "flip", see ``unetkit.tta``) averages the logits over augmented views for every request.
+    ``max_inflight_pixels`` defaults to twice ``max_pixels``; the other limits are ``Limits``'s.
 
     ``precision``: fp32 (default), bf16 or int8 (``open_predictor``). ``api_key``: every API route then
     needs ``Authorization: Bearer <key>`` (401 without). ``cors_origins``: origins allowed to call the
     API from their pages (none by default: the API answers its own page only).
     """
-    if isinstance(model_path_or_predictor, (str, Path)):
-        predictor: PredictorBase = load_predictor(model_path_or_predictor, device=device, precision=precision)
-        source = Path(model_path_or_predictor).name
-    else:
-        predictor = model_path_or_predictor
-        source = type(predictor).__name__
-    if postprocess is not None:
-        predictor.postprocess = postprocess
+    predictor, source = _open_model(model_path_or_predictor, device, precision, postprocess, tta)
     limits = Limits(
-        max_upload_bytes,
-        max_pixels,
-        max_inflight_pixels or 2 * max_pixels,
-        batch_window_ms,
-        max_batch,
-        max_queue,
-        wait_timeout_s,
+        max_upload_bytes=max_upload_bytes,
+        max_pixels=max_pixels,
+        max_inflight_pixels=max_inflight_pixels or 2 * max_pixels,
+        batch_window_ms=batch_window_ms,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        wait_timeout_s=wait_timeout_s,
     )
-    if tta is not None:
-        predictor.set_tta(tta)
-    h, w, c = predictor.input_size
-    predictor.predict(np.zeros((h, w, c), dtype=np.uint8))  # warm up, and fail now rather than on a request
     batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(
         lambda images: predictor.predict_batch(images, batch_size=max_batch),
         window_ms=batch_window_ms,
         max_batch=max_batch,
         max_queue=max_queue,
     )
-    budget = PixelBudget(limits.max_inflight_pixels)
-    static = _load_static()
-    names, palette = predictor.class_names, predictor.palette
-    started = time.time()
-    statuses: Counter = Counter()
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        batcher.close()
-
-    app = FastAPI(
-        title="unetkit",
-        version=__version__,
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        description="Semantic segmentation with the seed's U-Net: upload an image, get its mask.",
+    served = _Served(
+        predictor, batcher, PixelBudget(limits.max_inflight_pixels), limits, _info(predictor, source, limits, api_key)
     )
-    if api_key:
-        app.add_middleware(BearerAuth, key=api_key, on_refusal=lambda: statuses.update([401]))
-    if cors_origins:
-        from starlette.middleware.cors import CORSMiddleware
+    app = _new_app(served, api_key, cors_origins)
+    _add_error_handlers(app, served)
+    _add_page_routes(app, served)
+    _add_api_routes(app, served)
 
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(cors_origins),
-            allow_methods=["GET", "POST"],
-            allow_headers=["authorization", "content-type"],
-            max_age=600,
-        )
-    app.add_middleware(_SecurityHeaders)  # added last: outermost, so refusals carry the headers too
-    app.state.predictor, app.state.batcher, app.state.budget = predictor, batcher, budget
-    app.state.limits = limits
-    app.state.statuses = statuses
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> Response:
+        return HTMLResponse(render_docs(app.openapi()))
 
-    def error(status: int, message: str) -> JSONResponse:
-        statuses[status] += 1
-        return JSONResponse({"detail": message}, status_code=status)
+    return app
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        messages = [f"{'.'.join(str(x) for x in err.get('loc', ())[1:])}: {err.get('msg', '')}" for err in exc.errors()]
-        return error(422, "; ".join(messages) or "invalid request")
 
-    @app.exception_handler(Exception)
-    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:  # never a bare traceback
-        log.exception("unexpected error", exc_info=exc)
-        return error(500, f"internal error ({type(exc).__name__}); the server keeps running")
+def _open_model(
+    model: str | Path | PredictorBase,
+    device: str,
+    precision: str | None,
+    postprocess: Callable[[np.ndarray], np.ndarray] | None,
+    tta: str | None,
+) -> tuple[PredictorBase, str]:
+    """The predictor to serve and what to call its source; warmed up, so a broken model fails now."""
+    if isinstance(model, (str, Path)):
+        predictor = load_predictor(model, device=device, precision=precision)
+        source = Path(model).name
+    else:
+        predictor, source = model, type(model).__name__
+    if postprocess is not None:
+        predictor.postprocess = postprocess
+    if tta is not None:
+        predictor.set_tta(tta)
+    h, w, c = predictor.input_size
+    predictor.predict(np.zeros((h, w, c), dtype=np.uint8))  # warm up, and fail now rather than on a request
+    return predictor, source
 
-    info = {
+
+def _info(predictor: PredictorBase, source: str, limits: Limits, api_key: str | None) -> dict[str, Any]:
+    """The body of ``GET /info``: fixed for the app's lifetime, so computed once."""
+    names, palette = predictor.class_names, predictor.palette
+    return {
         "model": {
             "source": source,
             "backend": predictor.backend,
@@ -314,6 +346,60 @@ def create_app(
         "limits": asdict(limits),
     }
 
+
+def _new_app(served: _Served, api_key: str | None, cors_origins: Sequence[str]) -> FastAPI:
+    """The FastAPI app with its middleware (access control, CORS, security headers) and shared state."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        served.batcher.close()
+
+    app = FastAPI(
+        title="unetkit",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Semantic segmentation with the seed's U-Net: upload an image, get its mask.",
+    )
+    if api_key:
+        app.add_middleware(BearerAuth, key=api_key, on_refusal=lambda: served.statuses.update([401]))
+    if cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+            max_age=600,
+        )
+    app.add_middleware(_SecurityHeaders)  # added last: outermost, so refusals carry the headers too
+    app.state.predictor, app.state.batcher, app.state.budget = served.predictor, served.batcher, served.budget
+    app.state.limits = served.limits
+    app.state.statuses = served.statuses
+    return app
+
+
+def _add_error_handlers(app: FastAPI, served: _Served) -> None:
+    """Bad query values and unexpected failures answer JSON like every other refusal, never a traceback."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        messages = [f"{'.'.join(str(x) for x in err.get('loc', ())[1:])}: {err.get('msg', '')}" for err in exc.errors()]
+        return served.error(422, "; ".join(messages) or "invalid request")
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error", exc_info=exc)
+        return served.error(500, f"internal error ({type(exc).__name__}); the server keeps running")
+
+
+def _add_page_routes(app: FastAPI, served: _Served) -> None:
+    """The web page and its files, served from memory (public even with access control: it asks for the key)."""
+    static = served.static
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> Response:
         return Response(static["index.html"], media_type=STATIC["index.html"])
@@ -321,30 +407,26 @@ def create_app(
     @app.get("/static/{name}", include_in_schema=False)
     async def static_file(name: str) -> Response:
         if name not in static:  # a fixed set held in memory: no path ever reaches the file system
-            return error(404, f"no static file {name[:80]!r}")
+            return served.error(404, f"no static file {name[:80]!r}")
         return Response(static[name], media_type=STATIC[name], headers={"cache-control": "no-cache"})
 
     @app.get("/favicon.ico", include_in_schema=False)
     async def favicon() -> Response:
         return Response(status_code=204)
 
+
+def _add_api_routes(app: FastAPI, served: _Served) -> None:
+    """``GET /health``, ``GET /info`` and ``POST /predict``, the routes in the OpenAPI schema."""
+
     @app.get("/health", summary="Liveness and counters")
     async def health() -> dict[str, Any]:
         """status "ok" while the model answers; response, batching and memory-budget counters."""
-        return {
-            "status": "ok",
-            "backend": predictor.backend,
-            "uptime_s": round(time.time() - started, 1),
-            "responses": {str(k): v for k, v in sorted(statuses.items())},
-            "batcher": batcher.stats.to_dict(),
-            "pixels_in_flight": budget.used,
-            "peak_pixels_in_flight": budget.peak,
-        }
+        return served.health()
 
     @app.get("/info", summary="The model, its input size, classes and colours")
     async def get_info() -> dict[str, Any]:
         """The model's architecture, input size, class names with their colours, preprocessing and limits."""
-        return info
+        return served.info
 
     @app.post(
         "/predict",
@@ -369,37 +451,7 @@ def create_app(
         The answer has the image's original size. Limits: upload bytes (413), pixels from the header
         (413), content type (415), undecodable data (422).
         """
-        try:
-            body = await read_limited(request, limits.max_upload_bytes + MULTIPART_SLACK)
-            data = await run_in_threadpool(
-                extract_image_bytes, body, request.headers.get("content-type", ""), limits.max_upload_bytes
-            )
-            del body
-            width, height = await run_in_threadpool(image_size, data, limits.max_pixels)
-            pixels = width * height
-            await budget.acquire(pixels, limits.wait_timeout_s)
-            try:
-                image = await run_in_threadpool(decode_image, data, limits.max_pixels)
-                del data
-                if format == "confidence":  # needs the probabilities, not the batched masks
-                    content, media = await run_in_threadpool(confidence_png, predictor, image), "image/png"
-                else:
-                    mask = await batcher.run(image)
-                    content, media = await run_in_threadpool(render, image, mask, format, alpha, names, palette)
-            finally:
-                budget.release(pixels)
-        except UploadError as e:
-            return error(e.status, e.message)
-        except (Overloaded, BudgetTimeout) as e:
-            return error(503, str(e))
-        statuses[200] += 1
-        return Response(content, media_type=media, headers={"cache-control": "no-store"})
-
-    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
-    async def docs() -> Response:
-        return HTMLResponse(render_docs(app.openapi()))
-
-    return app
+        return await served.segment(request, format, alpha)
 
 
 async def read_limited(request: Request, limit: int) -> bytes:

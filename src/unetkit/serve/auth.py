@@ -13,7 +13,7 @@ import hmac
 import json
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -25,11 +25,11 @@ PUBLIC_PATHS = ("/", "/favicon.ico")
 PUBLIC_PREFIXES = ("/static/",)
 
 
-def read_api_key(path: str | Path | None, environ: dict[str, str] | None = None) -> str | None:
+def read_api_key(path: str | Path | None, environ: Mapping[str, str] | None = None) -> str | None:
     """The key from ``path`` (first line, stripped) or ``$UNETKIT_API_KEY``; None when neither is given."""
-    environ = os.environ if environ is None else environ
+    env = os.environ if environ is None else environ
     if path is None:
-        key = environ.get(ENV_KEY, "").strip()
+        key = env.get(ENV_KEY, "").strip()
         return key or None
     p = Path(path)
     try:

@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from typing import Any
+
+_Waiter = tuple[int, asyncio.AbstractEventLoop, "asyncio.Future[None]"]  # pixels, its loop, woken when granted
 
 
 class BudgetTimeout(Exception):
     """Waited too long for room: the caller answers 503."""
 
 
-def _wake(fut: asyncio.Future[Any]) -> None:
+def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
 
@@ -31,7 +32,7 @@ class PixelBudget:
         self.used = 0
         self.peak = 0
         self._lock = threading.Lock()
-        self._waiters: deque[list[Any]] = deque()
+        self._waiters: deque[_Waiter] = deque()
 
     def _fits(self, n: int) -> bool:
         return self.used == 0 or self.used + n <= self.capacity
@@ -46,7 +47,7 @@ class PixelBudget:
             if not self._waiters and self._fits(n):
                 self._take(n)
                 return
-            entry = [n, loop, loop.create_future()]
+            entry: _Waiter = (n, loop, loop.create_future())
             self._waiters.append(entry)
         try:
             await asyncio.wait_for(entry[2], timeout)

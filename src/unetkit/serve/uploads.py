@@ -103,7 +103,7 @@ def _multipart_file(body: bytes, content_type: str, limit: int) -> tuple[bytes, 
 
     parser = MultipartParser(
         boundary,
-        {  # type: ignore[arg-type]
+        {
             "on_part_begin": on_part_begin,
             "on_part_data": on_part_data,
             "on_header_field": on_header_field,
