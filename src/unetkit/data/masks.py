@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..errors import DataError
 
@@ -32,6 +33,11 @@ def mask_dtype(n_classes: int, ignore_index: int | None = None) -> np.dtype:
     """uint8 when every class id and ignore_index fit in a byte, else int32."""
     fits = n_classes <= 256 and (ignore_index is None or ignore_index <= 255)
     return np.dtype(np.uint8 if fits else np.int32)
+
+
+def mask_tensor_dtype(n_classes: int, ignore_index: int | None = None) -> torch.dtype:
+    """``mask_dtype`` for the mask tensors of the caches and batches: torch.uint8 or torch.int32."""
+    return torch.uint8 if mask_dtype(n_classes, ignore_index) == np.uint8 else torch.int32
 
 
 def _name(path: str | Path | None) -> str:
