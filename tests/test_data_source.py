@@ -103,3 +103,26 @@ def test_train_keeps_load_data_importable():
     from unetkit import train
 
     assert train.load_data is load_data
+
+
+def test_json_files_of_the_data_package_share_one_reader_and_its_messages(tmp_path):
+    from unetkit.data.classes import read_classes
+    from unetkit.data.importers._common import read_json as read_export
+    from unetkit.data.labelmap import load_label_map
+    from unetkit.data.masks import load_class_names
+    from unetkit.errors import DataError
+
+    broken = tmp_path / "broken.json"
+    broken.write_text("{nope")
+    readers = [
+        (read_classes, "classes file", "as `unetkit datasets import` writes it"),
+        (load_label_map, "label map", "see docs/labels.md"),
+        (load_class_names, "class-names file", "expected ["),
+        (lambda p: read_export(p, "COCO"), "COCO file", "export it again"),
+    ]
+    for read, what, hint in readers:
+        with pytest.raises(DataError) as e:
+            read(broken)
+        assert str(e.value).startswith(f"{what} {broken} is not readable JSON (") and hint in str(e.value)
+        with pytest.raises(DataError, match=f"{what} .*missing.json does not exist; check the path"):
+            read(tmp_path / "missing.json")

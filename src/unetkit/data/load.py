@@ -47,7 +47,12 @@ def load_data(config: RunConfig, *, log: Log = print) -> tuple[SegmentationSourc
     val_size = cache_size(config, d.val_images, log) if d.val_images else size
     local = distributed.env_info().local_world_size
     stream = folder_cache_mode(config, local_world_size=local, log=log) == "stream"
-    read = _stream_reader(config, log) if stream else _memory_reader(config, log)
+    if stream and d.skip_bad:
+        log(
+            "note: --skip-bad checks the files while they are loaded into memory; when streaming, a bad "
+            "file stops training at the step that reads it (--cache memory checks them all first)"
+        )
+    read = _reader(config, stream, log)
     t0 = time.perf_counter()
     train, mode = read(d.images, d.masks, size, d.mask_mode)
     val = None
@@ -68,8 +73,9 @@ def load_data(config: RunConfig, *, log: Log = print) -> tuple[SegmentationSourc
     return train, val, mode
 
 
-def _memory_reader(config: RunConfig, log: Log) -> Reader:
-    """Folder pair -> (SegmentationData, mask mode): every file decoded now, bad files reported at once."""
+def _reader(config: RunConfig, stream: bool, log: Log) -> Reader:
+    """Folder pair -> (source, mask mode). Streamed: files paired now, decoded batch by batch; in memory:
+    every file decoded now, bad files reported (or skipped with --skip-bad) at once."""
     d = config.data
     common: dict[str, Any] = dict(
         n_classes=config.model.n_classes,
@@ -77,37 +83,17 @@ def _memory_reader(config: RunConfig, log: Log) -> Reader:
         ignore_index=d.ignore_index,
         resize=config.preprocess.resize,
         recursive=d.recursive,
-        skip_bad=d.skip_bad,
-        log=log,
         label_map=d.label_map,
     )
+    if stream:
+        cls: type[SegmentationData] | type[StreamingData] = StreamingData
+        common["num_workers"] = d.num_workers
+    else:
+        cls = SegmentationData
+        common |= dict(skip_bad=d.skip_bad, log=log)
 
     def read(images: str, masks: str, size: tuple[int, int, int], mode: str) -> tuple[SegmentationSource, str]:
-        return SegmentationData.from_folders(images, masks, size, mask_mode=mode, **common)
-
-    return read
-
-
-def _stream_reader(config: RunConfig, log: Log) -> Reader:
-    """Folder pair -> (StreamingData, mask mode): files paired now, decoded batch by batch."""
-    d = config.data
-    common: dict[str, Any] = dict(
-        n_classes=config.model.n_classes,
-        palette=config.palette if d.mask_mode == "palette" else None,
-        ignore_index=d.ignore_index,
-        resize=config.preprocess.resize,
-        num_workers=d.num_workers,
-        recursive=d.recursive,
-        label_map=d.label_map,
-    )
-    if d.skip_bad:
-        log(
-            "note: --skip-bad checks the files while they are loaded into memory; when streaming, a bad "
-            "file stops training at the step that reads it (--cache memory checks them all first)"
-        )
-
-    def read(images: str, masks: str, size: tuple[int, int, int], mode: str) -> tuple[SegmentationSource, str]:
-        return StreamingData.from_folders(images, masks, size, mask_mode=mode, **common)
+        return cls.from_folders(images, masks, size, mask_mode=mode, **common)
 
     return read
 

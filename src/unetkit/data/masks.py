@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .io import read_json
 
 MASK_MODES: tuple[str, ...] = ("index", "binary", "channels", "palette")
 
@@ -387,12 +388,7 @@ def load_palette_file(path: str | Path) -> tuple[list[str], list[list[int]]]:
 def load_class_names(path: str | Path) -> list[str]:
     """Read a JSON list of class names (or a palette file, whose keys are the names)."""
     path = Path(path)
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"class-names file {path} does not exist; check the path") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f'class-names file {path} is not readable JSON ({e}); expected ["road", "car", ...]') from None
+    data = read_json(path, "class-names file", 'expected ["road", "car", ...]')
     if isinstance(data, dict):
         return load_palette_file(path)[0]
     if not isinstance(data, list) or not data or not all(isinstance(n, str) and n for n in data):
