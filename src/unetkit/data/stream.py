@@ -35,31 +35,17 @@ MEMORY_FRACTION = 0.5  # of the available host memory the "auto" cache may take 
 
 
 class PairDataset(Dataset):
-    """A map-style Dataset over (image, mask) files; item i -> (image, mask, error message or "")."""
+    """A map-style Dataset over (image, mask) files; item i -> (image, mask, error message or "").
 
-    def __init__(
-        self,
-        pairs: Sequence[Pair],
-        input_size: tuple[int, int, int],
-        *,
-        n_classes: int,
-        mask_mode: str,
-        palette: Sequence[Sequence[int]] | None = None,
-        ignore_index: int | None = None,
-        resize: str = "bilinear",
-        label_map: Sequence[int] | None = None,
-    ):
+    ``options`` are ``folders.decode_pair``'s keywords (``n_classes``, ``mask_mode``, ``palette``,
+    ``ignore_index``, ``resize``, ``label_map``).
+    """
+
+    def __init__(self, pairs: Sequence[Pair], input_size: tuple[int, int, int], **options: Any):
         self.pairs = list(pairs)
         self.input_size: tuple[int, int, int] = tuple(int(v) for v in input_size)  # type: ignore[assignment]
-        self.kwargs: dict[str, Any] = dict(
-            n_classes=n_classes,
-            mask_mode=mask_mode,
-            palette=palette,
-            ignore_index=ignore_index,
-            resize=resize,
-            label_map=label_map,
-        )
-        self.mask_torch_dtype = mask_tensor_dtype(n_classes, ignore_index)
+        self.kwargs: dict[str, Any] = options
+        self.mask_torch_dtype = mask_tensor_dtype(options["n_classes"], options.get("ignore_index"))
 
     def __len__(self) -> int:
         return len(self.pairs)
