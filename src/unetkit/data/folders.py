@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,12 +78,12 @@ def list_images(folder: str | Path, *, recursive: bool = False) -> list[Path]:
     if not files:
         subdirs = sorted(p.name + "/" for p in entries if p.is_dir())
         others = sorted({p.suffix.lower() or p.name for p in entries if p.is_file()})
-        found = []
+        parts: list[str] = []
         if subdirs:
-            found.append(f"subfolders {_listing(subdirs, 5)}")
+            parts.append(f"subfolders {_listing(subdirs, 5)}")
         if others:
-            found.append(f"other files ({_listing(others, 5)})")
-        holds = f"; it holds {' and '.join(found)}" if found else "; it is empty"
+            parts.append(f"other files ({_listing(others, 5)})")
+        holds = f"; it holds {' and '.join(parts)}" if parts else "; it is empty"
         fix = (
             "Give the folder that holds the image files"
             if recursive
@@ -355,7 +356,9 @@ def load_pairs(
     n = len(pairs)
     images = torch.empty((n, c, h, w), dtype=_image_dtype(pairs))
     masks = torch.empty((n, h, w), dtype=mask_tensor_dtype(n_classes, ignore_index))
-    options = dict(n_classes=n_classes, mask_mode=mask_mode, palette=palette, ignore_index=ignore_index, resize=resize)
+    options: dict[str, Any] = dict(
+        n_classes=n_classes, mask_mode=mask_mode, palette=palette, ignore_index=ignore_index, resize=resize
+    )
 
     def load_one(i: int) -> list[str]:
         try:

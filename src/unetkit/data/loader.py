@@ -126,8 +126,8 @@ class SegmentationData(SegmentationSource):
             raise DataError(f"masks {masks.shape} do not match images {images.shape[:3]}")
         _check_values(masks, n_classes, ignore_index, "the masks array")
         h, w, c = input_size
-        x = np.ascontiguousarray(np.stack([to_channels(im, c) for im in images]))
-        x = torch.from_numpy(x.astype(np.int32) if x.dtype == np.uint16 else x).permute(0, 3, 1, 2)
+        stacked = np.ascontiguousarray(np.stack([to_channels(im, c) for im in images]))
+        x = torch.from_numpy(stacked.astype(np.int32) if stacked.dtype == np.uint16 else stacked).permute(0, 3, 1, 2)
         y = torch.from_numpy(masks.astype(np.int64)).to(mask_tensor_dtype(n_classes, ignore_index))
         return cls(resize_images(x.contiguous(), (h, w), resize), resize_masks(y, (h, w)))
 

@@ -29,6 +29,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -92,6 +93,9 @@ _MID = np.array([0.02, 0.0, 0.04, 0.03, 0.04, 0.04, 0.05, 0.18, 0.1, 0.02, 0.03,
 _LOW = np.array(
     [0.03, 0.0, 0.05, 0.04, 0.05, 0.05, 0.05, 0.06, 0.07, 0.02, 0.02, 0.0, 0.08], np.float32
 )  # large patches
+
+
+_Obj = tuple[float, float, str, dict[str, Any]]  # an object to draw: distance, lateral, kind, params
 
 
 def _cum(weights: list[float]) -> list[float]:
@@ -569,7 +573,7 @@ class _Scene:
     def draw_ground(self) -> None:
         """Terrain, paving, sidewalks, road, markings, median and cast shadows, all per row."""
         cv, cam, rng = self.cv, self.cam, self.rng
-        self.crosswalk = None
+        self.crosswalk: float | None = None
         i0 = min(self.h, max(0, math.ceil(cam.yh - 0.5 + 1e-3)))  # first ground row
         q = (cv.ys[i0:] - np.float32(cam.yh)) * np.float32(1 / (cam.f * cam.c))  # inverse distance per row
         d = 1.0 / q
@@ -841,7 +845,7 @@ class _Scene:
         """Vehicles, pedestrians, poles, signs, traffic lights, trees and clutter, far to near."""
         rng, style = self.rng, self.style
         XL, XR = self.XL, self.XR
-        objs = self._traffic()  # (distance, lateral, kind, params)
+        objs = self._traffic()
         for k, side in enumerate((-1, 1)):
             objs += self._roadside_rows(k, side) + self._roadside_items(k, side)
         if rng.random() < {"city": 0.45, "suburb": 0.25, "rural": 0.1}[style]:
@@ -855,9 +859,9 @@ class _Scene:
         for d, X, kind, p in objs:
             getattr(self, "draw_" + kind)(d, X, p)
 
-    def _traffic(self) -> list[tuple[float, float, str, dict]]:
+    def _traffic(self) -> list[_Obj]:
         """Vehicles in every lane, at least 2.2 lane widths apart."""
-        rng, objs = self.rng, []
+        rng, objs = self.rng, list[_Obj]()
         traffic = {"city": 1.6, "suburb": 1.1, "rural": 0.8}[self.style]
         for lane in range(self.n_lanes):
             last = -10.0
@@ -869,9 +873,9 @@ class _Scene:
                     objs.append((d, x, kind, {"oncoming": lane < self.n_left}))
         return objs
 
-    def _roadside_rows(self, k: int, side: int) -> list[tuple[float, float, str, dict]]:
+    def _roadside_rows(self, k: int, side: int) -> list[_Obj]:
         """Rows along one side of the road: parked cars, street lights, trees."""
-        rng, style, objs = self.rng, self.style, []
+        rng, style, objs = self.rng, self.style, list[_Obj]()
         edge = self.XL if side < 0 else self.XR
         sw = self.sw[k]
         outer = edge + side * sw
@@ -898,9 +902,9 @@ class _Scene:
                 d += pitch * rng.uniform(0.7, 1.3)
         return objs
 
-    def _roadside_items(self, k: int, side: int) -> list[tuple[float, float, str, dict]]:
+    def _roadside_items(self, k: int, side: int) -> list[_Obj]:
         """Scattered on one side: signs, pedestrians, clutter."""
-        rng, objs = self.rng, []
+        rng, objs = self.rng, list[_Obj]()
         edge = self.XL if side < 0 else self.XR
         sw = self.sw[k]
         for _ in range(int(rng.poisson(1.3))):
