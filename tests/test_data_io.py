@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from unetkit.data import io as dio
-from unetkit.data.folders import expand_inputs, list_images, load_pairs, natural_key, pair_files, split_pairs
+from unetkit.data.folders import expand_inputs, list_images, load_pairs, natural_key, pair_files
 from unetkit.data.io import IMAGE_EXTENSIONS, is_image_file, read_image, read_mask
 from unetkit.data.masks import MASK_MODES, decode_mask, detect_mask_mode, load_palette_file, mask_dtype
+from unetkit.data.splits import split_indices
 from unetkit.errors import DataError
 
 MEMBRANE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "membrane"
@@ -403,31 +404,22 @@ def test_pair_files_duplicates_and_shared_folder(tmp_path):
     assert [(a.name, b.name) for a, b in pairs] == [("a.jpg", "a_mask.png"), ("b.jpg", "b_mask.png")]
 
 
-def fake_pairs(n: int) -> list[tuple[Path, Path]]:
-    return [(Path(f"img/{i}.png"), Path(f"msk/{i}.png")) for i in range(n)]
-
-
-def test_split_pairs_deterministic_and_order_independent():
-    pairs = fake_pairs(50)
-    train, val = split_pairs(pairs, 0.2, seed=3)
+def test_split_indices_deterministic_disjoint_and_sorted():
+    train, val = split_indices(50, 0.2, seed=3)
     assert len(val) == 10 and len(train) == 40
-    assert set(train).isdisjoint(val) and set(train) | set(val) == set(pairs)
-    shuffled = pairs[:]
-    random.Random(1).shuffle(shuffled)
-    assert split_pairs(shuffled, 0.2, seed=3) == (train, val)
-    assert split_pairs(pairs, 0.2, seed=3) == (train, val)
-    assert split_pairs(pairs, 0.2, seed=4)[1] != val
-    assert train == sorted(train, key=lambda p: natural_key(p[0].name))
+    assert set(train.tolist()).isdisjoint(val.tolist()) and set(train.tolist()) | set(val.tolist()) == set(range(50))
+    assert all(torch.equal(a, b) for a, b in zip(split_indices(50, 0.2, seed=3), (train, val)))
+    assert not torch.equal(split_indices(50, 0.2, seed=4)[1], val)
+    assert train.tolist() == sorted(train.tolist()) and val.tolist() == sorted(val.tolist())
 
 
-def test_split_pairs_edge_cases():
-    assert split_pairs(fake_pairs(3), 0.01, 0)[1].__len__() == 1  # at least one validation pair
-    assert len(split_pairs(fake_pairs(3), 0.99, 0)[0]) == 1  # at least one training pair
-    assert split_pairs(fake_pairs(3)[::-1], 0.0, 0) == (fake_pairs(3), [])
-    with pytest.raises(DataError, match="cannot split 1"):
-        split_pairs(fake_pairs(1), 0.5, 0)
-    with pytest.raises(DataError, match="val_fraction"):
-        split_pairs(fake_pairs(4), 1.0, 0)
+def test_split_indices_edge_cases():
+    assert len(split_indices(3, 0.01, 0)[1]) == 1  # at least one validation sample
+    assert len(split_indices(3, 0.5, 0)[0]) == 1  # and one for training
+    with pytest.raises(DataError, match="cannot hold out 99% of 3 samples"):
+        split_indices(3, 0.99, 0)
+    with pytest.raises(DataError, match="cannot hold out"):
+        split_indices(1, 0.5, 0)
 
 
 def test_expand_inputs(tmp_path, monkeypatch):

@@ -25,9 +25,9 @@ from . import run as runio
 from .card import write_card
 from .config import RunConfig
 from .data.augment import augment_batch, effective_ignore_index
-from .data.loader import SegmentationData, class_presence, presence_report
-from .data.splits import pair_names, split_data
-from .data.stream import folder_cache_mode, load_streaming
+from .data.load import cheap_checks as _cheap_checks
+from .data.load import load_data, with_normalization
+from .data.loader import SegmentationData
 from .device import autocast, resolve_device, resolve_precision
 from .ema import ModelEMA
 from .errors import ConfigError, DataError, RunError, UnetkitError
@@ -806,152 +806,6 @@ def _progress(enabled: bool):
         TextColumn("{task.fields[info]}"),
         transient=True,
     )
-
-
-def load_data(
-    config: RunConfig,
-    *,
-    log: Callable[[str], None] = print,
-) -> tuple[SegmentationData, SegmentationData | None, str]:
-    """Read the train (and validation) folders named in ``config.data`` into the uint8 cache.
-
-    Returns the training data, the validation data (or None) and the mask mode used (detected
-    when the config says "auto", so that evaluation later reads masks the same way).
-    """
-    d, m = config.data, config.model
-    if not d.images or not d.masks:
-        raise ConfigError("no training data: give --images DIR and --masks DIR")
-    size = cache_size(config, d.images, log)  # the model's input size, or the native size for crops
-    val_size = cache_size(config, d.val_images, log) if d.val_images else size
-    if folder_cache_mode(config, local_world_size=distributed.env_info().local_world_size, log=log) == "stream":
-        if d.label_map:
-            raise ConfigError("--label-map needs the in-memory cache for now: pass --cache memory")
-        # same interface, decoded lazily
-        return load_streaming(config, log=log, input_size=size, val_input_size=val_size)  # type: ignore[return-value]
-        train, val, mode = load_streaming(config, log=log)  # type: ignore[assignment]  # same interface, lazily decoded
-        return (*_fold_split(config, train, val), mode)  # type: ignore[return-value]
-    palette = config.palette if d.mask_mode == "palette" else None
-    if d.label_map and d.mask_mode == "palette":
-        raise ConfigError("--label-map works on class ids; with colour masks import them first (datasets import)")
-    common = dict(
-        n_classes=len(d.label_map) if d.label_map else m.n_classes,  # a label map's source ids are decoded
-        mask_mode=d.mask_mode,
-        palette=palette,
-        ignore_index=d.ignore_index,
-        resize=config.preprocess.resize,
-        recursive=d.recursive,
-        skip_bad=d.skip_bad,
-        log=log,
-    )
-    t0 = time.perf_counter()
-    train, mode = SegmentationData.from_folders(d.images, d.masks, size, **common)
-    val = None
-    if d.val_images and d.val_masks:
-        val, _ = SegmentationData.from_folders(d.val_images, d.val_masks, val_size, **(common | {"mask_mode": mode}))
-    if d.label_map:
-        train, val = _map_labels(train, config), (_map_labels(val, config) if val is not None else None)
-    if d.val_fraction and not (d.val_images and d.val_masks):
-        train, val = train.split(d.val_fraction, d.split_seed)
-    train, val = _fold_split(config, train, val)
-    log(
-        f"read {len(train) + (len(val) if val else 0)} image/mask pairs ({mode} masks) in "
-        f"{time.perf_counter() - t0:.1f}s, {(train.nbytes + (val.nbytes if val else 0)) / 2**20:.1f} MiB cached"
-    )
-    for line in presence_report(
-        *class_presence(train.masks, m.n_classes, d.ignore_index),
-        class_names=config.class_names,
-        ignore_index=d.ignore_index,
-        mask_mode=mode,
-    ):
-        log(line)
-    return train, val, mode
-
-
-def cache_size(config: RunConfig, images: str | Path, log: Callable[[str], None] = print) -> tuple[int, int, int]:
-    """The size a folder's images are cached at: the model's input size, or for crop training the
-    images' own (native) size, the most common one when they differ (others are resized to it)."""
-    if config.train.crop is None:
-        return tuple(config.model.input_size)  # type: ignore[return-value]
-    from collections import Counter
-
-    from PIL import Image
-
-    from .data.folders import list_images
-
-    sizes: Counter[tuple[int, int]] = Counter()
-    for file in list_images(images):
-        try:
-            with Image.open(file) as im:
-                sizes[(im.height, im.width)] += 1
-        except OSError:  # not readable by PIL (e.g. some TIFFs): decode it fully
-            from .data.io import read_image
-
-            sizes[tuple(read_image(file).shape[:2])] += 1  # type: ignore[index]
-    if not sizes:
-        raise ConfigError(f"no images in {images}")
-    (h, w), count = sizes.most_common(1)[0]
-    if len(sizes) > 1:
-        log(f"{images}: {sum(sizes.values()) - count} image(s) not {h}x{w} are resized to it for crop training")
-    return h, w, config.model.input_size[2]
-
-
-def _fold_split(config: RunConfig, train: Any, val: Any) -> tuple[Any, Any]:
-    """For one fold of a k-fold run (``data.split_file``): that fold's training and validation subsets."""
-    d = config.data
-    if d.split_file is None or d.fold is None:
-        return train, val
-    return split_data(train, pair_names(d.images, d.masks), d.split_file, d.fold)  # type: ignore[arg-type]
-
-
-def _map_labels(data: SegmentationData, config: RunConfig) -> SegmentationData:
-    """Masks of source ids -> the label map's ids (``config.data.label_map``), once, on the cache."""
-    from .data.loader import mask_dtype
-
-    d = config.data
-    lut = list(d.label_map or [])
-    size = max(len(lut), (d.ignore_index or 0) + 1)
-    table = torch.arange(size, dtype=torch.long)
-    table[: len(lut)] = torch.tensor(lut, dtype=torch.long)
-    masks = table[data.masks.long()].to(mask_dtype(config.model.n_classes, d.ignore_index))
-    return SegmentationData(data.images, masks)
-
-
-def _cheap_checks(config: RunConfig, train: Any, val: Any, log: Callable[[str], None]) -> None:
-    """check-data's checks that cost nothing once the data is loaded (pairing, sizes and values were checked
-    while loading): classes never present, and classes in validation but absent from training."""
-    if not hasattr(train, "class_counts"):
-        return
-    from .data.check import class_presence_problems
-
-    n = config.model.n_classes
-    val_counts = val.class_counts(n).tolist() if val is not None and hasattr(val, "class_counts") else None
-    for p in class_presence_problems(train.class_counts(n).tolist(), val_counts, config.class_names or []):
-        if p.problem.endswith("never appears"):
-            continue  # load_data's class presence report says so once, with the likely fix
-        log(f"warning: {p.problem} (run `unetkit check-data` for the full report)")
-
-
-def with_normalization(config: RunConfig, data: Any, log: Callable[[str], None] = print) -> RunConfig:
-    """``config`` with the normalisation statistics of the training data (``--normalize``), unless already set."""
-    from .preprocess import normalization_stats
-
-    p = config.preprocess
-    have = {"scale": p.max_value, "mean-std": p.mean, "percentile": p.low}[p.normalize]
-    if have:
-        return config
-    if hasattr(data, "images"):
-        images = data.images
-    else:  # streaming: the first batches (up to 1024 images) stand for the set
-        chunks = []
-        for x, _ in data.batches(64, device="cpu"):
-            chunks.append(x)
-            if sum(len(c) for c in chunks) >= 1024:
-                break
-        images = torch.cat(chunks)
-    stats = normalization_stats(images.cpu(), p.normalize, config.train.seed)
-    if p.normalize != "scale":
-        log(f"normalisation {p.normalize} from the training set: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
-    return replace(config, preprocess=replace(p, **stats))
 
 
 RESUME_TRAIN = (

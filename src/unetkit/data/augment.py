@@ -57,16 +57,7 @@ def augment_batch(
     augments the same way for the same generator state. A config with everything off returns the
     inputs themselves.
     """
-    if (
-        images.dim() != 4
-        or masks.dim() != 3
-        or images.shape[0] != masks.shape[0]
-        or images.shape[2:] != masks.shape[1:]
-    ):
-        raise ValueError(
-            f"expected images (N, C, H, W) and masks (N, H, W) of the same size, got "
-            f"{tuple(images.shape)} and {tuple(masks.shape)}"
-        )
+    _check_pair(images, masks)
     if not cfg.enabled or images.shape[0] == 0:
         return images, masks
     n = images.shape[0]
@@ -80,7 +71,29 @@ def augment_batch(
             masks = torch.where(flip[:, None, None], masks.flip(-1), masks)
         return images, masks
     theta = _affine(cfg, u[:, :5], images.shape[2], images.shape[3])
-    grid = F.affine_grid(theta, [n, 1, images.shape[2], images.shape[3]], align_corners=False)
+    return _resample(images, masks, theta, (images.shape[2], images.shape[3]), ignore_index)
+
+
+def _check_pair(images: torch.Tensor, masks: torch.Tensor) -> None:
+    """A ValueError unless images are (N, C, H, W) and masks (N, H, W) of the same N, H and W."""
+    if (
+        images.dim() != 4
+        or masks.dim() != 3
+        or images.shape[0] != masks.shape[0]
+        or images.shape[2:] != masks.shape[1:]
+    ):
+        raise ValueError(
+            f"expected images (N, C, H, W) and masks (N, H, W) of the same size, got "
+            f"{tuple(images.shape)} and {tuple(masks.shape)}"
+        )
+
+
+def _resample(
+    images: torch.Tensor, masks: torch.Tensor, theta: torch.Tensor, size: tuple[int, int], ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (bilinear, 0 outside) and masks (nearest, ``ignore_index`` outside) through the same affine
+    maps ``theta`` (N, 2, 3), to ``size``: the one resampling step of augmentation and of crops."""
+    grid = F.affine_grid(theta, [images.shape[0], 1, *size], align_corners=False)
     out_images = F.grid_sample(
         images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
     )
@@ -199,15 +212,7 @@ def random_crops(
     class present in it, the class drawn in proportion to ``class_weight`` (e.g. inverse pixel
     frequency), so rare classes are seen more often.
     """
-    if (
-        images.dim() != 4
-        or masks.dim() != 3
-        or images.shape[0] != masks.shape[0]
-        or images.shape[2:] != masks.shape[1:]
-    ):
-        raise ValueError(
-            f"expected images (N, C, H, W) and masks (N, H, W), got {tuple(images.shape)}, {tuple(masks.shape)}"
-        )
+    _check_pair(images, masks)
     n, (height, width), (ch, cw) = images.shape[0], images.shape[2:], crop
     device = images.device
     u = torch.rand(n, 8, generator=generator, device=device, dtype=torch.float32)
@@ -230,14 +235,7 @@ def random_crops(
     theta[:, 0, 2] = (2 * x0 + win_w) / width - 1
     theta[:, 1, 1] = win_h / height
     theta[:, 1, 2] = (2 * y0 + win_h) / height - 1
-    grid = F.affine_grid(theta, [n, 1, ch, cw], align_corners=False)
-    out_images = F.grid_sample(
-        images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
-    )
-    shifted = (masks.to(torch.float32) + 1.0).unsqueeze(1)
-    sampled = F.grid_sample(shifted, grid.float(), mode="nearest", padding_mode="zeros", align_corners=False)[:, 0]
-    out_masks = torch.where(sampled > 0, sampled - 1.0, float(ignore_index)).round_().to(masks.dtype)
-    return out_images, out_masks
+    return _resample(images, masks, theta, (ch, cw), ignore_index)
 
 
 def _integer_crops(

@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import DataError
 from ..fsio import atomic_write_text
 from ..palette import default_palette
+from .io import read_json
 
 
 @dataclass
@@ -57,23 +58,20 @@ def write_classes(path: str | Path, classes: ClassList) -> None:
     atomic_write_text(path, json.dumps(classes.to_dict(), indent=2) + "\n")
 
 
+_FORMAT = (
+    'it must be JSON {"classes": [{"id": 0, "name": "background", "color": [0, 0, 0]}, ...], '
+    '"ignore_index": 255 or null}, as `unetkit datasets import` writes it'
+)
+
+
 def _bad(path: Path, why: str) -> DataError:
-    return DataError(
-        f"{path} is not a classes file ({why}); it must be JSON "
-        '{"classes": [{"id": 0, "name": "background", "color": [0, 0, 0]}, ...], "ignore_index": 255 or null}, '
-        "as `unetkit datasets import` writes it"
-    )
+    return DataError(f"{path} is not a classes file ({why}); {_FORMAT}")
 
 
 def read_classes(path: str | Path) -> ClassList:
     """Read a ``classes.json``; a DataError names the file and what is wrong."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"classes file {path} does not exist; check the path") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _bad(path, f"not readable JSON: {e}") from None
+    data = read_json(path, "classes file", _FORMAT)
     if not isinstance(data, dict) or not isinstance(data.get("classes"), list) or not data["classes"]:
         raise _bad(path, "no non-empty 'classes' list")
     entries = sorted(data["classes"], key=lambda c: c.get("id", -1) if isinstance(c, dict) else -1)

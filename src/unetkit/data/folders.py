@@ -1,4 +1,4 @@
-"""Folders of images and masks: listing, pairing, splitting and loading into uint8 tensors.
+"""Folders of images and masks: listing, pairing, decoding and loading into uint8 tensors.
 
 Pairing is by file name without extension: image ``a.jpg`` pairs with mask ``a.png``, and also with a
 mask named with one of MASK_SUFFIXES (``a_mask.png``, ``a_label.png``, ...). Images and masks may share
@@ -11,11 +11,11 @@ from __future__ import annotations
 import glob
 import math
 import os
-import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +23,8 @@ import torch
 from ..errors import DataError
 from ..preprocess import preprocess_image, resize_masks
 from .io import IMAGE_EXTENSIONS, is_image_file, read_image, read_mask
-from .masks import MASK_MODES, decode_mask, detect_mask_mode, mask_dtype
+from .labelmap import apply_lut
+from .masks import MASK_MODES, decode_mask, detect_mask_mode, mask_dtype, mask_tensor_dtype
 
 MASK_SUFFIXES: tuple[str, ...] = ("_mask", "_masks", "_label", "_labels", "_seg", "_gt", "-mask", "-label")
 MAX_LISTED = 20  # problem files listed in one error message
@@ -77,12 +78,12 @@ def list_images(folder: str | Path, *, recursive: bool = False) -> list[Path]:
     if not files:
         subdirs = sorted(p.name + "/" for p in entries if p.is_dir())
         others = sorted({p.suffix.lower() or p.name for p in entries if p.is_file()})
-        found = []
+        parts: list[str] = []
         if subdirs:
-            found.append(f"subfolders {_listing(subdirs, 5)}")
+            parts.append(f"subfolders {_listing(subdirs, 5)}")
         if others:
-            found.append(f"other files ({_listing(others, 5)})")
-        holds = f"; it holds {' and '.join(found)}" if found else "; it is empty"
+            parts.append(f"other files ({_listing(others, 5)})")
+        holds = f"; it holds {' and '.join(parts)}" if parts else "; it is empty"
         fix = (
             "Give the folder that holds the image files"
             if recursive
@@ -172,36 +173,6 @@ def pair_files(images_dir: str | Path, masks_dir: str | Path, *, recursive: bool
     return [(by_image[k], by_mask[k]) for k in sorted(by_image, key=lambda k: natural_key(by_image[k].name))]
 
 
-def _pair_key(pair: Pair) -> tuple:
-    return natural_key(Path(pair[0]).name), str(pair[0]), str(pair[1])
-
-
-def split_pairs(pairs: Sequence[Pair], val_fraction: float, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
-    """Split into (train, validation), seeded and independent of the order the pairs come in.
-
-    At least one validation pair when ``val_fraction`` > 0, and at least one training pair.
-    Both lists come back in natural order.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    ordered = sorted(pairs, key=_pair_key)
-    if val_fraction == 0:
-        if not ordered:
-            raise DataError("no image/mask pairs to train on")
-        return ordered, []
-    n = len(ordered)
-    if n < 2:
-        raise DataError(
-            f"cannot split {n} image/mask pair(s) into training and validation; "
-            "add data, give validation folders, or set val_fraction to 0"
-        )
-    n_val = min(max(1, round(n * val_fraction)), n - 1)
-    chosen = set(random.Random(seed).sample(range(n), n_val))
-    train = [p for i, p in enumerate(ordered) if i not in chosen]
-    val = [p for i, p in enumerate(ordered) if i in chosen]
-    return train, val
-
-
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     """Files, folders (their images) or glob patterns -> image paths, in order, without duplicates."""
     if not inputs:
@@ -247,6 +218,112 @@ def _image_dtype(pairs: Sequence[Pair]) -> torch.dtype:
     return torch.uint8
 
 
+def resolve_mask_mode(
+    pairs: Sequence[Pair],
+    mask_mode: str,
+    *,
+    n_classes: int,
+    palette: Sequence[Sequence[int]] | None = None,
+    ignore_index: int | None = None,
+    read: dict[int, np.ndarray] | None = None,
+) -> str:
+    """The mask mode to use: ``mask_mode`` itself, or for "auto" the one detected from up to
+    DETECT_SAMPLES masks spread over the set. The masks read to detect it are left in ``read``
+    (pair index -> raw mask), so that a loader need not read them twice."""
+    if not pairs:
+        raise DataError("no image/mask pairs to load")
+    if mask_mode != "auto":
+        if mask_mode not in MASK_MODES:
+            raise DataError(f"unknown mask mode {mask_mode!r}; choose auto or one of {', '.join(MASK_MODES)}")
+        if mask_mode == "palette" and not palette:
+            raise DataError(
+                "mask mode 'palette' needs a palette: pass --palette colours.json (JSON of class name -> [r, g, b])"
+            )
+        return mask_mode
+    picks = _sample_indices(len(pairs), DETECT_SAMPLES)
+    raws = {} if read is None else read
+    for i in picks:
+        try:
+            raws[i] = read_mask(pairs[i][1])
+        except DataError:
+            pass  # a loader reports it with the other problems
+    if not raws:
+        bad = ", ".join(str(pairs[i][1]) for i in picks[:5])
+        raise DataError(
+            f"none of the masks looked at to detect the mask mode could be read ({bad}); "
+            "fix or remove them, or check that the masks folder is right"
+        )
+    used = list(raws)
+    return detect_mask_mode(
+        [raws[i] for i in used], n_classes, ignore_index=ignore_index, paths=[pairs[i][1] for i in used]
+    )
+
+
+class PairError(DataError):
+    """Every problem of one image/mask pair (both files may be unreadable), one message each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def source_classes(n_classes: int, label_map: Sequence[int] | None) -> int:
+    """How many class ids the mask files hold: the label map's source ids when there is one."""
+    return len(label_map) if label_map else n_classes
+
+
+def decode_pair(
+    image_path: Path,
+    mask_path: Path,
+    input_size: tuple[int, int, int],
+    *,
+    n_classes: int,
+    mask_mode: str,
+    palette: Sequence[Sequence[int]] | None = None,
+    ignore_index: int | None = None,
+    resize: str = "bilinear",
+    label_map: Sequence[int] | None = None,
+    raw: np.ndarray | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pair -> (image (C, H, W), (H, W) class ids) at ``input_size``; PairError naming each problem.
+
+    The one decoding step of both data sources (the in-memory cache and the stream). With a
+    ``label_map`` (source id -> class id, ``config.data.label_map``) the masks hold source ids, which
+    are checked against the map's length and mapped; ``raw`` is the mask when it was read already.
+    """
+    errors: list[str] = []
+    image = None
+    try:
+        image = read_image(image_path)
+    except DataError as e:
+        errors.append(str(e))
+    try:
+        raw = read_mask(mask_path) if raw is None else raw
+    except DataError as e:
+        errors.append(str(e))
+    if image is None or raw is None:
+        raise PairError(errors)
+    if image.shape[:2] != raw.shape[:2]:
+        raise PairError(
+            [
+                f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
+                f"{raw.shape[1]}x{raw.shape[0]} (width x height); a mask must match its image's size: "
+                "re-export the mask or remove the pair"
+            ]
+        )
+    n_source = source_classes(n_classes, label_map)
+    try:
+        ids = decode_mask(raw, mask_mode, n_source, palette=palette, ignore_index=ignore_index, path=mask_path)
+        if label_map:
+            ids = apply_lut(ids, list(label_map), ignore_index, ignore_index, mask_path)
+    except DataError as e:
+        raise PairError([str(e)]) from None
+    h, w, c = (int(v) for v in input_size)
+    x = preprocess_image(image, (h, w, c), resize)[0]
+    y = resize_masks(torch.from_numpy(ids.astype(mask_dtype(n_classes, ignore_index), copy=False))[None], (h, w))[0]
+    return x, y
+
+
 def load_pairs(
     pairs: Sequence[Pair],
     input_size: tuple[int, int, int],
@@ -260,95 +337,40 @@ def load_pairs(
     workers: int = 4,
     skip_bad: bool = False,
     log: Callable[[str], object] | None = None,
+    label_map: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Read, decode and resize every pair -> (images uint8 (N, C, H, W), masks (N, H, W), mask mode used).
 
     Masks are uint8 when the class ids fit, else int32; they are resized with nearest neighbour only.
     ``mask_mode="auto"`` detects the mode from up to DETECT_SAMPLES masks spread over the set.
-    Decoding runs in a small thread pool (PIL releases the GIL); ``progress(1)`` is called per pair.
-    All bad pairs are reported together in one DataError; with ``skip_bad`` they are left out instead
-    and reported through ``log``.
+    Decoding (``decode_pair``) runs in a small thread pool (PIL releases the GIL); ``progress(1)`` is
+    called per pair. All bad pairs are reported together in one DataError; with ``skip_bad`` they are
+    left out instead and reported through ``log``.
     """
-    if not pairs:
-        raise DataError("no image/mask pairs to load")
-    if mask_mode != "auto" and mask_mode not in MASK_MODES:
-        raise DataError(f"unknown mask mode {mask_mode!r}; choose auto or one of {', '.join(MASK_MODES)}")
-    if mask_mode == "palette" and not palette:
-        raise DataError(
-            "mask mode 'palette' needs a palette: pass --palette colours.json (JSON of class name -> [r, g, b])"
-        )
+    raws: dict[int, np.ndarray] = {}
+    n_source = source_classes(n_classes, label_map)
+    mask_mode = resolve_mask_mode(
+        pairs, mask_mode, n_classes=n_source, palette=palette, ignore_index=ignore_index, read=raws
+    )
     h, w, c = (int(v) for v in input_size)
     n = len(pairs)
-    problems: dict[int, list[str]] = {}
-    cache: dict[int, np.ndarray] = {}
-
-    if mask_mode == "auto":
-        samples = _sample_indices(n, DETECT_SAMPLES)
-        for i in samples:
-            try:
-                cache[i] = read_mask(pairs[i][1])
-            except DataError:
-                pass  # reported with the other problems below
-        if not cache:
-            bad = ", ".join(str(pairs[i][1]) for i in samples[:5])
-            raise DataError(
-                f"none of the masks looked at to detect the mask mode could be read ({bad}); "
-                "fix or remove them, or check that the masks folder is right"
-            )
-        used = list(cache)
-        mask_mode = detect_mask_mode(
-            [cache[i] for i in used], n_classes, ignore_index=ignore_index, paths=[pairs[i][1] for i in used]
-        )
-
     images = torch.empty((n, c, h, w), dtype=_image_dtype(pairs))
-    mask_torch_dtype = torch.uint8 if mask_dtype(n_classes, ignore_index) == np.uint8 else torch.int32
-    masks = torch.empty((n, h, w), dtype=mask_torch_dtype)
+    masks = torch.empty((n, h, w), dtype=mask_tensor_dtype(n_classes, ignore_index))
+    options: dict[str, Any] = dict(
+        n_classes=n_classes, mask_mode=mask_mode, palette=palette, ignore_index=ignore_index, resize=resize
+    )
 
     def load_one(i: int) -> list[str]:
-        image_path, mask_path = Path(pairs[i][0]), Path(pairs[i][1])
-        errors: list[str] = []
-        image = raw = None
         try:
-            image = read_image(image_path)
-        except DataError as e:
-            errors.append(str(e))
-        try:
-            raw = cache.pop(i) if i in cache else read_mask(mask_path)
-        except DataError as e:
-            errors.append(str(e))
-        if image is None or raw is None:
-            return errors
-        if image.shape[:2] != raw.shape[:2]:
-            return [
-                f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
-                f"{raw.shape[1]}x{raw.shape[0]} (width x height); a mask must match its image's size: "
-                "re-export the mask or remove the pair"
-            ]
-        try:
-            ids = decode_mask(raw, mask_mode, n_classes, palette=palette, ignore_index=ignore_index, path=mask_path)
-        except DataError as e:
-            return [str(e)]
-        images[i] = preprocess_image(image, (h, w, c), resize)[0]
-        masks[i] = resize_masks(torch.from_numpy(ids)[None], (h, w))[0]
+            x, y = decode_pair(
+                Path(pairs[i][0]), Path(pairs[i][1]), (h, w, c), label_map=label_map, raw=raws.pop(i, None), **options
+            )
+        except PairError as e:
+            return e.problems
+        images[i], masks[i] = x, y
         return []
 
-    workers = max(1, min(workers, os.cpu_count() or 1, n))
-    if workers == 1:
-        for i in range(n):
-            errors = load_one(i)
-            if errors:
-                problems[i] = errors
-            if progress is not None:
-                progress(1)
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unetkit-load") as pool:
-            futures = {pool.submit(load_one, i): i for i in range(n)}
-            for future in as_completed(futures):
-                errors = future.result()
-                if errors:
-                    problems[futures[future]] = errors
-                if progress is not None:
-                    progress(1)
+    problems = _run_all(load_one, n, workers, progress)
     if problems:
         report = _problem_report(problems, pairs, mask_mode)
         if not skip_bad or len(problems) == n:
@@ -357,6 +379,30 @@ def load_pairs(
         keep = torch.tensor([i for i in range(n) if i not in problems], dtype=torch.long)
         images, masks = images[keep], masks[keep]
     return images, masks, mask_mode
+
+
+def _run_all(
+    load_one: Callable[[int], list[str]], n: int, workers: int, progress: Callable[[int], object] | None
+) -> dict[int, list[str]]:
+    """``load_one(i)`` for i in 0..n-1, in a thread pool of up to ``workers``; the problems by index."""
+    workers = max(1, min(workers, os.cpu_count() or 1, n))
+
+    def outcomes() -> Iterator[tuple[int, list[str]]]:
+        if workers == 1:
+            yield from ((i, load_one(i)) for i in range(n))
+            return
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unetkit-load") as pool:
+            futures = {pool.submit(load_one, i): i for i in range(n)}
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+
+    problems: dict[int, list[str]] = {}
+    for i, errors in outcomes():
+        if errors:
+            problems[i] = errors
+        if progress is not None:
+            progress(1)
+    return problems
 
 
 _SKIP_HINT = " (or pass --skip-bad to train without them)."

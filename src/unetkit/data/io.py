@@ -22,7 +22,9 @@ EXIF orientation is applied to images and masks alike, so that they stay aligned
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -43,6 +45,18 @@ MAX_PIXELS: int = 89_478_485
 FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
 
 _FIX_REEXPORT = "re-export the file (e.g. save it again as PNG) or remove it from the folder"
+
+
+def read_json(path: str | Path, what: str, hint: str) -> Any:
+    """The parsed content of a JSON file; a DataError naming it as ``what`` ("label map", "classes file")
+    when it is missing or not readable JSON, ending with ``hint`` (the format expected, or the fix)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist; check the path") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{what} {path} is not readable JSON ({e}); {hint}") from None
 
 
 def is_image_file(path: str | Path) -> bool:

@@ -18,7 +18,6 @@ mapped ids and names.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 
 from ..errors import DataError
 from .classes import ClassList, default_ignore_index
+from .io import read_json
 
 _RESERVED = ("reduce_zero_label", "ignore", "merge", "rename", "ignore_index")
 
@@ -121,14 +121,7 @@ def parse_label_map(data: Any, path: str | Path = "label map") -> LabelMap:
 
 def load_label_map(path: str | Path) -> LabelMap:
     """Read and parse a label-map JSON file."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"label map {path} does not exist; check the path") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"label map {path} is not readable JSON ({e}); see docs/labels.md for the format") from None
-    return parse_label_map(data, path)
+    return parse_label_map(read_json(path, "label map", "see docs/labels.md for the format"), path)
 
 
 def _resolve(ref: str | int, names: list[str], offset: int, where: str) -> int:

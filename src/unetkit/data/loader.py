@@ -7,7 +7,7 @@ and augmentation happen on the device, per batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,28 +17,13 @@ import torch
 from ..errors import DataError
 from ..preprocess import resize_images, resize_masks, to_channels
 from .folders import load_pairs, pair_files
-
-
-def mask_dtype(n_classes: int, ignore_index: int | None) -> torch.dtype:
-    """uint8 when every id fits (the usual case), int32 otherwise."""
-    top = max(n_classes - 1, ignore_index if ignore_index is not None else 0)
-    return torch.uint8 if top < 256 else torch.int32
-
-
-def split_indices(n: int, val_fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sorted (train, validation) indices of a seeded random split; at least one sample on each side."""
-    n_val = max(1, round(n * val_fraction))
-    if n_val >= n:
-        raise DataError(
-            f"cannot hold out {val_fraction:.0%} of {n} samples and keep any for training; "
-            "lower --val-fraction or add data"
-        )
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[n_val:].sort().values, perm[:n_val].sort().values
+from .masks import mask_tensor_dtype
+from .source import SegmentationSource
+from .splits import shard_order
 
 
 @dataclass
-class SegmentationData:
+class SegmentationData(SegmentationSource):
     """Images (N, C, H, W) uint8 and masks (N, H, W) of class ids, already at the model's size."""
 
     images: torch.Tensor
@@ -71,16 +56,12 @@ class SegmentationData:
     def to(self, device: torch.device | str) -> SegmentationData:
         return SegmentationData(self.images.to(device), self.masks.to(device))
 
-    def subset(self, index: torch.Tensor | list[int]) -> SegmentationData:
+    def subset(self, index: torch.Tensor | Sequence[int]) -> SegmentationData:
         index = torch.as_tensor(index, dtype=torch.long)
         return SegmentationData(self.images[index], self.masks[index])
 
-    def split(self, val_fraction: float, seed: int = 0) -> tuple[SegmentationData, SegmentationData]:
-        """A seeded, deterministic split into (train, validation)."""
-        train, val = split_indices(len(self), val_fraction, seed)
-        return self.subset(train), self.subset(val)
-
     def class_counts(self, n_classes: int) -> torch.Tensor:
+        """Pixels per class id 0..n_classes-1, counted on the cache."""
         m = self.masks.reshape(-1).long()
         return torch.bincount(m[m < n_classes], minlength=n_classes)[:n_classes]
 
@@ -93,19 +74,9 @@ class SegmentationData:
         generator: torch.Generator | None = None,
         rank: int = 0,
         world_size: int = 1,
-        drop_last: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (uint8 images, int64 masks) batches on ``device``.
-
-        With several ranks each takes every world_size-th sample of the shared permutation, so the
-        ranks together see each sample once per epoch, as DistributedSampler does.
-        """
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        if world_size > 1:
-            per_rank = -(-n // world_size)
-            order = torch.cat([order, order[: per_rank * world_size - n]])  # pad as DistributedSampler
-            order = order[rank::world_size]
+        """Yield (uint8 images, int64 masks) batches on ``device``, in ``splits.shard_order``'s order."""
+        order = shard_order(len(self), shuffle=shuffle, generator=generator, rank=rank, world_size=world_size)
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:  # "cuda" is the current GPU, where .to("cuda") puts data
             device = torch.device("cuda", torch.cuda.current_device())
@@ -114,8 +85,6 @@ class SegmentationData:
             order = order.to(device)  # once per epoch: a copy per batch would make the host wait for the GPU
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            if drop_last and len(idx) < batch_size:
-                break
             if on_device:
                 yield self.images.index_select(0, idx), self.masks.index_select(0, idx).long()
             else:
@@ -157,9 +126,9 @@ class SegmentationData:
             raise DataError(f"masks {masks.shape} do not match images {images.shape[:3]}")
         _check_values(masks, n_classes, ignore_index, "the masks array")
         h, w, c = input_size
-        x = np.ascontiguousarray(np.stack([to_channels(im, c) for im in images]))
-        x = torch.from_numpy(x.astype(np.int32) if x.dtype == np.uint16 else x).permute(0, 3, 1, 2)
-        y = torch.from_numpy(masks.astype(np.int64)).to(mask_dtype(n_classes, ignore_index))
+        stacked = np.ascontiguousarray(np.stack([to_channels(im, c) for im in images]))
+        x = torch.from_numpy(stacked.astype(np.int32) if stacked.dtype == np.uint16 else stacked).permute(0, 3, 1, 2)
+        y = torch.from_numpy(masks.astype(np.int64)).to(mask_tensor_dtype(n_classes, ignore_index))
         return cls(resize_images(x.contiguous(), (h, w), resize), resize_masks(y, (h, w)))
 
     @classmethod
@@ -174,14 +143,16 @@ class SegmentationData:
         palette: list[list[int]] | None = None,
         ignore_index: int | None = None,
         resize: str = "bilinear",
-        progress=None,
+        progress: Callable[[int], object] | None = None,
         recursive: bool = False,
         skip_bad: bool = False,
-        log=None,
+        log: Callable[[str], object] | None = None,
+        label_map: Sequence[int] | None = None,
     ) -> tuple[SegmentationData, str]:
         """Read and validate a folder pair; returns the data and the mask mode used.
 
-        ``recursive`` reads sub-folders too; ``skip_bad`` leaves out unreadable pairs, reported via ``log``.
+        ``recursive`` reads sub-folders too; ``skip_bad`` leaves out unreadable pairs, reported via ``log``;
+        ``label_map`` (source id -> class id) maps masks that hold source ids.
         """
         pairs = pair_files(images, masks, recursive=recursive)
         x, y, mode = load_pairs(
@@ -195,6 +166,7 @@ class SegmentationData:
             progress=progress,
             skip_bad=skip_bad,
             log=log,
+            label_map=label_map,
         )
         return cls(x, y), mode
 

@@ -19,8 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..errors import DataError
+from .io import read_json
 
 MASK_MODES: tuple[str, ...] = ("index", "binary", "channels", "palette")
 
@@ -32,6 +34,11 @@ def mask_dtype(n_classes: int, ignore_index: int | None = None) -> np.dtype:
     """uint8 when every class id and ignore_index fit in a byte, else int32."""
     fits = n_classes <= 256 and (ignore_index is None or ignore_index <= 255)
     return np.dtype(np.uint8 if fits else np.int32)
+
+
+def mask_tensor_dtype(n_classes: int, ignore_index: int | None = None) -> torch.dtype:
+    """``mask_dtype`` for the mask tensors of the caches and batches: torch.uint8 or torch.int32."""
+    return torch.uint8 if mask_dtype(n_classes, ignore_index) == np.uint8 else torch.int32
 
 
 def _name(path: str | Path | None) -> str:
@@ -381,12 +388,7 @@ def load_palette_file(path: str | Path) -> tuple[list[str], list[list[int]]]:
 def load_class_names(path: str | Path) -> list[str]:
     """Read a JSON list of class names (or a palette file, whose keys are the names)."""
     path = Path(path)
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"class-names file {path} does not exist; check the path") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f'class-names file {path} is not readable JSON ({e}); expected ["road", "car", ...]') from None
+    data = read_json(path, "class-names file", 'expected ["road", "car", ...]')
     if isinstance(data, dict):
         return load_palette_file(path)[0]
     if not isinstance(data, list) or not data or not all(isinstance(n, str) and n for n in data):

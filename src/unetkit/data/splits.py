@@ -1,4 +1,9 @@
-"""Saved, seeded k-fold splits (splits.json, as nnU-Net's splits_final.json) and the fold subsets of a data set.
+"""How a data set is divided: the seeded validation split, the sample order of an epoch on each rank,
+and saved k-fold splits (splits.json, as nnU-Net's splits_final.json) with their fold subsets.
+
+Both data sources (``loader.SegmentationData`` and ``stream.StreamingData``) split and order samples
+with these functions, so the cached and the streamed copy of a data set see the same samples in the
+same order.
 
 A split file is a list with one ``{"train": [names], "val": [names]}`` per fold; names are image file
 names without extension, as images pair with masks. The orchestration (one run per fold, the summary)
@@ -18,6 +23,32 @@ from ..fsio import atomic_write_text
 from .folders import pair_files
 
 SPLITS = "splits.json"
+
+
+def split_indices(n: int, val_fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted (train, validation) indices of a seeded random split; at least one sample on each side."""
+    n_val = max(1, round(n * val_fraction))
+    if n_val >= n:
+        raise DataError(
+            f"cannot hold out {val_fraction:.0%} of {n} samples and keep any for training; "
+            "lower --val-fraction or add data"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def shard_order(
+    n: int, *, shuffle: bool, generator: torch.Generator | None, rank: int = 0, world_size: int = 1
+) -> torch.Tensor:
+    """The sample order of one epoch on one rank: a permutation drawn from ``generator`` (or 0..n-1), and
+    with several ranks every world_size-th sample of it, padded as DistributedSampler pads, so that the
+    ranks together see each sample once per epoch."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    if world_size > 1:
+        per_rank = -(-n // world_size)
+        order = torch.cat([order, order[: per_rank * world_size - n]])
+        order = order[rank::world_size]
+    return order
 
 
 def make_splits(names: list[str], k: int, seed: int = 0) -> list[dict[str, list[str]]]:

@@ -27,7 +27,9 @@ import colorsys
 import itertools
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -91,6 +93,9 @@ _MID = np.array([0.02, 0.0, 0.04, 0.03, 0.04, 0.04, 0.05, 0.18, 0.1, 0.02, 0.03,
 _LOW = np.array(
     [0.03, 0.0, 0.05, 0.04, 0.05, 0.05, 0.05, 0.06, 0.07, 0.02, 0.02, 0.0, 0.08], np.float32
 )  # large patches
+
+
+_Obj = tuple[float, float, str, dict[str, Any]]  # an object to draw: distance, lateral, kind, params
 
 
 def _cum(weights: list[float]) -> list[float]:
@@ -568,7 +573,7 @@ class _Scene:
     def draw_ground(self) -> None:
         """Terrain, paving, sidewalks, road, markings, median and cast shadows, all per row."""
         cv, cam, rng = self.cv, self.cam, self.rng
-        self.crosswalk = None
+        self.crosswalk: float | None = None
         i0 = min(self.h, max(0, math.ceil(cam.yh - 0.5 + 1e-3)))  # first ground row
         q = (cv.ys[i0:] - np.float32(cam.yh)) * np.float32(1 / (cam.f * cam.c))  # inverse distance per row
         d = 1.0 / q
@@ -611,7 +616,28 @@ class _Scene:
         paint(road, asphalt, ROAD, _M_ASPHALT)
         track = np.abs(((X - XL) * (1 / self.lw)) % 1.0 - 0.5)
         bright[road & (track > 0.14) & (track < 0.3)] = rng.uniform(0.85, 0.97)  # tyre tracks
-        # lane markings
+        self._markings(X, d, px, road, asphalt, pave, terrain, paint)
+        # cast shadows: the sun-side buildings over part of the road, dappled shade under trees
+        if self.sunny and rng.random() < 0.6:
+            reach = (XL if self.sun_side > 0 else XR) + self.sun_side * rng.uniform(-1.0, 2.5)
+            bright[(X < reach) if self.sun_side > 0 else (X > reach)] *= np.float32(rng.uniform(0.5, 0.75))
+        if self.sunny and rng.random() < 0.3:
+            dapple = (self.mid[i0:] > rng.uniform(0.3, 1.0)) & (X < XR + 1.5) & (X > XL - 1.5)
+            bright[dapple] *= np.float32(rng.uniform(0.55, 0.75))
+
+    def _markings(
+        self,
+        X: np.ndarray,
+        d: np.ndarray,
+        px: np.ndarray,
+        road: np.ndarray,
+        asphalt: Colour,
+        pave: Colour,
+        terrain: Colour,
+        paint: Callable[[np.ndarray, Colour, int, int], None],
+    ) -> None:
+        """Lane markings (dashed, double yellow, or a median), edge lines and a zebra crossing."""
+        rng, XL, XR = self.rng, self.XL, self.XR
         worn = rng.uniform(0, 0.35)
         white = _mix(_scale(_WHITE, rng.uniform(0.8, 1.0)), asphalt, worn)
         yellow = _mix(_scale(_YELLOW, rng.uniform(0.8, 1.0)), asphalt, worn)
@@ -641,13 +667,6 @@ class _Scene:
             stripe = rng.uniform(0.12, 0.2)
             paint(road & rows & ((X - XL) % (2 * stripe) < stripe), white, LANE, _M_PAINT)
             self.crosswalk = dz
-        # cast shadows: the sun-side buildings over part of the road, dappled shade under trees
-        if self.sunny and rng.random() < 0.6:
-            reach = (XL if self.sun_side > 0 else XR) + self.sun_side * rng.uniform(-1.0, 2.5)
-            bright[(X < reach) if self.sun_side > 0 else (X > reach)] *= np.float32(rng.uniform(0.5, 0.75))
-        if self.sunny and rng.random() < 0.3:
-            dapple = (self.mid[i0:] > rng.uniform(0.3, 1.0)) & (X < XR + 1.5) & (X > XL - 1.5)
-            bright[dapple] *= np.float32(rng.uniform(0.55, 0.75))
 
     # ---------------------------------------------------------------- roadside blocks
     def facade_columns(self, side: int, lateral: float) -> np.ndarray:
@@ -771,9 +790,34 @@ class _Scene:
         ids, qs, ds, hs = idx[sl], q[sl], d[sl], hgt[sl]
         Y = cv.ys[i0:i1, None]
         m = valid[None, sl] & (Y >= top[None, sl]) & (Y < bot[None, sl])
+        z = cam.c - (Y - cam.yh) * (1 / (cam.f * qs))[None, :]  # height above the ground, lane widths
+        cid, bright = self._windows(bl, ids, ds, qs, z, hs, base, n)
+        is_f = bl["open"][ids]
+        if is_f.any():  # open fences: posts and rails only, the rest shows what is behind
+            px = 1.0 / (cam.f * qs)
+            posts = (ds % bl["post"][ids]) < np.maximum(0.06, 1.2 * px)
+            pitch = hs / bl["rails"][ids]
+            rail = ((z * (1 / pitch)[None, :]) % 1.0 > 1 - np.maximum(0.12, px / pitch)[None, :]) | (
+                z > (hs - 0.05)[None, :]
+            )
+            m &= ~(is_f & ~posts)[None, :] | rail
+        cv.fill(b, m, cid, bright)
+
+    def _windows(
+        self,
+        bl: dict[str, np.ndarray],
+        ids: np.ndarray,
+        ds: np.ndarray,
+        qs: np.ndarray,
+        z: np.ndarray,
+        hs: np.ndarray,
+        base: int,
+        n: int,
+    ) -> tuple[np.ndarray, float | np.ndarray]:
+        """Colour ids and brightness of facade pixels: the facade's, or its windows' where they show."""
+        cam = self.cam
         cid: np.ndarray = (base + ids)[None, :]
         bright: float | np.ndarray = 1.0
-        z = cam.c - (Y - cam.yh) * (1 / (cam.f * qs))[None, :]  # height above the ground, lane widths
         ws = bl["ws"][ids]
         big = bl["windows"][ids] & (ws * cam.f * qs > 2.5)  # windows only where they span a few pixels
         if big.any():
@@ -794,66 +838,16 @@ class _Scene:
                 ((np.floor(u)[None, :] * 7 + np.floor(vz) * 13) % 5) * np.float32(0.1) + np.float32(0.8),
                 np.float32(1.0),
             )
-        is_f = bl["open"][ids]
-        if is_f.any():  # open fences: posts and rails only, the rest shows what is behind
-            px = 1.0 / (cam.f * qs)
-            posts = (ds % bl["post"][ids]) < np.maximum(0.06, 1.2 * px)
-            pitch = hs / bl["rails"][ids]
-            rail = ((z * (1 / pitch)[None, :]) % 1.0 > 1 - np.maximum(0.12, px / pitch)[None, :]) | (
-                z > (hs - 0.05)[None, :]
-            )
-            m &= ~(is_f & ~posts)[None, :] | rail
-        cv.fill(b, m, cid, bright)
+        return cid, bright
 
     # ---------------------------------------------------------------- objects
     def draw_objects(self) -> None:
         """Vehicles, pedestrians, poles, signs, traffic lights, trees and clutter, far to near."""
         rng, style = self.rng, self.style
-        objs: list[tuple[float, float, str, dict]] = []  # (distance, lateral, kind, params)
-        XL, XR, lw = self.XL, self.XR, self.lw
-        traffic = {"city": 1.6, "suburb": 1.1, "rural": 0.8}[style]
-        for lane in range(self.n_lanes):
-            last = -10.0
-            for d in np.sort(rng.uniform(1.2, 45, rng.poisson(traffic))).tolist():
-                if d - last >= 2.2:
-                    last = d
-                    kind = _VEHICLES[int(rng.integers(len(_VEHICLES)))]
-                    x = XL + (lane + 0.5 + rng.uniform(-0.12, 0.12)) * lw
-                    objs.append((d, x, kind, {"oncoming": lane < self.n_left}))
+        XL, XR = self.XL, self.XR
+        objs = self._traffic()
         for k, side in enumerate((-1, 1)):
-            edge = XL if side < 0 else XR
-            sw = self.sw[k]
-            outer = edge + side * sw
-            if rng.random() < {"city": 0.45, "suburb": 0.35, "rural": 0.1}[style]:  # parked cars
-                d = rng.uniform(1.5, 5)
-                for _ in range(int(rng.integers(1, 6))):
-                    objs.append((d, edge - side * 0.35, "car", {"oncoming": rng.random() < 0.5}))
-                    d += rng.uniform(1.5, 4)
-            if rng.random() < {"city": 0.75, "suburb": 0.6, "rural": 0.45}[style]:  # street lights
-                pitch = rng.uniform(5, 12)
-                lamp = {
-                    "col": _pick(rng, _POLE, 0.08),
-                    "h": rng.uniform(1.6, 2.6),
-                    "arm": rng.uniform(0.3, 0.8),
-                    "w": rng.uniform(0.03, 0.05),
-                }
-                for d in np.arange(rng.uniform(0.8, pitch), 70, pitch).tolist():
-                    objs.append((d, edge + side * min(0.15, sw * 0.3 + 0.1), "lamp", lamp))
-            if rng.random() < {"city": 0.35, "suburb": 0.6, "rural": 0.5}[style]:  # trees
-                pitch = rng.uniform(3, 8)
-                d = rng.uniform(0.8, pitch)
-                while d < 60:
-                    objs.append((d, outer - side * 0.2 if sw > 0.5 else outer + side * 0.4, "tree", {}))
-                    d += pitch * rng.uniform(0.7, 1.3)
-            for _ in range(int(rng.poisson(1.3))):
-                x = edge + side * rng.uniform(0.1, max(sw, 0.25))
-                objs.append((1.5 + 22 * rng.random() ** 1.5, x, "sign", {}))
-            for _ in range(int(rng.poisson({"city": 3.0, "suburb": 1.6, "rural": 0.8}[style]))):
-                x = edge + side * (rng.uniform(0.15, max(sw - 0.1, 0.2)) if sw > 0 else rng.uniform(0.1, 0.8))
-                objs.append((1.0 + 28 * rng.random() ** 1.5, x, "person", {}))
-            if rng.random() < 0.25:
-                x = edge + side * rng.uniform(0.1, max(sw, 0.3))
-                objs.append((rng.uniform(1.5, 15), x, "clutter", {}))
+            objs += self._roadside_rows(k, side) + self._roadside_items(k, side)
         if rng.random() < {"city": 0.45, "suburb": 0.25, "rural": 0.1}[style]:
             side = -1 if rng.random() < 0.5 else 1
             x = (XL if side < 0 else XR) + side * 0.15
@@ -864,6 +858,65 @@ class _Scene:
         objs.sort(key=lambda o: -o[0])
         for d, X, kind, p in objs:
             getattr(self, "draw_" + kind)(d, X, p)
+
+    def _traffic(self) -> list[_Obj]:
+        """Vehicles in every lane, at least 2.2 lane widths apart."""
+        rng, objs = self.rng, list[_Obj]()
+        traffic = {"city": 1.6, "suburb": 1.1, "rural": 0.8}[self.style]
+        for lane in range(self.n_lanes):
+            last = -10.0
+            for d in np.sort(rng.uniform(1.2, 45, rng.poisson(traffic))).tolist():
+                if d - last >= 2.2:
+                    last = d
+                    kind = _VEHICLES[int(rng.integers(len(_VEHICLES)))]
+                    x = self.XL + (lane + 0.5 + rng.uniform(-0.12, 0.12)) * self.lw
+                    objs.append((d, x, kind, {"oncoming": lane < self.n_left}))
+        return objs
+
+    def _roadside_rows(self, k: int, side: int) -> list[_Obj]:
+        """Rows along one side of the road: parked cars, street lights, trees."""
+        rng, style, objs = self.rng, self.style, list[_Obj]()
+        edge = self.XL if side < 0 else self.XR
+        sw = self.sw[k]
+        outer = edge + side * sw
+        if rng.random() < {"city": 0.45, "suburb": 0.35, "rural": 0.1}[style]:  # parked cars
+            d = rng.uniform(1.5, 5)
+            for _ in range(int(rng.integers(1, 6))):
+                objs.append((d, edge - side * 0.35, "car", {"oncoming": rng.random() < 0.5}))
+                d += rng.uniform(1.5, 4)
+        if rng.random() < {"city": 0.75, "suburb": 0.6, "rural": 0.45}[style]:  # street lights
+            pitch = rng.uniform(5, 12)
+            lamp = {
+                "col": _pick(rng, _POLE, 0.08),
+                "h": rng.uniform(1.6, 2.6),
+                "arm": rng.uniform(0.3, 0.8),
+                "w": rng.uniform(0.03, 0.05),
+            }
+            for d in np.arange(rng.uniform(0.8, pitch), 70, pitch).tolist():
+                objs.append((d, edge + side * min(0.15, sw * 0.3 + 0.1), "lamp", lamp))
+        if rng.random() < {"city": 0.35, "suburb": 0.6, "rural": 0.5}[style]:  # trees
+            pitch = rng.uniform(3, 8)
+            d = rng.uniform(0.8, pitch)
+            while d < 60:
+                objs.append((d, outer - side * 0.2 if sw > 0.5 else outer + side * 0.4, "tree", {}))
+                d += pitch * rng.uniform(0.7, 1.3)
+        return objs
+
+    def _roadside_items(self, k: int, side: int) -> list[_Obj]:
+        """Scattered on one side: signs, pedestrians, clutter."""
+        rng, objs = self.rng, list[_Obj]()
+        edge = self.XL if side < 0 else self.XR
+        sw = self.sw[k]
+        for _ in range(int(rng.poisson(1.3))):
+            x = edge + side * rng.uniform(0.1, max(sw, 0.25))
+            objs.append((1.5 + 22 * rng.random() ** 1.5, x, "sign", {}))
+        for _ in range(int(rng.poisson({"city": 3.0, "suburb": 1.6, "rural": 0.8}[self.style]))):
+            x = edge + side * (rng.uniform(0.15, max(sw - 0.1, 0.2)) if sw > 0 else rng.uniform(0.1, 0.8))
+            objs.append((1.0 + 28 * rng.random() ** 1.5, x, "person", {}))
+        if rng.random() < 0.25:
+            x = edge + side * rng.uniform(0.1, max(sw, 0.3))
+            objs.append((rng.uniform(1.5, 15), x, "clutter", {}))
+        return objs
 
     def _frame(self, d: float, X: float) -> tuple[float, float, float]:
         """Screen column and row of a ground point, and pixels per lane width there."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from PIL import Image, ImageDraw
 from ...errors import DataError
 from ...fsio import atomic_write_bytes
 from ..classes import ClassList, write_classes
+from ..io import read_json as read_json_file
 from ..labelmap import LabelMap, apply_label_map
 
 
@@ -46,13 +46,8 @@ class ImportResult:
 
 
 def read_json(path: Path, what: str) -> Any:
-    """Parse a JSON file; a DataError names it and the format expected."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{what} file {path} does not exist; check the path") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path} is not a {what} file: it is not readable JSON ({e}); export it again") from None
+    """Parse a tool's JSON export; a DataError names it as the ``what`` (format) file and says to export again."""
+    return read_json_file(path, f"{what} file", "export it again")
 
 
 def not_format(path: Path, what: str, why: str) -> DataError:
