@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -359,7 +359,7 @@ def predict_files(
     if mode is not None:
         if mode not in ("resize", "sliding"):
             raise DataError(f"--mode must be resize or sliding, got {mode!r}")
-        predictor.config.preprocess.predict_mode = mode
+        predictor.config = replace(predictor.config, preprocess=replace(predictor.config.preprocess, predict_mode=mode))
     files, left_out = collect_inputs(inputs)
     out = Path(out)
     videos = [f for f in files if f.suffix.lower() in VIDEO_EXTENSIONS]
