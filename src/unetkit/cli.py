@@ -27,6 +27,7 @@ from .config import (
     Normalize,
     Optimizer,
     Precision,
+    PredictMode,
     Recipe,
     ResizeMode,
     Schedule,
@@ -60,6 +61,16 @@ LOSS_HELP = (
     + ", ".join(x for x in LOSSES if "+" in x)
 )
 TTA_HELP = "test-time augmentation: flip, or e.g. flip,scales=0.75,1,1.25 (logits averaged over the views)"
+PRECISION_HELP = "fp32 (default: the model's own masks), bf16 (PyTorch autocast) or int8 (the run's int8 ONNX file)"
+
+# Options that evaluate, predict and serve share, declared once.
+Tta = Annotated[str | None, typer.Option(help=TTA_HELP)]
+PredictPrecision = Annotated[str | None, typer.Option(help=PRECISION_HELP)]
+ShownClasses = Annotated[Path | None, typer.Option(help="classes.json: names and colours to show")]
+CheckAgreement = Annotated[int, typer.Option(help="compare masks with fp32 on the first N images")]
+MinSize = Annotated[int | None, typer.Option(help="remove components under N pixels (every class)")]
+FillHoles = Annotated[list[str] | None, typer.Option(help="fill holes in this class (id or name; repeatable)")]
+KeepLargest = Annotated[list[str] | None, typer.Option(help="keep this class's largest component only")]
 
 
 def _print_version(value: bool) -> None:
@@ -136,7 +147,7 @@ def info(
     input_size: Annotated[tuple[int, int, int], typer.Option(help="H W C")] = (96, 128, 3),
     n_filters: int = 32,
     n_classes: int = 23,
-    model: Annotated[str, typer.Option(help="unet or fcn")] = "unet",
+    model: Annotated[str, typer.Option(help=_one_of(ModelName))] = "unet",
     depth: int = 5,
     batch_norm: bool = False,
     run: Annotated[Path | None, typer.Option(help="describe the model of this run folder instead")] = None,
@@ -155,7 +166,7 @@ def info(
         cfg = RunConfig.load(run / "config.json").model
     else:
         cfg = ModelConfig(
-            name=model,
+            name=model,  # type: ignore[arg-type]  # checked against ModelName on creation
             input_size=input_size,
             n_filters=n_filters,
             n_classes=n_classes,
@@ -225,7 +236,7 @@ def check_data_command(
         int | None, typer.Option(help="number of classes (default: from --classes or the masks)")
     ] = None,
     ignore_index: Annotated[int | None, typer.Option(help="mask value that is not a class")] = None,
-    mask_mode: Annotated[str, typer.Option(help="auto, index, binary, channels or palette")] = "auto",
+    mask_mode: Annotated[str, typer.Option(help=_one_of(MaskMode))] = "auto",
     classes: Annotated[Path | None, typer.Option(help="classes.json (names, colours, ignore index)")] = None,
     label_map: Annotated[Path | None, typer.Option(help="JSON label map applied before counting")] = None,
     val_images: Path | None = None,
@@ -597,9 +608,6 @@ def compare(**opts: Any) -> None:
 _declare(compare, COMPARE_OPTIONS)
 
 
-PRECISION_HELP = "fp32 (default: the model's own masks), bf16 (PyTorch autocast) or int8 (the run's int8 ONNX file)"
-
-
 def _say(text: str) -> None:
     """Print user text as it is (paths may hold [brackets]), whole lines even when redirected."""
     console().print(text, markup=False, soft_wrap=True)
@@ -635,14 +643,12 @@ def evaluate(
     label_map: Annotated[Path | None, typer.Option(help="JSON label map (default: the run's own)")] = None,
     classes: Annotated[Path | None, typer.Option(help="classes.json of the masks' source classes")] = None,
     device: str = "auto",
-    precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
-    check_agreement: Annotated[int, typer.Option(help="compare masks with fp32 on the first N images")] = 0,
-    min_size: Annotated[int | None, typer.Option(help="remove components under N pixels (every class)")] = None,
-    fill_holes: Annotated[
-        list[str] | None, typer.Option(help="fill holes in this class (id or name; repeatable)")
-    ] = None,
-    keep_largest: Annotated[list[str] | None, typer.Option(help="keep this class's largest component only")] = None,
-    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
+    precision: PredictPrecision = None,
+    check_agreement: CheckAgreement = 0,
+    min_size: MinSize = None,
+    fill_holes: FillHoles = None,
+    keep_largest: KeepLargest = None,
+    tta: Tta = None,
     confusion: Annotated[
         Path | None, typer.Option(help="write the row-normalised confusion matrix as PNG (counts as .csv beside it)")
     ] = None,
@@ -687,15 +693,17 @@ def predict(
     inputs: Annotated[list[str], typer.Argument(help="image or video files, folders or glob patterns")],
     out: Annotated[Path, typer.Option(help="output folder (never one of the input folders)")],
     masks: Annotated[Path | None, typer.Option(help="truth masks: also write input | truth | prediction")] = None,
-    mode: Annotated[str | None, typer.Option(help="resize or sliding (window at full resolution)")] = None,
-    classes: Annotated[Path | None, typer.Option(help="classes.json: names and colours to show")] = None,
+    mode: Annotated[
+        str | None, typer.Option(help=_one_of(PredictMode, {"sliding": "window at full resolution"}))
+    ] = None,
+    classes: ShownClasses = None,
     device: str = "auto",
-    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
+    tta: Tta = None,
     save_probs: Annotated[
         str | None,
         typer.Option(help="also write confidence and entropy PNGs; npz: with float16 probabilities, png: PNGs only"),
     ] = None,
-    precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
+    precision: PredictPrecision = None,
     outputs: Annotated[
         str, typer.Option(help="which files per image: any of mask,colour,overlay")
     ] = "mask,colour,overlay",
@@ -703,12 +711,10 @@ def predict(
     overwrite: Annotated[bool, typer.Option(help="replace files in --out that no unetkit manifest lists")] = False,
     batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 8,
     frames: Annotated[bool, typer.Option(help="videos: also one index-mask PNG per frame")] = False,
-    check_agreement: Annotated[int, typer.Option(help="compare masks with fp32 on the first N images")] = 0,
-    min_size: Annotated[int | None, typer.Option(help="remove components under N pixels (every class)")] = None,
-    fill_holes: Annotated[
-        list[str] | None, typer.Option(help="fill holes in this class (id or name; repeatable)")
-    ] = None,
-    keep_largest: Annotated[list[str] | None, typer.Option(help="keep this class's largest component only")] = None,
+    check_agreement: CheckAgreement = 0,
+    min_size: MinSize = None,
+    fill_holes: FillHoles = None,
+    keep_largest: KeepLargest = None,
     progress: bool = True,
 ) -> None:
     """Write for each image: index mask PNG (original size), colour mask, overlay; and manifest.csv."""
@@ -834,9 +840,9 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="images per forward pass at most")] = 8,
     device: str = "auto",
     log_level: Annotated[str, typer.Option(help="info logs each request; warning is quiet")] = "info",
-    classes: Annotated[Path | None, typer.Option(help="classes.json: names and colours to show")] = None,
-    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
-    precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
+    classes: ShownClasses = None,
+    tta: Tta = None,
+    precision: PredictPrecision = None,
     api_key_file: Annotated[
         Path | None, typer.Option(help="require 'Authorization: Bearer KEY' (KEY: this file's first line)")
     ] = None,
@@ -845,11 +851,9 @@ def serve(
     ] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS: private key (PEM), with --ssl-certfile")] = None,
     ssl_certfile: Annotated[Path | None, typer.Option(help="TLS: certificate chain (PEM)")] = None,
-    min_size: Annotated[int | None, typer.Option(help="remove components under N pixels (every class)")] = None,
-    fill_holes: Annotated[
-        list[str] | None, typer.Option(help="fill holes in this class (id or name; repeatable)")
-    ] = None,
-    keep_largest: Annotated[list[str] | None, typer.Option(help="keep this class's largest component only")] = None,
+    min_size: MinSize = None,
+    fill_holes: FillHoles = None,
+    keep_largest: KeepLargest = None,
 ) -> None:
     """Serve a model over HTTP: POST /predict, GET /info, /health, /docs, and a web page at /.
 
@@ -1036,12 +1040,12 @@ def _arrange_help(fn: Callable[..., Any], panels: dict[str, str], defaults: dict
         if p.name not in panel_of and p.name not in defaults:
             params.append(p)
             continue
-        base, meta = p.annotation, ()
+        base, meta = p.annotation, tuple[Any, ...]()
         if typing.get_origin(base) is Annotated:
             base, *rest = typing.get_args(base)
             meta = tuple(rest)
-        info = next((m for m in meta if isinstance(m, OptionInfo)), None)
-        info = copy.copy(info) if info is not None else typer.Option()  # the declaration is shared: not changed
+        found = next((m for m in meta if isinstance(m, OptionInfo)), None)
+        info = copy.copy(found) if found is not None else typer.Option()  # the declaration is shared: not changed
         info.rich_help_panel = panel_of.get(p.name)
         if p.name in defaults:
             info.show_default = defaults[p.name]

@@ -61,7 +61,7 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 @functools.cache
-def choices_of(cls: type) -> dict[str, tuple[str, ...]]:
+def choices_of(cls: Any) -> dict[str, tuple[str, ...]]:
     """The fields of config class ``cls`` typed ``Literal[...]``, each with its values."""
     hints = typing.get_type_hints(cls)
     return {
@@ -72,7 +72,7 @@ def choices_of(cls: type) -> dict[str, tuple[str, ...]]:
 
 
 def _check_choices(obj: Any) -> None:
-    for name, choices in choices_of(type(obj)).items():
+    for name, choices in choices_of(obj.__class__).items():
         _choice(name, getattr(obj, name), choices)
 
 
@@ -304,8 +304,9 @@ class RunConfig:
         _check(len(self.class_names) == n, f"{len(self.class_names)} class names for {n} classes")  # type: ignore[arg-type]
         if self.palette is None:
             _set(self, "palette", default_palette(n))
+        palette = self.palette or []
         _check(
-            len(self.palette) >= n and all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in self.palette),
+            len(palette) >= n and all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in palette),
             "palette must hold one [r, g, b] (0-255) per class",
         )
         _check(
@@ -449,7 +450,7 @@ def _coerce_scalar(tp: Any, value: Any, where: str) -> Any:
     accepted, what = _SCALARS[tp]
     if not isinstance(value, accepted) or (isinstance(value, bool) and tp is not bool):
         raise ConfigError(f"{where} must be {what}, got {value!r}")
-    return float(value) if tp is float else value
+    return float(value) if tp is float else value  # type: ignore[arg-type]
 
 
 # Config files in: JSON or YAML in the shape of config.json, and dotted ``--set KEY=VALUE`` overrides.
@@ -495,13 +496,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 def yaml_load(text: str, where: str) -> Any:
     """YAML text as Python values, with YAML 1.2's plain scalars (3e-3 a number, on/off/yes/no text)."""
     try:
-        import yaml
+        import yaml  # type: ignore[import-untyped]
     except ImportError:
         raise ConfigError(f"{where}: reading YAML needs PyYAML (pip install pyyaml), or give JSON") from None
     try:
         return yaml.load(text, Loader=_yaml_loader())  # noqa: S506  # a SafeLoader: plain data only
     except yaml.YAMLError as e:
-        raise ConfigError(f"{where} is not valid YAML ({e})") from None
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{where} is not valid YAML ({problem}{at})") from None
 
 
 @functools.cache

@@ -234,6 +234,8 @@ def _train_settings(config: RunConfig, opts: dict[str, Any]) -> dict[str, Any]:
     augment = _augment(config.train.augment, opts)
     if augment is not None:
         t["augment"] = augment
+    if opts["recipe"] is not None:  # over the file's train.recipe too: the settings started from this one
+        t["recipe"] = opts["recipe"]
     return t
 
 
