@@ -73,7 +73,7 @@ def choices_of(cls: Any) -> dict[str, tuple[str, ...]]:
 
 def _check_choices(obj: Any) -> None:
     for name, choices in choices_of(obj.__class__).items():
-        _choice(name, getattr(obj, name), choices)
+        _choice("model" if name == "name" else name, getattr(obj, name), choices)  # model.name is --model
 
 
 def _set(obj: Any, name: str, value: Any) -> None:
