@@ -183,8 +183,11 @@ def test_model_trained_on_crops_segments_a_larger_odd_sized_image(tmp_path):
     images, masks = make_blobs(32, seed=3)
     data = SegmentationData.from_arrays(images, masks, (32, 32, 3), n_classes=3)
     config = tiny_config(epochs=3, batch_size=4, lr=1e-2)
-    config.model = replace(config.model, depth=3, n_filters=8, batch_norm=True)
-    config.preprocess.predict_mode = "sliding"
+    config = replace(
+        config,
+        model=replace(config.model, depth=3, n_filters=8, batch_norm=True),
+        preprocess=replace(config.preprocess, predict_mode="sliding"),
+    )
     result = fit(config, tmp_path / "run", train_data=data, progress=False, log=None)
     big_images, big_masks = make_blobs(3, size=(75, 101), seed=9)
     predictor = Predictor(result.model, config, device="cpu", precision="fp32")

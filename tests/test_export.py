@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,7 @@ def test_onnx_predictor_gives_the_same_masks(
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(onnx_pred.predict(ims[1]), torch_pred.predict(ims[1]))
     for p in (onnx_pred, torch_pred):
-        p.config.preprocess.predict_mode = "sliding"
+        p.config = replace(p.config, preprocess=replace(p.config.preprocess, predict_mode="sliding"))
     np.testing.assert_array_equal(onnx_pred.predict(ims[3]), torch_pred.predict(ims[3]))
     lo, lt = onnx_pred.logits(ims[1]), torch_pred.logits(ims[1])
     assert float((lo - lt).abs().max()) < 1e-4

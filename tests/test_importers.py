@@ -411,10 +411,12 @@ def test_train_runs_on_an_import(tmp_path):
     out = tmp_path / "out"
     import_dataset("coco", [path], out)
     config = tiny_config(epochs=1, batch_size=2)
-    config.model = replace(config.model, input_size=(16, 16, 3), n_classes=4, depth=3)
-    config.data = replace(config.data, images=str(out / "images"), masks=str(out / "masks"), mask_mode="index")
-    config.class_names = read_classes(out / "classes.json").names
-    config.palette = None
-    config.__post_init__()
+    config = replace(
+        config,
+        model=replace(config.model, input_size=(16, 16, 3), n_classes=4, depth=3),
+        data=replace(config.data, images=str(out / "images"), masks=str(out / "masks"), mask_mode="index"),
+        class_names=read_classes(out / "classes.json").names,
+        palette=None,
+    )
     result = fit(config, tmp_path / "run", progress=False, log=None)
     assert (tmp_path / "run" / "weights.safetensors").is_file() and result is not None

@@ -120,8 +120,7 @@ def test_cli_import_train_with_label_map_and_predict_mapped(tmp_path):
     used = {tuple(c) for c in np.asarray(Image.open(colour).convert("RGB")).reshape(-1, 3).tolist()}
     assert used <= {(0, 0, 255), (255, 0, 0), (255, 255, 0)}
     config = RunConfig.load(tmp_path / "run" / "config.json")
-    use_classes(config, names)
-    assert config.class_names == ["sea", "boat", "buoy"]
+    assert use_classes(config, names).class_names == ["sea", "boat", "buoy"]
     write_classes(names, ClassList(["a", "b"]))
     with pytest.raises(DataError, match="lists 2 classes but the model predicts 3"):
         use_classes(config, names)

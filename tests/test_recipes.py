@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import asdict, replace
 from typing import Any
 
 import pytest
 
-from unetkit import cli
+from unetkit import build_config
 from unetkit.config import AugmentConfig, RunConfig, TrainConfig
 from unetkit.errors import ConfigError
 from unetkit.recipes import STRONG, STRONG_AUGMENT, STRONG_MODEL, apply_recipe
@@ -16,13 +15,7 @@ from unetkit.recipes import STRONG, STRONG_AUGMENT, STRONG_MODEL, apply_recipe
 
 def cli_config(**given: Any) -> RunConfig:
     """What `unetkit train` builds from the options in ``given`` (everything else left unset)."""
-    opts = {
-        name: (p.default if p.default is not inspect.Parameter.empty else None)
-        for name, p in inspect.signature(cli.train).parameters.items()
-    }
-    opts.update(n_classes=3, channels=3)
-    opts.update(given)
-    return cli._train_config(**opts)
+    return build_config(**{"n_classes": 3, "channels": 3, **given})
 
 
 def test_seed_is_the_defaults():

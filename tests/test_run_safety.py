@@ -9,6 +9,7 @@ import pickle
 import shutil
 import struct
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -245,7 +246,7 @@ def test_damaged_weights_are_a_run_error_not_a_traceback(run):
 
 def test_weights_of_another_model_are_a_run_error(run, tmp_path):
     other = tiny_config()
-    other.model.n_filters = 8
+    other = replace(other, model=replace(other.model, n_filters=8))
     save_run(tmp_path / "other", build_model(other.model), other)
     (run / WEIGHTS).write_bytes((tmp_path / "other" / WEIGHTS).read_bytes())
     with pytest.raises(RunError, match=r"does not match .*config\.json"):

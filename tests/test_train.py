@@ -28,7 +28,7 @@ def blobs() -> tuple[SegmentationData, SegmentationData]:
 def test_seed_recipe_learns_and_writes_a_complete_run(tmp_path, blobs):
     train, val = blobs
     config = tiny_config(epochs=14, batch_size=4)
-    config.model = replace(config.model, n_filters=8)
+    config = replace(config, model=replace(config.model, n_filters=8))
     result = fit(config, tmp_path / "run", train_data=train, val_data=val, progress=False, log=None)
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} >= {
@@ -115,7 +115,7 @@ def test_ignore_index_is_left_out_of_loss(tmp_path):
     masks[:, :4] = 255
     data = SegmentationData.from_arrays(images, masks, (32, 32, 3), n_classes=3, ignore_index=255)
     config = tiny_config(epochs=1)
-    config.data.ignore_index = 255
+    config = replace(config, data=replace(config.data, ignore_index=255))
     result = fit(config, None, train_data=data, progress=False, log=None)
     assert math.isfinite(result.history[0]["train_loss"])
 
@@ -195,7 +195,9 @@ def test_predictor_returns_original_size(tmp_path, blobs):
     image = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
     mask = predictor.predict(image)
     assert mask.shape == (50, 70) and mask.dtype == np.uint8 and mask.max() < 3
-    predictor.config.preprocess.predict_mode = "sliding"
+    predictor.config = replace(
+        predictor.config, preprocess=replace(predictor.config.preprocess, predict_mode="sliding")
+    )
     assert predictor.predict(image).shape == (50, 70)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,9 @@ def test_predictor_tta_hook_and_probabilities(tmp_path: Path) -> None:
     assert probs.shape == (3, 40, 52)
     torch.testing.assert_close(probs.sum(0), torch.ones(40, 52))
     assert np.array_equal(predictor.predict(image), probs.argmax(0).numpy())
-    predictor.config.preprocess.predict_mode = "sliding"  # the hook wraps the sliding window's forward too
+    predictor.config = replace(
+        predictor.config, preprocess=replace(predictor.config.preprocess, predict_mode="sliding")
+    )  # the hook wraps the sliding window's forward too
     assert predictor.logits(image).shape == (3, 40, 52)
 
 

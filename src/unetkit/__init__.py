@@ -2,7 +2,7 @@
 
 The Python API mirrors the command line::
 
-    from unetkit import unet_model, fit, evaluate, Predictor, load_run, RunConfig
+    from unetkit import unet_model, fit, evaluate, Predictor, load_run, RunConfig, build_config
 
 Names are loaded on first use (PEP 562), so that ``import unetkit.predict`` or ``unetkit serve``
 never loads the training loop.
@@ -23,6 +23,7 @@ _EXPORTS = {
     "PreprocessConfig": "config",
     "RunConfig": "config",
     "TrainConfig": "config",
+    "build_config": "configure",
     "SegmentationData": "data.loader",
     "ConfigError": "errors",
     "DataError": "errors",
@@ -53,6 +54,7 @@ __all__ = [
     "TrainConfig",
     "UnetkitError",
     "__version__",
+    "build_config",
     "conv_block",
     "evaluate",
     "fcn_model",
@@ -65,6 +67,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .config import AugmentConfig, DataConfig, ModelConfig, PreprocessConfig, RunConfig, TrainConfig
+    from .configure import build_config
     from .data.loader import SegmentationData
     from .errors import ConfigError, DataError, RunError, UnetkitError
     from .evaluate import evaluate

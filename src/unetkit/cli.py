@@ -8,15 +8,30 @@ dispatches to every other, and nothing imports it).
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 import sys
+import typing
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
+from .config import (
+    LOSSES,
+    CacheMode,
+    MaskMode,
+    ModelName,
+    NanPolicy,
+    Normalize,
+    Optimizer,
+    Precision,
+    PredictMode,
+    Recipe,
+    ResizeMode,
+    Schedule,
+)
 from .errors import UnetkitError
 
 app = typer.Typer(
@@ -30,8 +45,32 @@ app.add_typer(datasets_app, name="datasets")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-LOSS_HELP = "ce, ohem, focal, dice, lovasz, or a pixel term + a region term: ce+dice, ohem+lovasz, ..."
+
+def _one_of(choices: Any, notes: dict[str, str] | None = None) -> str:
+    """Help text listing a ``Literal`` type's values ("a, b or c"), some with a note: "seed (the tutorial)"."""
+    values = typing.get_args(choices)
+    unknown = set(notes or ()) - set(values)
+    assert not unknown, f"notes for values that are not choices: {unknown}"
+    told = [f"{v} ({notes[v]})" if notes and v in notes else v for v in values]
+    return ", ".join(told[:-1]) + " or " + told[-1] if len(told) > 1 else told[0]
+
+
+LOSS_HELP = (
+    ", ".join(x for x in LOSSES if "+" not in x)
+    + ", or a pixel term + a region term: "
+    + ", ".join(x for x in LOSSES if "+" in x)
+)
 TTA_HELP = "test-time augmentation: flip, or e.g. flip,scales=0.75,1,1.25 (logits averaged over the views)"
+PRECISION_HELP = "fp32 (default: the model's own masks), bf16 (PyTorch autocast) or int8 (the run's int8 ONNX file)"
+
+# Options that evaluate, predict and serve share, declared once.
+Tta = Annotated[str | None, typer.Option(help=TTA_HELP)]
+PredictPrecision = Annotated[str | None, typer.Option(help=PRECISION_HELP)]
+ShownClasses = Annotated[Path | None, typer.Option(help="classes.json: names and colours to show")]
+CheckAgreement = Annotated[int, typer.Option(help="compare masks with fp32 on the first N images")]
+MinSize = Annotated[int | None, typer.Option(help="remove components under N pixels (every class)")]
+FillHoles = Annotated[list[str] | None, typer.Option(help="fill holes in this class (id or name; repeatable)")]
+KeepLargest = Annotated[list[str] | None, typer.Option(help="keep this class's largest component only")]
 
 
 def _print_version(value: bool) -> None:
@@ -108,7 +147,7 @@ def info(
     input_size: Annotated[tuple[int, int, int], typer.Option(help="H W C")] = (96, 128, 3),
     n_filters: int = 32,
     n_classes: int = 23,
-    model: Annotated[str, typer.Option(help="unet or fcn")] = "unet",
+    model: Annotated[str, typer.Option(help=_one_of(ModelName))] = "unet",
     depth: int = 5,
     batch_norm: bool = False,
     run: Annotated[Path | None, typer.Option(help="describe the model of this run folder instead")] = None,
@@ -127,7 +166,7 @@ def info(
         cfg = RunConfig.load(run / "config.json").model
     else:
         cfg = ModelConfig(
-            name=model,
+            name=model,  # type: ignore[arg-type]  # checked against ModelName on creation
             input_size=input_size,
             n_filters=n_filters,
             n_classes=n_classes,
@@ -197,7 +236,7 @@ def check_data_command(
         int | None, typer.Option(help="number of classes (default: from --classes or the masks)")
     ] = None,
     ignore_index: Annotated[int | None, typer.Option(help="mask value that is not a class")] = None,
-    mask_mode: Annotated[str, typer.Option(help="auto, index, binary, channels or palette")] = "auto",
+    mask_mode: Annotated[str, typer.Option(help=_one_of(MaskMode))] = "auto",
     classes: Annotated[Path | None, typer.Option(help="classes.json (names, colours, ignore index)")] = None,
     label_map: Annotated[Path | None, typer.Option(help="JSON label map applied before counting")] = None,
     val_images: Path | None = None,
@@ -257,318 +296,141 @@ def _option_names(message: str) -> str:
     return _FIELD_OPTIONS.sub(lambda m: "--" + (m.group(1) or m.group(2)).replace("_", "-"), message)
 
 
-def _train_config(**opts: Any):
-    """Build a RunConfig from the options; its errors name the options, not the Python fields."""
+def _train_config(opts: dict[str, Any], log: Callable[[str], None] | None = None) -> Any:
+    """``build_config`` with the command's options of the same names; its errors name the options (a config
+    file's or a --set's errors name those already)."""
+    from .configure import OPTIONS, SettingsError, build_config
     from .errors import ConfigError
 
     try:
-        return _build_train_config(**opts)
+        return build_config(log=log or console().print, **{k: opts[k] for k in OPTIONS if k in opts})
+    except SettingsError:
+        raise
     except ConfigError as e:
         raise ConfigError(_option_names(str(e))) from None
 
 
-def _build_train_config(**opts: Any):
-    """Build a RunConfig: defaults, then the recipe, then every option the user gave explicitly."""
-    from .config import AugmentConfig, DataConfig, ModelConfig, PreprocessConfig, RunConfig, TrainConfig
-    from .recipes import apply_recipe
-
-    names, palette = None, None
-    if opts["palette"] is not None:
-        from .data.masks import load_palette_file
-
-        names, palette = load_palette_file(opts["palette"])
-    if opts["class_names"] is not None:
-        from .data.masks import load_class_names
-
-        names = load_class_names(opts["class_names"])
-    labels = _labels_options(opts, names, palette)
-    if labels:
-        names, palette = labels["class_names"], labels["palette"]
-    n_classes = opts["n_classes"] if opts["n_classes"] is not None else (len(names) if names else None)
-    n_classes = labels.get("n_classes", n_classes)
-    if n_classes is None:
-        raise UnetkitError("give --n-classes N (or a --palette / --class-names file that lists the classes)")
-    h, w = opts["input_size"] or (96, 128)
-    if opts.get("crop") is not None:  # crops are what the network sees: the crop is the input size
-        if opts["input_size"] is not None and tuple(opts["input_size"]) != tuple(opts["crop"]):
-            raise UnetkitError("--crop H W sets the network's input size; leave out --input-size (or give the same)")
-        h, w = opts["crop"]
-    channels = opts["channels"] if opts["channels"] is not None else _survey_images(opts, (h, w))
-    model = ModelConfig(
-        name=opts["model"] or "unet",
-        input_size=(h, w, channels),
-        n_filters=opts["n_filters"] if opts["n_filters"] is not None else 32,
-        n_classes=n_classes,
-    )
-    data = DataConfig(  # data paths absolute: a resume from another directory finds them
-        images=_abs(opts["images"]),
-        masks=_abs(opts["masks"]),
-        val_images=_abs(opts["val_images"]),
-        val_masks=_abs(opts["val_masks"]),
-        val_fraction=opts["val_fraction"] or 0.0,
-        mask_mode=opts["mask_mode"] or ("palette" if opts["palette"] is not None else "auto"),
-        palette_file=_s(opts["palette"]),
-        ignore_index=labels.get("ignore_index", opts["ignore_index"]),
-        label_map_file=_s(opts.get("label_map")),
-        label_map=labels.get("label_map"),
-        recursive=bool(opts.get("recursive")),
-        skip_bad=bool(opts.get("skip_bad")),
-    )
-    config = RunConfig(
-        model=model, preprocess=PreprocessConfig(), data=data, train=TrainConfig(), class_names=names, palette=palette
-    )
-    config = apply_recipe(config, opts["recipe"])
-    t = {
-        k: opts[k]
-        for k in (
-            "epochs",
-            "batch_size",
-            "lr",
-            "optimizer",
-            "weight_decay",
-            "schedule",
-            "warmup_epochs",
-            "loss",
-            "label_smoothing",
-            "ohem_thresh",
-            "ohem_min_kept",
-            "focal_gamma",
-            "class_weights",
-            "early_stopping",
-            "precision",
-            "device",
-            "seed",
-            "nan_policy",
-        )
-        if opts.get(k) is not None
-    }
-    if opts.get("compile") is not None:
-        t["compile"] = "on" if opts["compile"] else "off"
-    t |= _accuracy_options(opts)
-    t |= _init_options(opts)
-    if opts.get("augment") is not None:  # off: none; on: the recipe's, or the strong recipe's if it has none
-        from .recipes import STRONG_AUGMENT
-
-        t["augment"] = (
-            (config.train.augment if config.train.augment.enabled else STRONG_AUGMENT)
-            if opts["augment"]
-            else AugmentConfig()
-        )
-    if any(opts.get(k) is not None for k in ("aug_scale", "aug_colour", "aug_hue")):
-        t["augment"] = _augment_options(t.get("augment", config.train.augment), opts)
-    m = {k: opts[k] for k in ("depth", "dropout", "batch_norm") if opts.get(k) is not None}
-    p = {k: opts[k] for k in ("resize", "normalize") if opts.get(k) is not None}
-    return replace(
-        _data_options(config, opts),
-        train=replace(config.train, **t),
-        model=replace(config.model, **m),
-        preprocess=replace(config.preprocess, **p),
-    )
+# The options of `train`, each declared once: (type with its typer.Option, default). `compare` takes a subset.
+# A default of None means "the recipe's, the config file's or the built-in value" (see unetkit.configure).
+REQUIRED = inspect.Parameter.empty
 
 
-def _accuracy_options(opts: dict[str, Any]) -> dict[str, Any]:
-    """TrainConfig fields from --crop, --class-aware-crop, --ema and --time-budget."""
-    t: dict[str, Any] = {k: opts[k] for k in ("crop", "class_aware_crop", "ema") if opts.get(k) is not None}
-    if opts.get("time_budget") is not None:
-        from .timebudget import parse_duration
-
-        t["time_budget"] = parse_duration(opts["time_budget"])
-        if opts.get("epochs") is None:
-            t["epochs"] = 100_000  # the budget decides; --epochs is then a cap
-    return t
+def _opt(tp: Any, help: str | None = None, *decls: str, default: Any = None, **kw: Any) -> tuple[Any, Any]:
+    return Annotated[tp, typer.Option(*decls, help=help, **kw)], default
 
 
-def _augment_options(augment: Any, opts: dict[str, Any]) -> Any:
-    """``augment`` with the scale range, colour jitter and hue the user gave (each turns augmentation on)."""
-    a: dict[str, Any] = {}
-    if opts.get("aug_scale") is not None:
-        a["scale"] = tuple(opts["aug_scale"])
-    if opts.get("aug_colour") is not None:
-        a["brightness"] = a["contrast"] = a["saturation"] = opts["aug_colour"]
-    if opts.get("aug_hue") is not None:
-        a["hue"] = opts["aug_hue"]
-    return replace(augment, **a)
+TRAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "images": _opt(Path | None, "folder of training images"),
+    "masks": _opt(Path | None, "folder of training masks (paired by file stem)"),
+    "out": _opt(Path | None, "run folder to write"),
+    "config_file": _opt(Path | None, "JSON or YAML settings shaped like a run's config.json", "--config"),
+    "overrides": _opt(list[str] | None, "set a dotted key, e.g. train.lr=3e-3 (repeatable)", "--set"),
+    "print_config": _opt(bool, "print the resolved config as JSON and exit", "--print-config", default=False),
+    "n_classes": _opt(int | None, "number of classes"),
+    "val_images": _opt(Path | None),
+    "val_masks": _opt(Path | None),
+    "val_fraction": _opt(float | None, "hold out this fraction (seeded split)"),
+    "ignore_index": _opt(int | None, "mask value left out of loss and metrics"),
+    "input_size": _opt(tuple[int, int] | None, "H W (multiples of 16)"),
+    "channels": _opt(int | None, "input channels (default: 1 for grayscale data, else 3)"),
+    "n_filters": _opt(int | None),
+    "model": _opt(str | None, _one_of(ModelName, {"unet": "the seed", "fcn": "the baseline"})),
+    "depth": _opt(int | None, "levels (seed: 5)"),
+    "dropout": _opt(float | None, "dropout in the deepest two blocks (seed: 0.3)"),
+    "batch_norm": _opt(bool | None, None, "--batch-norm/--no-batch-norm"),
+    "epochs": _opt(int | None, "total epochs (with --resume: the new total)"),
+    "batch_size": _opt(int | None),
+    "lr": _opt(float | None),
+    "optimizer": _opt(str | None, _one_of(Optimizer)),
+    "weight_decay": _opt(float | None),
+    "schedule": _opt(str | None, _one_of(Schedule)),
+    "warmup_epochs": _opt(int | None),
+    "loss": _opt(str | None, LOSS_HELP),
+    "label_smoothing": _opt(float | None, "cross-entropy label smoothing (0: off)"),
+    "ohem_thresh": _opt(float | None, "OHEM: keep pixels whose true-class probability is below"),
+    "ohem_min_kept": _opt(int | None, "OHEM: keep at least this many pixels per image"),
+    "focal_gamma": _opt(float | None, "focal loss exponent"),
+    "class_weights": _opt(str | None, "none, inverse, median-frequency or a JSON file"),
+    "augment": _opt(bool | None, "the recipe's augmentation", "--augment/--no-augment"),
+    "aug_scale": _opt(tuple[float, float] | None, "random scale range MIN MAX, e.g. 0.5 2.0 (zoom out/in)"),
+    "aug_colour": _opt(float | None, "brightness/contrast/saturation jitter, e.g. 0.3"),
+    "aug_hue": _opt(float | None, "hue jitter as a fraction of the colour wheel, e.g. 0.05"),
+    "crop": _opt(
+        tuple[int, int] | None, "train on random H W crops of the images at native size (sets the input size)"
+    ),
+    "class_aware_crop": _opt(float | None, "share of crops centred on a rare-class pixel (with --crop), e.g. 0.5"),
+    "ema": _opt(float | None, "average the weights with this decay, e.g. 0.999"),
+    "time_budget": _opt(str | None, "train for this long (e.g. 10m, 600, 1h30m); the schedule follows the clock"),
+    "early_stopping": _opt(int | None, "patience in epochs (0: off)"),
+    "mask_mode": _opt(str | None, _one_of(MaskMode)),
+    "palette": _opt(Path | None, "JSON {class name: \\[r, g, b]}"),
+    "class_names": _opt(Path | None, "JSON list of class names"),
+    "classes": _opt(Path | None, "classes.json (names, colours, ignore index)"),
+    "label_map": _opt(Path | None, "JSON label map: merge, ignore, reduce_zero_label, rename"),
+    "normalize": _opt(str | None, _one_of(Normalize, {"scale": "the seed"})),
+    "resize": _opt(str | None, "image resize: " + _one_of(ResizeMode)),
+    "recipe": _opt(str | None, _one_of(Recipe, {"seed": "the tutorial exactly"})),
+    "precision": _opt(str | None, _one_of(Precision)),
+    "compile": _opt(bool | None, None, "--compile/--no-compile"),
+    "device": _opt(str | None, "auto, cpu or cuda"),
+    "seed": _opt(int | None),
+    "nan_policy": _opt(str | None, _one_of(NanPolicy) + " on a NaN/Inf loss"),
+    "resume": _opt(Path | None, "continue this run folder"),
+    "cache": _opt(
+        str | None,
+        _one_of(
+            CacheMode,
+            {"auto": "stream when the uint8 cache would not fit in memory", "stream": "decode on DataLoader workers"},
+        ),
+    ),
+    "num_workers": _opt(int | None, "DataLoader workers per process with --cache stream"),
+    "nproc": _opt(
+        int | None, "run N processes on this machine via torchrun (one per GPU; --batch-size stays the global batch)"
+    ),
+    "log": _opt(list[str] | None, "also log to tensorboard and/or mlflow (repeat or comma-separate)", "--log"),
+    "log_images_every": _opt(int, "validation image panel every N epochs (0: none)", default=5),
+    "init_from": _opt(Path | None, "start from this run's weights or a Keras .h5/.keras file (a new run)"),
+    "freeze_encoder": _opt(bool, "with --init-from: keep the encoder fixed at first", default=False),
+    "freeze_epochs": _opt(int | None, "epochs the encoder stays frozen (default 5)"),
+    "folds": _opt(int | None, "k-fold cross-validation: K runs under --out"),
+    "fold": _opt(int | None, "with --folds: train only fold k (0-based)"),
+    "progress": _opt(bool, default=True),
+    "overwrite": _opt(bool, "replace the run already in --out (its files are deleted)", default=False),
+    "recursive": _opt(bool, "also read sub-folders (images/city1/a.png pairs with masks/city1/a.png)", default=False),
+    "skip_bad": _opt(bool, "leave out unreadable or invalid pairs (listed) instead of stopping", default=False),
+}
+
+# `compare`: the data, model and budget options it shares with `train`, a few of them required or told anew
+COMPARE_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "images": _opt(Path, "folder of training images", default=REQUIRED),
+    "masks": _opt(Path, "folder of training masks (paired by file stem)", default=REQUIRED),
+    "out": _opt(Path, "folder for both run folders, the table and the picture", default=REQUIRED),
+    **{
+        name: TRAIN_OPTIONS[name]
+        for name in "n_classes val_images val_masks val_fraction ignore_index input_size channels n_filters".split()
+    },
+    "batch_norm": _opt(bool | None, "batch norm in the conv blocks (strong: on)", "--batch-norm/--no-batch-norm"),
+    "epochs": _opt(int | None, "epochs for each model"),
+    **{name: TRAIN_OPTIONS[name] for name in "batch_size lr augment recipe mask_mode palette class_names".split()},
+    "tolerance": _opt(int, "boundary F1 tolerance in pixels", default=2),
+    "examples": _opt(int, "validation images in the picture", default=4),
+    **{name: TRAIN_OPTIONS[name] for name in "precision device seed progress".split()},
+    "overwrite": _opt(bool, "replace the runs already in --out", default=False),
+}
 
 
-def _init_options(opts: dict[str, Any]) -> dict[str, Any]:
-    """--init-from, --freeze-encoder and --freeze-epochs as TrainConfig fields."""
-    t: dict[str, Any] = {}
-    if opts.get("init_from") is not None:
-        t["init_from"] = str(opts["init_from"])
-    if opts.get("freeze_encoder") or opts.get("freeze_epochs") is not None:
-        if opts.get("init_from") is None:
-            raise UnetkitError(
-                "--freeze-encoder keeps pretrained weights fixed: give --init-from RUN_OR_KERAS_FILE too"
-            )
-        t["freeze_encoder_epochs"] = opts["freeze_epochs"] if opts.get("freeze_epochs") is not None else 5
-    return t
-
-
-def _labels_options(opts: dict[str, Any], names: list[str] | None, palette: list | None) -> dict[str, Any]:
-    """What --classes FILE and --label-map FILE set: class names, colours, ignore index, id lookup table."""
-    from .data.classes import ClassList, read_classes
-    from .data.labelmap import apply_label_map, load_label_map
-
-    classes_file, map_file = opts.get("classes"), opts.get("label_map")
-    if classes_file is None and map_file is None:
-        return {}
-    if classes_file is not None:
-        source = read_classes(classes_file)
-    elif names is not None:
-        source = ClassList(names, palette or [], opts["ignore_index"])
-    elif opts["n_classes"] is not None:  # with a label map, --n-classes counts the source ids
-        source = ClassList([f"class_{i}" for i in range(opts["n_classes"])], ignore_index=opts["ignore_index"])
-    else:
-        raise UnetkitError("--label-map needs the source classes: give --classes classes.json or --n-classes N")
-    out: dict[str, Any] = {"class_names": source.names, "palette": source.colors, "n_classes": len(source)}
-    if source.ignore_index is not None:
-        out["ignore_index"] = source.ignore_index
-    if map_file is not None:
-        mapped = apply_label_map(load_label_map(map_file), source)
-        c = mapped.classes
-        out = {"class_names": c.names, "palette": c.colors, "n_classes": len(c), "label_map": mapped.lut}
-        out["ignore_index"] = c.ignore_index
-    return out
-
-
-def _data_options(config: Any, opts: dict[str, Any]) -> Any:
-    """``config`` with the data-reading options the user gave (also allowed with --resume)."""
-    d = {k: opts[k] for k in ("cache", "num_workers") if opts.get(k) is not None}
-    d |= {k: True for k in ("recursive", "skip_bad") if opts.get(k)}
-    return replace(config, data=replace(config.data, **d)) if d else config
-
-
-def _s(p: Path | None) -> str | None:
-    return str(p) if p is not None else None
-
-
-def _abs(p: Path | None) -> str | None:
-    import os
-
-    return os.path.abspath(os.path.expanduser(p)) if p is not None else None
-
-
-def _survey_images(opts: dict[str, Any], input_size: tuple[int, int]) -> int:
-    """The input channels for the training images (1 when all are grayscale, else 3), from every file's
-    header; says so when grayscale and colour images are mixed, or when resizing distorts them."""
-    if opts.get("images") is None:
-        return 3
-    from .data.folders import aspect_note, guess_channels, list_images
-    from .data.io import header_info
-
-    infos = [header_info(f) for f in list_images(opts["images"], recursive=bool(opts.get("recursive")))]
-    channels, note = guess_channels(infos)
-    depth = opts.get("depth") or 5
-    for line in (note, aspect_note(infos, input_size, 2 ** (depth - 1))):
-        if line:
-            console().print(f"warning: {line}")
-    return channels
+def _declare(fn: Callable[..., Any], options: dict[str, tuple[Any, Any]], *first: inspect.Parameter) -> None:
+    """Give command ``fn(**opts)`` the signature typer reads its options from: ``first``, then ``options``."""
+    params = [*first] + [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=tp, default=default)
+        for name, (tp, default) in options.items()
+    ]
+    fn.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
 
 
 @app.command()
 @guarded
-def train(
-    ctx: typer.Context,
-    images: Annotated[Path | None, typer.Option(help="folder of training images")] = None,
-    masks: Annotated[Path | None, typer.Option(help="folder of training masks (paired by file stem)")] = None,
-    out: Annotated[Path | None, typer.Option(help="run folder to write")] = None,
-    n_classes: Annotated[int | None, typer.Option(help="number of classes")] = None,
-    val_images: Path | None = None,
-    val_masks: Path | None = None,
-    val_fraction: Annotated[float | None, typer.Option(help="hold out this fraction (seeded split)")] = None,
-    ignore_index: Annotated[int | None, typer.Option(help="mask value left out of loss and metrics")] = None,
-    input_size: Annotated[tuple[int, int] | None, typer.Option(help="H W (multiples of 16)")] = None,
-    channels: Annotated[int | None, typer.Option(help="input channels (default: 1 for grayscale data, else 3)")] = None,
-    n_filters: int | None = None,
-    model: Annotated[str | None, typer.Option(help="unet (the seed) or fcn (the baseline)")] = None,
-    depth: Annotated[int | None, typer.Option(help="levels (seed: 5)")] = None,
-    dropout: Annotated[float | None, typer.Option(help="dropout in the deepest two blocks (seed: 0.3)")] = None,
-    batch_norm: Annotated[bool | None, typer.Option("--batch-norm/--no-batch-norm")] = None,
-    epochs: Annotated[int | None, typer.Option(help="total epochs (with --resume: the new total)")] = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    optimizer: Annotated[str | None, typer.Option(help="adam or adamw")] = None,
-    weight_decay: float | None = None,
-    schedule: Annotated[str | None, typer.Option(help="constant, cosine or plateau")] = None,
-    warmup_epochs: int | None = None,
-    loss: Annotated[str | None, typer.Option(help=LOSS_HELP)] = None,
-    label_smoothing: Annotated[float | None, typer.Option(help="cross-entropy label smoothing (0: off)")] = None,
-    ohem_thresh: Annotated[
-        float | None, typer.Option(help="OHEM: keep pixels whose true-class probability is below")
-    ] = None,
-    ohem_min_kept: Annotated[int | None, typer.Option(help="OHEM: keep at least this many pixels per image")] = None,
-    focal_gamma: Annotated[float | None, typer.Option(help="focal loss exponent")] = None,
-    class_weights: Annotated[str | None, typer.Option(help="none, inverse, median-frequency or a JSON file")] = None,
-    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="the recipe's augmentation")] = None,
-    aug_scale: Annotated[
-        tuple[float, float] | None, typer.Option(help="random scale range MIN MAX, e.g. 0.5 2.0 (zoom out/in)")
-    ] = None,
-    aug_colour: Annotated[float | None, typer.Option(help="brightness/contrast/saturation jitter, e.g. 0.3")] = None,
-    aug_hue: Annotated[
-        float | None, typer.Option(help="hue jitter as a fraction of the colour wheel, e.g. 0.05")
-    ] = None,
-    crop: Annotated[
-        tuple[int, int] | None,
-        typer.Option(help="train on random H W crops of the images at native size (sets the input size)"),
-    ] = None,
-    class_aware_crop: Annotated[
-        float | None, typer.Option(help="share of crops centred on a rare-class pixel (with --crop), e.g. 0.5")
-    ] = None,
-    ema: Annotated[float | None, typer.Option(help="average the weights with this decay, e.g. 0.999")] = None,
-    time_budget: Annotated[
-        str | None, typer.Option(help="train for this long (e.g. 10m, 600, 1h30m); the schedule follows the clock")
-    ] = None,
-    early_stopping: Annotated[int | None, typer.Option(help="patience in epochs (0: off)")] = None,
-    mask_mode: Annotated[str | None, typer.Option(help="auto, index, binary, channels or palette")] = None,
-    palette: Annotated[Path | None, typer.Option(help="JSON {class name: \\[r, g, b]}")] = None,
-    class_names: Annotated[Path | None, typer.Option(help="JSON list of class names")] = None,
-    classes: Annotated[Path | None, typer.Option(help="classes.json (names, colours, ignore index)")] = None,
-    label_map: Annotated[
-        Path | None, typer.Option(help="JSON label map: merge, ignore, reduce_zero_label, rename")
-    ] = None,
-    normalize: Annotated[str | None, typer.Option(help="scale (the seed), mean-std or percentile")] = None,
-    resize: Annotated[str | None, typer.Option(help="image resize: bilinear or nearest")] = None,
-    recipe: Annotated[str, typer.Option(help="seed (the tutorial exactly) or strong")] = "seed",
-    precision: Annotated[str | None, typer.Option(help="auto, fp32 or bf16")] = None,
-    compile: Annotated[bool | None, typer.Option("--compile/--no-compile")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
-    seed: int | None = None,
-    nan_policy: Annotated[str | None, typer.Option(help="stop or skip on a NaN/Inf loss")] = None,
-    resume: Annotated[Path | None, typer.Option(help="continue this run folder")] = None,
-    cache: Annotated[
-        str | None,
-        typer.Option(
-            help="auto (stream when the uint8 cache would not fit in memory), "
-            "memory or stream (decode on DataLoader workers)"
-        ),
-    ] = None,
-    num_workers: Annotated[int | None, typer.Option(help="DataLoader workers per process with --cache stream")] = None,
-    nproc: Annotated[
-        int | None,
-        typer.Option(
-            help="run N processes on this machine via torchrun (one per GPU; --batch-size stays the global batch)"
-        ),
-    ] = None,
-    log: Annotated[
-        list[str] | None, typer.Option("--log", help="also log to tensorboard and/or mlflow (repeat or comma-separate)")
-    ] = None,
-    log_images_every: Annotated[int, typer.Option(help="validation image panel every N epochs (0: none)")] = 5,
-    init_from: Annotated[
-        Path | None, typer.Option(help="start from this run's weights or a Keras .h5/.keras file (a new run)")
-    ] = None,
-    freeze_encoder: Annotated[bool, typer.Option(help="with --init-from: keep the encoder fixed at first")] = False,
-    freeze_epochs: Annotated[int | None, typer.Option(help="epochs the encoder stays frozen (default 5)")] = None,
-    folds: Annotated[int | None, typer.Option(help="k-fold cross-validation: K runs under --out")] = None,
-    fold: Annotated[int | None, typer.Option(help="with --folds: train only fold k (0-based)")] = None,
-    progress: bool = True,
-    overwrite: Annotated[bool, typer.Option(help="replace the run already in --out (its files are deleted)")] = False,
-    recursive: Annotated[
-        bool, typer.Option(help="also read sub-folders (images/city1/a.png pairs with masks/city1/a.png)")
-    ] = False,
-    skip_bad: Annotated[
-        bool, typer.Option(help="leave out unreadable or invalid pairs (listed) instead of stopping")
-    ] = False,
-) -> None:
+def train(ctx: typer.Context, **opts: Any) -> None:
     """Train a model on a folder of images and a folder of masks; writes a run folder."""
     import shlex
 
@@ -577,31 +439,49 @@ def train(
     from .run import claim_run_folder
     from .train import fit
 
-    loggers = check_available(log or [])  # a missing package is reported before anything else
+    loggers = check_available(opts["log"] or [])  # a missing package is reported before anything else
     command = "unetkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    extra = dict(loggers=loggers, log_images_every=log_images_every, command=command)
+    extra = dict(loggers=loggers, log_images_every=opts["log_images_every"], command=command)
+    resume, out, progress, overwrite = opts["resume"], opts["out"], opts["progress"], opts["overwrite"]
+    if opts["print_config"]:  # touches no run folder: the config goes to stdout, warnings to stderr
+        config = _resume_config(ctx, resume, opts, _warn) if resume is not None else _train_config(opts, _warn)
+        typer.echo(config.to_json())
+        return
     if resume is None and out is None:
         raise UnetkitError("give --out RUN_FOLDER (where weights, config and metrics are written)")
     if resume is None and not overwrite and distributed.is_main():
-        claim_run_folder(out, create=False)  # type: ignore[arg-type]  # refuses an existing run at once
+        claim_run_folder(out, create=False)  # refuses an existing run at once
     say = console().print if distributed.is_main() else _quiet  # under torchrun only rank 0 prints
-    if nproc is not None:  # check the settings here: a worker's error would come back buried in torchrun's
-        config = _resume_config(ctx, resume, locals(), _quiet) if resume is not None else _train_config(**locals())
-        distributed.local_batch_size(config.train.batch_size, nproc)
-        raise typer.Exit(distributed.launch(sys.argv[1:], nproc, log=console().print))
+    if opts["nproc"] is not None:  # check the settings here: a worker's error would come back buried in torchrun's
+        config = _resume_config(ctx, resume, opts, _quiet) if resume is not None else _train_config(opts)
+        distributed.local_batch_size(config.train.batch_size, opts["nproc"])
+        raise typer.Exit(distributed.launch(sys.argv[1:], opts["nproc"], log=console().print))
     if resume is not None:
-        config = _resume_config(ctx, resume, locals(), say)
+        config = _resume_config(ctx, resume, opts, say)
         say(f"resuming {resume} up to {config.train.epochs} epochs")
         result = fit(config, resume, resume=True, progress=progress, log=say, **extra)
     else:
-        config = _train_config(**locals())
+        config = _train_config(opts)
         say(config.describe())
-        if folds is not None or fold is not None:
-            _train_folds(config, out, folds, fold, progress=progress, log=say, overwrite=overwrite, **extra)
+        if opts["folds"] is not None or opts["fold"] is not None:
+            kwargs = dict(progress=progress, log=say, overwrite=overwrite, **extra)
+            _train_folds(config, out, opts["folds"], opts["fold"], **kwargs)
             return
         result = fit(config, out, progress=progress, log=say, overwrite=overwrite, **extra)
     if distributed.is_main():
         _after_training(result)
+
+
+_declare(
+    train, TRAIN_OPTIONS, inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+)
+
+
+def _warn(text: str) -> None:
+    """A line for the user on stderr (stdout holds what --print-config prints)."""
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, markup=False, soft_wrap=True).print(text)
 
 
 def _train_folds(config: Any, out: Path, folds: int | None, fold: int | None, **kwargs: Any) -> None:
@@ -619,7 +499,7 @@ def _train_folds(config: Any, out: Path, folds: int | None, fold: int | None, **
 
 
 # how to run, not what the run is (a resumed run may log to other places)
-_RESUME_KEEPS = ("progress", "resume", "nproc", "overwrite", "out", "log", "log_images_every")
+_RESUME_KEEPS = ("progress", "resume", "nproc", "overwrite", "out", "log", "log_images_every", "print_config")
 
 
 def _resume_config(ctx: typer.Context, run: Path, opts: dict[str, Any], say: Callable[..., None]) -> Any:
@@ -628,10 +508,10 @@ def _resume_config(ctx: typer.Context, run: Path, opts: dict[str, Any], say: Cal
     from .errors import ConfigError, DataError
     from .train import RESUME_DATA, RESUME_TRAIN, resume_config
 
-    given = [name for name in opts if name not in ("ctx", *_RESUME_KEEPS) and _given(ctx, name)]
+    given = [name for name in opts if name not in _RESUME_KEEPS and _given(ctx, name)]
     fixed = [n for n in given if n not in RESUME_TRAIN and n not in RESUME_DATA]
     if fixed:
-        listed = ", ".join("--" + n.replace("_", "-") for n in fixed)
+        listed = ", ".join(_flag(n) for n in fixed)
         raise ConfigError(
             f"{listed} cannot change on --resume: the checkpoint in {run} was trained with the model and recipe "
             f"in {run / 'config.json'}. Leave {'it' if len(fixed) == 1 else 'them'} out to continue that run, or "
@@ -665,6 +545,11 @@ def _resume_config(ctx: typer.Context, run: Path, opts: dict[str, Any], say: Cal
                 f"or the run was started from another directory. Give {option} DIR to point at it"
             )
     return config
+
+
+def _flag(name: str) -> str:
+    """The option as typed: n_filters -> --n-filters, config_file -> --config."""
+    return {"config_file": "--config", "overrides": "--set"}.get(name, "--" + name.replace("_", "-"))
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -703,55 +588,24 @@ def _after_training(result: Any) -> None:
 
 @app.command()
 @guarded
-def compare(
-    images: Annotated[Path, typer.Option(help="folder of training images")],
-    masks: Annotated[Path, typer.Option(help="folder of training masks (paired by file stem)")],
-    out: Annotated[Path, typer.Option(help="folder for both run folders, the table and the picture")],
-    n_classes: Annotated[int | None, typer.Option(help="number of classes")] = None,
-    val_images: Path | None = None,
-    val_masks: Path | None = None,
-    val_fraction: Annotated[float | None, typer.Option(help="hold out this fraction (seeded split)")] = None,
-    ignore_index: Annotated[int | None, typer.Option(help="mask value left out of loss and metrics")] = None,
-    input_size: Annotated[tuple[int, int] | None, typer.Option(help="H W (multiples of 16)")] = None,
-    channels: Annotated[int | None, typer.Option(help="input channels (default: 1 for grayscale data, else 3)")] = None,
-    n_filters: int | None = None,
-    batch_norm: Annotated[
-        bool | None, typer.Option("--batch-norm/--no-batch-norm", help="batch norm in the conv blocks (strong: on)")
-    ] = None,
-    epochs: Annotated[int | None, typer.Option(help="epochs for each model")] = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="the recipe's augmentation")] = None,
-    recipe: Annotated[str, typer.Option(help="seed (the tutorial exactly) or strong")] = "seed",
-    mask_mode: Annotated[str | None, typer.Option(help="auto, index, binary, channels or palette")] = None,
-    palette: Annotated[Path | None, typer.Option(help="JSON {class name: \\[r, g, b]}")] = None,
-    class_names: Annotated[Path | None, typer.Option(help="JSON list of class names")] = None,
-    tolerance: Annotated[int, typer.Option(help="boundary F1 tolerance in pixels")] = 2,
-    examples: Annotated[int, typer.Option(help="validation images in the picture")] = 4,
-    precision: Annotated[str | None, typer.Option(help="auto, fp32 or bf16")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
-    seed: int | None = None,
-    progress: bool = True,
-    overwrite: Annotated[bool, typer.Option(help="replace the runs already in --out")] = False,
-) -> None:
+def compare(**opts: Any) -> None:
     """Train U-Net and the FCN baseline with the same data, budget and recipe; write a table and a picture."""
     from .compare import compare as run_compare
 
-    opts = dict(locals(), model=None)
-    config = _train_config(**opts)
+    config = _train_config(opts)
     console().print(config.describe())
     run_compare(
         config,
-        out,
-        tolerance=tolerance,
-        examples=examples,
-        progress=progress,
+        opts["out"],
+        tolerance=opts["tolerance"],
+        examples=opts["examples"],
+        progress=opts["progress"],
         log=console().print,
-        overwrite=overwrite,
+        overwrite=opts["overwrite"],
     )
 
 
-PRECISION_HELP = "fp32 (default: the model's own masks), bf16 (PyTorch autocast) or int8 (the run's int8 ONNX file)"
+_declare(compare, COMPARE_OPTIONS)
 
 
 def _say(text: str) -> None:
@@ -789,14 +643,12 @@ def evaluate(
     label_map: Annotated[Path | None, typer.Option(help="JSON label map (default: the run's own)")] = None,
     classes: Annotated[Path | None, typer.Option(help="classes.json of the masks' source classes")] = None,
     device: str = "auto",
-    precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
-    check_agreement: Annotated[int, typer.Option(help="compare masks with fp32 on the first N images")] = 0,
-    min_size: Annotated[int | None, typer.Option(help="remove components under N pixels (every class)")] = None,
-    fill_holes: Annotated[
-        list[str] | None, typer.Option(help="fill holes in this class (id or name; repeatable)")
-    ] = None,
-    keep_largest: Annotated[list[str] | None, typer.Option(help="keep this class's largest component only")] = None,
-    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
+    precision: PredictPrecision = None,
+    check_agreement: CheckAgreement = 0,
+    min_size: MinSize = None,
+    fill_holes: FillHoles = None,
+    keep_largest: KeepLargest = None,
+    tta: Tta = None,
     confusion: Annotated[
         Path | None, typer.Option(help="write the row-normalised confusion matrix as PNG (counts as .csv beside it)")
     ] = None,
@@ -841,15 +693,17 @@ def predict(
     inputs: Annotated[list[str], typer.Argument(help="image or video files, folders or glob patterns")],
     out: Annotated[Path, typer.Option(help="output folder (never one of the input folders)")],
     masks: Annotated[Path | None, typer.Option(help="truth masks: also write input | truth | prediction")] = None,
-    mode: Annotated[str | None, typer.Option(help="resize or sliding (window at full resolution)")] = None,
-    classes: Annotated[Path | None, typer.Option(help="classes.json: names and colours to show")] = None,
+    mode: Annotated[
+        str | None, typer.Option(help=_one_of(PredictMode, {"sliding": "window at full resolution"}))
+    ] = None,
+    classes: ShownClasses = None,
     device: str = "auto",
-    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
+    tta: Tta = None,
     save_probs: Annotated[
         str | None,
         typer.Option(help="also write confidence and entropy PNGs; npz: with float16 probabilities, png: PNGs only"),
     ] = None,
-    precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
+    precision: PredictPrecision = None,
     outputs: Annotated[
         str, typer.Option(help="which files per image: any of mask,colour,overlay")
     ] = "mask,colour,overlay",
@@ -857,12 +711,10 @@ def predict(
     overwrite: Annotated[bool, typer.Option(help="replace files in --out that no unetkit manifest lists")] = False,
     batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 8,
     frames: Annotated[bool, typer.Option(help="videos: also one index-mask PNG per frame")] = False,
-    check_agreement: Annotated[int, typer.Option(help="compare masks with fp32 on the first N images")] = 0,
-    min_size: Annotated[int | None, typer.Option(help="remove components under N pixels (every class)")] = None,
-    fill_holes: Annotated[
-        list[str] | None, typer.Option(help="fill holes in this class (id or name; repeatable)")
-    ] = None,
-    keep_largest: Annotated[list[str] | None, typer.Option(help="keep this class's largest component only")] = None,
+    check_agreement: CheckAgreement = 0,
+    min_size: MinSize = None,
+    fill_holes: FillHoles = None,
+    keep_largest: KeepLargest = None,
     progress: bool = True,
 ) -> None:
     """Write for each image: index mask PNG (original size), colour mask, overlay; and manifest.csv."""
@@ -899,7 +751,7 @@ def _with_classes(run: Path, classes: Path | None, device: str, precision: str |
     from .predict import open_predictor
 
     predictor = open_predictor(run, device=device, precision=precision)
-    use_classes(predictor.config, classes)
+    predictor.config = use_classes(predictor.config, classes)
     return predictor
 
 
@@ -988,9 +840,9 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="images per forward pass at most")] = 8,
     device: str = "auto",
     log_level: Annotated[str, typer.Option(help="info logs each request; warning is quiet")] = "info",
-    classes: Annotated[Path | None, typer.Option(help="classes.json: names and colours to show")] = None,
-    tta: Annotated[str | None, typer.Option(help=TTA_HELP)] = None,
-    precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
+    classes: ShownClasses = None,
+    tta: Tta = None,
+    precision: PredictPrecision = None,
     api_key_file: Annotated[
         Path | None, typer.Option(help="require 'Authorization: Bearer KEY' (KEY: this file's first line)")
     ] = None,
@@ -999,11 +851,9 @@ def serve(
     ] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS: private key (PEM), with --ssl-certfile")] = None,
     ssl_certfile: Annotated[Path | None, typer.Option(help="TLS: certificate chain (PEM)")] = None,
-    min_size: Annotated[int | None, typer.Option(help="remove components under N pixels (every class)")] = None,
-    fill_holes: Annotated[
-        list[str] | None, typer.Option(help="fill holes in this class (id or name; repeatable)")
-    ] = None,
-    keep_largest: Annotated[list[str] | None, typer.Option(help="keep this class's largest component only")] = None,
+    min_size: MinSize = None,
+    fill_holes: FillHoles = None,
+    keep_largest: KeepLargest = None,
 ) -> None:
     """Serve a model over HTTP: POST /predict, GET /info, /health, /docs, and a web page at /.
 
@@ -1037,7 +887,7 @@ def serve(
         from .predict import open_predictor
 
         served = open_predictor(model, device=device, precision=precision, postprocess=post)
-        use_classes(served.config, classes)
+        served.config = use_classes(served.config, classes)
     run_server(
         served,
         host,
@@ -1136,6 +986,7 @@ if __name__ == "__main__":
 
 # train --help: options in panels, with the defaults that matter (None in the signature means "the recipe's")
 _TRAIN_PANELS = {
+    "Config": "config_file overrides print_config",
     "Data": "images masks val_images val_masks val_fraction n_classes ignore_index mask_mode palette class_names "
     "classes label_map recursive skip_bad cache num_workers",
     "Model": "model input_size channels n_filters depth dropout batch_norm normalize resize",
@@ -1144,6 +995,7 @@ _TRAIN_PANELS = {
     "Runtime": "out resume overwrite precision compile device nproc progress",
 }
 _TRAIN_DEFAULTS = {
+    "recipe": "seed",
     "n_filters": "32",
     "input_size": "96 128",
     "model": "unet",
@@ -1178,23 +1030,23 @@ def _arrange_help(fn: Callable[..., Any], panels: dict[str, str], defaults: dict
 
     It rewrites the signature typer reads, so the command's code keeps its plain parameters.
     """
-    import inspect
-    import typing
+    import copy
 
     from typer.models import OptionInfo
 
     panel_of = {name: panel for panel, names in panels.items() for name in names.split()}
     params = []
     for p in inspect.signature(fn, eval_str=True).parameters.values():
-        if p.name not in panel_of:
+        if p.name not in panel_of and p.name not in defaults:
             params.append(p)
             continue
-        base, meta = p.annotation, ()
+        base, meta = p.annotation, tuple[Any, ...]()
         if typing.get_origin(base) is Annotated:
             base, *rest = typing.get_args(base)
             meta = tuple(rest)
-        info = next((m for m in meta if isinstance(m, OptionInfo)), None) or typer.Option()
-        info.rich_help_panel = panel_of[p.name]
+        found = next((m for m in meta if isinstance(m, OptionInfo)), None)
+        info = copy.copy(found) if found is not None else typer.Option()  # the declaration is shared: not changed
+        info.rich_help_panel = panel_of.get(p.name)
         if p.name in defaults:
             info.show_default = defaults[p.name]
         if p.name == "input_size":
@@ -1206,3 +1058,4 @@ def _arrange_help(fn: Callable[..., Any], panels: dict[str, str], defaults: dict
 
 
 _arrange_help(train, _TRAIN_PANELS, _TRAIN_DEFAULTS)
+_arrange_help(compare, {}, _TRAIN_DEFAULTS)

@@ -64,7 +64,7 @@ def demo_config(recipe: str = "strong", *, epochs: int | None = None, seed: int 
         class_names=list(synthetic.CLASS_NAMES),
         palette=[list(c) for c in synthetic.PALETTE],
     )
-    config.data.mask_mode = "index"
+    config = replace(config, data=replace(config.data, mask_mode="index"))
     config = apply_recipe(config, recipe)  # raises ConfigError naming the choices for an unknown recipe
     settings = {**plan.train, **train}
     if isinstance(settings.get("augment"), dict):

@@ -20,7 +20,7 @@ import json
 import os
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -627,5 +627,5 @@ def import_run(
         class_names=names,
         palette=palette,
     )
-    config.data.mask_mode = "index"
+    config = replace(config, data=replace(config.data, mask_mode="index"))
     return save_run(out, model, config, overwrite=overwrite)

@@ -16,7 +16,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -323,7 +323,8 @@ def predict_files(
     if mode is not None:
         if mode not in ("resize", "sliding"):
             raise DataError(f"--mode must be resize or sliding, got {mode!r}")
-        predictor.config.preprocess.predict_mode = mode
+        preprocess = replace(predictor.config.preprocess, predict_mode=mode)  # type: ignore[arg-type]  # checked
+        predictor.config = replace(predictor.config, preprocess=preprocess)
     files, left_out = collect_inputs(inputs)
     out = Path(out)
     videos = [f for f in files if f.suffix.lower() in VIDEO_EXTENSIONS]

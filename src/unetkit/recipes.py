@@ -3,7 +3,7 @@
 ``strong`` keeps the seed's network (five levels, the same filters, skips, dropout 0.3 in the two
 deepest blocks, He-normal initialisation) and adds one documented model option, batch
 normalisation after each 3x3 convolution of the conv blocks. Options the user gives explicitly are
-applied after the recipe and win (see ``cli._train_config``): ``--no-batch-norm`` gives the seed's
+applied after the recipe and win (see ``unetkit.configure.build_config``): ``--no-batch-norm`` gives the seed's
 exact layers with the rest of the recipe.
 
 ``strong``, and why each part is there (measured with benchmarks/recipe_study.py; numbers in
@@ -37,6 +37,7 @@ docs/accuracy.md, section Recipes):
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from .config import AugmentConfig, RunConfig
 from .errors import ConfigError
@@ -46,7 +47,7 @@ RECIPES = ("seed", "strong")
 STRONG_AUGMENT = AugmentConfig(hflip=True, scale=(0.8, 1.25), brightness=0.1, contrast=0.1, saturation=0.1)
 
 # TrainConfig fields the strong recipe sets; everything else keeps the seed's value.
-STRONG = dict(
+STRONG: dict[str, Any] = dict(
     optimizer="adamw",
     lr=5e-3,
     weight_decay=1e-2,
@@ -57,7 +58,7 @@ STRONG = dict(
     augment=STRONG_AUGMENT,
 )
 # ModelConfig fields the strong recipe sets (options beyond the seed, documented above).
-STRONG_MODEL = dict(batch_norm=True)
+STRONG_MODEL: dict[str, Any] = dict(batch_norm=True)
 
 
 def apply_recipe(config: RunConfig, name: str) -> RunConfig:

@@ -8,7 +8,7 @@ The file is ``{"classes": [{"id": 0, "name": "background", "color": [0, 0, 0]}, 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +95,8 @@ def read_classes(path: str | Path) -> ClassList:
         raise _bad(path, str(e)) from None
 
 
-def use_classes(config: Any, path: str | Path) -> None:
-    """Show a run with the names and colours of a classes file (``--classes`` on predict and serve).
+def use_classes(config: Any, path: str | Path) -> Any:
+    """``config`` showing the names and colours of a classes file (``--classes`` on predict and serve).
 
     ``config`` is a loaded ``RunConfig``; the file must list exactly its ``n_classes`` classes.
     """
@@ -104,5 +104,4 @@ def use_classes(config: Any, path: str | Path) -> None:
     n = config.model.n_classes
     if len(classes) != n:
         raise DataError(f"classes file {path} lists {len(classes)} classes but the model predicts {n}; give its own")
-    config.class_names = list(classes.names)
-    config.palette = [list(c) for c in classes.colors]
+    return replace(config, class_names=list(classes.names), palette=[list(c) for c in classes.colors])
