@@ -74,9 +74,7 @@ def run_variant(spec: str, seed: int, cpu_budget: float | None = None) -> dict[s
         kwargs = {"epochs": 10_000, "time_budget": cpu_budget, **kwargs}
     with tempfile.TemporaryDirectory() as tmp:
         c0, t0 = cpu_seconds(), time.perf_counter()
-        r = run_demo(
-            Path(tmp) / "demo", recipe=recipe, seed=seed, progress=False, log=lambda _m: None, budget_s=None, **kwargs
-        )
+        r = run_demo(Path(tmp) / "demo", recipe=recipe, seed=seed, progress=False, log=lambda _m: None, **kwargs)
         cpu, wall = cpu_seconds() - c0, time.perf_counter() - t0
     m, config, history = r["metrics"], r["config"], r["history"]
     matrix = m.matrix.astype(np.float64)

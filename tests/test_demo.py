@@ -28,6 +28,7 @@ def test_default_demo_is_the_chosen_strong_plan():
     config = demo_config()
     plan = PLANS["strong"]
     assert config.train.recipe == "strong" and config.train.epochs == plan.epochs
+    assert config.train.time_budget == plan.time_budget
     assert config.model == ModelConfig(n_classes=13, **STRONG_MODEL)  # the seed's network + batch norm
     for key, value in STRONG.items():  # the recipe, except what the demo's plan sets
         if key not in plan.train:
@@ -73,8 +74,21 @@ def test_run_demo_strong_tiny(tmp_path):
 def test_time_budget_stops_with_the_best_weights(tmp_path):
     logs: list[str] = []
     out = tmp_path / "d"
-    r = run_demo(out, train_count=8, val_count=4, epochs=3, budget_s=0.0, progress=False, log=logs.append)
-    assert r["epochs"] == 1  # stopped after the first epoch: the second would end past the budget
-    assert any(line.startswith("time budget: stopped after epoch 1") for line in logs)
+    r = run_demo(out, train_count=8, val_count=4, time_budget=1e-3, progress=False, log=logs.append)
+    assert r["epochs"] == 1 < r["config"].train.epochs  # the budget ended the run, not the epoch count
     assert (out / "curves.png").exists() and (out / "examples.png").exists() and "next:" in logs[-3]
-    assert PLANS["strong"].budget_s is not None and PLANS["seed"].budget_s is None  # the tutorial runs uncut
+
+
+def test_the_strong_demo_trains_on_a_time_budget_and_epochs_turn_it_off():
+    assert PLANS["strong"].time_budget is not None and PLANS["seed"].time_budget is None  # the tutorial runs uncut
+    assert demo_config().train.time_budget == PLANS["strong"].time_budget
+    assert demo_config(epochs=2).train.time_budget is None and demo_config(epochs=2).train.epochs == 2
+    assert demo_config("seed").train.time_budget is None
+
+
+def test_cli_demo_time_budget(tmp_path):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--train-count", "8", "--val-count", "4", "--time-budget", "1s"]
+    result = CliRunner().invoke(app, [*args, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["train"]["time_budget"] == 1.0

@@ -951,14 +951,19 @@ def demo(
     ] = "strong",
     train_count: Annotated[int | None, typer.Option(help="training scenes [default: the recipe's]")] = None,
     val_count: Annotated[int | None, typer.Option(help="validation and test scenes [default: 128]")] = None,
-    epochs: Annotated[int | None, typer.Option(help="[default: the recipe's]")] = None,
+    epochs: Annotated[int | None, typer.Option(help="train this many epochs, no time budget")] = None,
+    time_budget: Annotated[
+        str | None, typer.Option(help="training time (e.g. 4m, 600) [default: strong 240 s, seed none]")
+    ] = None,
     seed: int = 0,
     progress: bool = True,
     overwrite: Annotated[bool, typer.Option(help="replace the run already in --out")] = False,
 ) -> None:
     """Train the seed's U-Net on built-in driving scenes, evaluate on held-out scenes, show pictures."""
     from .demo import run_demo
+    from .timebudget import parse_duration
 
+    budget = {} if time_budget is None else {"time_budget": parse_duration(time_budget)}
     run_demo(
         out,
         recipe=recipe,
@@ -969,6 +974,7 @@ def demo(
         seed=seed,
         progress=progress,
         log=console().print,
+        **budget,
     )
 
 

@@ -22,10 +22,10 @@ from .data import synthetic
 from .data.io import read_image, read_mask
 from .data.loader import SegmentationData
 from .evaluate import evaluate
-from .plots import plot_curves, side_by_side
+from .plots import side_by_side
 from .predict import Predictor
 from .recipes import apply_recipe
-from .run import CURVES, METRICS, claim_run_folder, load_run, read_metrics
+from .run import claim_run_folder, load_run
 
 HEIGHT, WIDTH = 96, 128  # the seed's input size
 
@@ -36,24 +36,26 @@ class DemoPlan:
 
     train_count: int
     val_count: int
-    epochs: int
+    epochs: int  # with a time budget: the most epochs, should the machine be fast enough
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields set after the recipe
-    # wall-clock cap in seconds from the demo's start: training stops after the epoch whose successor
-    # would end past it (best weights kept). A safety net for a slow or busy machine: the epochs are
-    # sized to end well within it on two idle cores. None: no cap (and none when --epochs is given).
-    budget_s: float | None = None
+    # seconds of training (TrainConfig.time_budget): the schedule follows the clock and the run ends on
+    # time with its best weights, on a slow machine as on a fast one. None: ``epochs`` epochs, however long.
+    time_budget: float | None = None
 
 
 # The defaults of ``unetkit demo --recipe NAME``; ``seed`` is the tutorial's recipe, unchanged.
 PLANS: dict[str, DemoPlan] = {
     "seed": DemoPlan(train_count=640, val_count=128, epochs=10),
-    "strong": DemoPlan(train_count=640, val_count=128, epochs=6, train={"augment": {}}, budget_s=275.0),
+    "strong": DemoPlan(
+        train_count=640, val_count=128, epochs=60, train={"augment": {}, "batch_size": 4}, time_budget=240.0
+    ),
 }
 
 
 def demo_config(recipe: str = "strong", *, epochs: int | None = None, seed: int = 0, **train: Any) -> RunConfig:
     """The demo's RunConfig: the seed's network (n_filters 32, depth 5) at 96x128 for the 13 scene classes,
-    the recipe, then the plan's settings, then ``train`` (TrainConfig fields, e.g. ``batch_size=4``)."""
+    the recipe, then the plan's settings, then ``train`` (TrainConfig fields, e.g. ``batch_size=4``). Giving
+    ``epochs`` trains that many epochs instead of the plan's time budget."""
 
     plan = PLANS[recipe] if recipe in PLANS else PLANS["strong"]
     crop = train.get("crop", plan.train.get("crop"))
@@ -69,6 +71,8 @@ def demo_config(recipe: str = "strong", *, epochs: int | None = None, seed: int 
     settings = {**plan.train, **train}
     if isinstance(settings.get("augment"), dict):
         settings["augment"] = AugmentConfig(**settings["augment"])
+    if epochs is None and "time_budget" not in settings:  # --epochs N: N epochs, no budget
+        settings["time_budget"] = plan.time_budget
     return replace(config, train=replace(config.train, epochs=epochs or plan.epochs, **settings))
 
 
@@ -89,14 +93,13 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
-    budget_s: float | None | str = "plan",
     overwrite: bool = False,
     **train: Any,
 ) -> dict:
     """Train on ``train_count`` scenes, pick the best epoch on ``val_count`` others, test on ``val_count``
-    scenes of another seed; counts, epochs and the time budget (``budget_s``: seconds, None for none)
-    default to the recipe's plan (``PLANS``); giving ``epochs`` turns the plan's budget off. An ``out``
-    that already holds a run is refused unless ``overwrite``."""
+    scenes of another seed. Counts, epochs and the time budget default to the recipe's plan (``PLANS``);
+    ``epochs`` trains that many epochs with no budget, ``time_budget=S`` (seconds) sets another one. An
+    ``out`` that already holds a run is refused unless ``overwrite``."""
     out = Path(out)
     if not overwrite:
         claim_run_folder(out, create=False)
@@ -104,6 +107,43 @@ def run_demo(
     plan = PLANS[recipe]
     train_count = plan.train_count if train_count is None else train_count
     val_count = plan.val_count if val_count is None else val_count
+    train_data, val_data, test_dir = _scenes(out, train_count, val_count, seed, log)
+    log(f"recipe {recipe}" + (" (the tutorial's, exactly)" if recipe == "seed" else ""))
+    log(config.describe())
+    t1 = time.perf_counter()
+    result = trainer.fit(
+        config, out, train_data=train_data, val_data=val_data, progress=progress, log=log, overwrite=overwrite
+    )
+    train_seconds = time.perf_counter() - t1
+    model = load_run(out).model  # the best epoch's weights, as the run folder holds them
+    predictor = Predictor(model, config)
+    report = evaluate(predictor, test_dir / "image", test_dir / "mask")
+    report.save_json(out / "test_metrics.json")
+    log(report.table())
+    _examples(predictor, test_dir, val_count, config, out / "examples.png")
+    m = report.metrics
+    iou = dict(zip(config.class_names or [], m.iou))
+    log(
+        f"\ntest mIoU {m.mean_iou:.4f}, pixel accuracy {m.pixel_accuracy:.4f} on {val_count} held-out "
+        f"scenes after {len(result.history)} epochs ({train_seconds:.0f}s of training); "
+        f"IoU vehicle {iou['vehicle']:.3f}, pedestrian {iou['pedestrian']:.3f}"
+    )
+    _next_steps(out, test_dir, recipe, log)
+    return {
+        "test_miou": m.mean_iou,
+        "train_seconds": train_seconds,
+        "epochs": len(result.history),
+        "train_count": train_count,
+        "metrics": m,
+        "history": result.history,
+        "config": config,
+    }
+
+
+def _scenes(
+    out: Path, train_count: int, val_count: int, seed: int, log: Callable[[str], None]
+) -> tuple[SegmentationData, SegmentationData, Path]:
+    """Training and validation scenes in memory (one seed), test scenes written under ``out`` (seed + 1)."""
     t0 = time.perf_counter()
     images, masks = synthetic.make_dataset(train_count + val_count, HEIGHT, WIDTH, seed=seed)
     test_dir = synthetic.write_dataset(out / "test-scenes", val_count, HEIGHT, WIDTH, seed=seed + 1)
@@ -114,41 +154,11 @@ def run_demo(
     data = SegmentationData.from_arrays(images, masks, (HEIGHT, WIDTH, 3), n_classes=synthetic.N_CLASSES)
     train_data = data.subset(list(range(train_count)))
     val_data = data.subset(list(range(train_count, train_count + val_count)))
-    log(f"recipe {recipe}" + (" (the tutorial's, exactly)" if recipe == "seed" else ""))
-    log(config.describe())
-    t1 = time.perf_counter()
-    if budget_s == "plan":
-        budget = plan.budget_s if epochs is None else None
-    else:
-        budget = None if budget_s is None else float(budget_s)
-    try:
-        result = trainer.fit(
-            config,
-            out,
-            train_data=train_data,
-            val_data=val_data,
-            progress=progress,
-            log=log,
-            overwrite=overwrite,
-            epoch_callback=_budget_check(budget, t0, config.train.epochs),
-        )
-        model, history = result.model, result.history
-    except _OutOfTime as stop:
-        model, history = _after_stop(out, stop, log)
-    train_seconds = time.perf_counter() - t1
+    return train_data, val_data, test_dir
 
-    predictor = Predictor(model, config)
-    report = evaluate(predictor, test_dir / "image", test_dir / "mask")
-    report.save_json(out / "test_metrics.json")
-    log(report.table())
-    _examples(predictor, test_dir, val_count, config, out / "examples.png")
-    m = report.metrics
-    iou = dict(zip(config.class_names or [], m.iou))
-    log(
-        f"\ntest mIoU {m.mean_iou:.4f}, pixel accuracy {m.pixel_accuracy:.4f} on {val_count} held-out "
-        f"scenes after {len(history)} epochs ({train_seconds:.0f}s of training); "
-        f"IoU vehicle {iou['vehicle']:.3f}, pedestrian {iou['pedestrian']:.3f}"
-    )
+
+def _next_steps(out: Path, test_dir: Path, recipe: str, log: Callable[[str], None]) -> None:
+    """Where the results are and the commands to run next."""
     log(f"run folder:  {out}/  (weights.safetensors, config.json, metrics.csv, curves.png)")
     log(f"pictures:    {out}/examples.png (input | truth | prediction), {out}/curves.png")
     log(f"test scenes: {test_dir}/image, {test_dir}/mask; metrics in {out}/test_metrics.json")
@@ -156,49 +166,6 @@ def run_demo(
     if recipe != "seed":
         log(f"             unetkit demo --recipe seed --out {out}-seed   (the tutorial's recipe, for comparison)")
     log("             unetkit train --images DIR --masks DIR --n-classes N --out my-run   (your own data)")
-    return {
-        "test_miou": m.mean_iou,
-        "train_seconds": train_seconds,
-        "epochs": len(history),
-        "train_count": train_count,
-        "metrics": m,
-        "history": history,
-        "config": config,
-    }
-
-
-class _OutOfTime(Exception):
-    """Raised after an epoch when the next one would end past the demo's time budget."""
-
-    def __init__(self, epoch: int, elapsed: float):
-        super().__init__(f"stopped after epoch {epoch} at {elapsed:.0f}s")
-        self.epoch, self.elapsed = epoch, elapsed
-
-
-def _budget_check(budget_s: float | None, start: float, epochs: int) -> Callable[[dict[str, Any]], None] | None:
-    """An epoch callback for fit() that stops training before an epoch that would end past ``budget_s``."""
-    if budget_s is None:
-        return None
-    limit = budget_s
-
-    def check(row: dict[str, Any]) -> None:
-        elapsed = time.perf_counter() - start
-        if row["epoch"] < epochs and elapsed + row["seconds"] > limit:
-            raise _OutOfTime(row["epoch"], elapsed)
-
-    return check
-
-
-def _after_stop(out: Path, stop: _OutOfTime, log: Callable[[str], None]) -> tuple[Any, list[dict[str, Any]]]:
-    """The best weights and the history of a run stopped at the budget (fit() has saved both)."""
-
-    log(
-        f"time budget: {stop}, before the schedule's end (this machine is slower or busier than two idle "
-        "cores); the best epoch's weights are kept. `--epochs N` trains N epochs with no budget."
-    )
-    history = read_metrics(out / METRICS)
-    plot_curves(history, out / CURVES)
-    return load_run(out).model, history
 
 
 def _examples(predictor: Predictor, test_dir: Path, count: int, config: RunConfig, path: Path) -> None:
