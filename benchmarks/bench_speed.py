@@ -794,7 +794,8 @@ def parse_sizes(spec: str) -> list[tuple[int, int, int]]:
     return out
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
+    """The options of the parent (the table) and, hidden, of the workers."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
         "--sizes",
@@ -845,7 +846,74 @@ def main() -> None:
     ap.add_argument("--no-channels-last", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--optimizer-impl", default="auto", choices=["auto", "foreach", "fused"], help=argparse.SUPPRESS)
     ap.add_argument("--no-tune", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap
+
+
+def _ablation_section(
+    h: int, w: int, b: int, args: argparse.Namespace, log: list[str], report: dict[str, Any]
+) -> list[str]:
+    """The fast-path ablation at one size: its markdown lines (the rows go into ``report``)."""
+    load0 = loadavg()
+    abl = run_ablation(h, w, b, args, log)
+    table = ablation_table(abl)
+    report["sizes"].append({"size": f"{h}x{w}", "batch": b, "ablation": abl})
+    print("\n" + table, flush=True)
+    return [f"### unetkit fast paths, {h}x{w} batch {b} (load {load0} -> {loadavg()})", "", table, ""]
+
+
+def _pair_row(h: int, w: int, b: int, train_gflop: float, args: argparse.Namespace, log: list[str]) -> dict[str, Any]:
+    """unetkit and the reference measured in turn at one size: the main table's row."""
+    load0 = loadavg()
+    res = run_pair(h, w, b, args, log)
+    row: dict[str, Any] = {
+        "size": f"{h}x{w}",
+        "batch": b,
+        "train_gflop": train_gflop,
+        "load": f"{load0} -> {loadavg()}",
+    }
+    for name, m in res.items():
+        row[name] = {
+            "train": m.median("train"),
+            "predict": m.median("predict"),
+            "train_samples": m.train,
+            "predict_samples": m.predict,
+            "train_cpu": m.median("train_cpu"),
+            "predict_cpu": m.median("predict_cpu"),
+            "stats": m.stats,
+            "warmup_s": m.warmup_s,
+            "label": f"{name} ({m.stats.get('framework', '')})",
+        }
+    row["ratio_train"] = paired_ratio(res["unetkit"].train, res["keras"].train)
+    row["ratio_predict"] = paired_ratio(res["unetkit"].predict, res["keras"].predict)
+    row["cpu_ratio_train"] = paired_ratio(res["keras"].train_cpu, res["unetkit"].train_cpu)
+    row["cpu_ratio_predict"] = paired_ratio(res["keras"].predict_cpu, res["unetkit"].predict_cpu)
+    return row
+
+
+def _rows_section(rows: list[dict[str, Any]]) -> list[str]:
+    """The main table and the end-to-end tables: their markdown lines (also printed)."""
+    md: list[str] = []
+    table = main_table(rows)
+    loads = "; ".join(f"{r['size']}/{r['batch']}: {r['load']}" for r in rows)
+    md += [table, "", f"Load average (1/5/15 min) before -> after each size: {loads}.", ""]
+    print("\n" + table + f"\n\nload: {loads}")
+    for r in rows:
+        if "e2e" in r:
+            et = e2e_table(r["e2e"])
+            md += [
+                f"`unetkit train` end to end, {r['size']} batch {r['batch']} (load {r['e2e']['load']}):",
+                "",
+                et,
+                "",
+                f"Command: `{r['e2e']['command']}`",
+                "",
+            ]
+            print("\n" + et)
+    return md
+
+
+def main() -> None:
+    args = _parser().parse_args()
     if args.worker:
         worker_main(args)
         return
@@ -890,59 +958,16 @@ def main() -> None:
         cost = count(h, w, N_CLASSES)
         print(f"\n{h}x{w}, batch {b} (forward {cost.forward_gflop:.2f} GFLOP/image), load {loadavg()}", flush=True)
         if args.ablation:
-            load0 = loadavg()
-            abl = run_ablation(h, w, b, args, log)
-            table = ablation_table(abl)
-            md += [f"### unetkit fast paths, {h}x{w} batch {b} (load {load0} -> {loadavg()})", "", table, ""]
-            report["sizes"].append({"size": f"{h}x{w}", "batch": b, "ablation": abl})
-            print("\n" + table, flush=True)
+            md += _ablation_section(h, w, b, args, log, report)
             continue
-        load0 = loadavg()
-        res = run_pair(h, w, b, args, log)
-        row: dict[str, Any] = {
-            "size": f"{h}x{w}",
-            "batch": b,
-            "train_gflop": cost.train_gflop,
-            "load": f"{load0} -> {loadavg()}",
-        }
-        for name, m in res.items():
-            row[name] = {
-                "train": m.median("train"),
-                "predict": m.median("predict"),
-                "train_samples": m.train,
-                "predict_samples": m.predict,
-                "train_cpu": m.median("train_cpu"),
-                "predict_cpu": m.median("predict_cpu"),
-                "stats": m.stats,
-                "warmup_s": m.warmup_s,
-                "label": f"{name} ({m.stats.get('framework', '')})",
-            }
-        row["ratio_train"] = paired_ratio(res["unetkit"].train, res["keras"].train)
-        row["ratio_predict"] = paired_ratio(res["unetkit"].predict, res["keras"].predict)
-        row["cpu_ratio_train"] = paired_ratio(res["keras"].train_cpu, res["unetkit"].train_cpu)
-        row["cpu_ratio_predict"] = paired_ratio(res["keras"].predict_cpu, res["unetkit"].predict_cpu)
+        row = _pair_row(h, w, b, cost.train_gflop, args, log)
         rows.append(row)
         report["sizes"].append(row)
         if args.e2e and (h, w, b) == sizes[0]:
             print(f"\nend to end: `unetkit train` on {args.e2e_images} PNG scenes at {h}x{w}, batch {b}", flush=True)
             row["e2e"] = run_e2e(h, w, b, args, log)
     if rows:
-        table = main_table(rows)
-        loads = "; ".join(f"{r['size']}/{r['batch']}: {r['load']}" for r in rows)
-        md += [table, "", f"Load average (1/5/15 min) before -> after each size: {loads}.", ""]
-        print("\n" + table + f"\n\nload: {loads}")
-        for r in rows:
-            if "e2e" in r:
-                et = e2e_table(r["e2e"])
-                md += [
-                    f"`unetkit train` end to end, {r['size']} batch {r['batch']} (load {r['e2e']['load']}):",
-                    "",
-                    et,
-                    "",
-                    f"Command: `{r['e2e']['command']}`",
-                    "",
-                ]
-                print("\n" + et)
+        md += _rows_section(rows)
     if not args.ablation and not args.no_inference:
         from bench_infer import inference_section
 
