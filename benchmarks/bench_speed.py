@@ -13,10 +13,11 @@ What is measured, per size (input H x W, batch B, 23 classes, random data):
   run as a Keras user runs it: ``compile_seed`` then ``model.fit`` on in-memory float arrays (timed from
   the start to the end of each epoch by a callback, so fit's set-up is left out), and ``model.predict``
   then ``argmax`` on the host.
-- unetkit: training steps as ``fit()`` takes them (batches drawn from the uint8 cache on the device,
-  scaled there, forward under its precision, cross-entropy, backward, Adam step, loss and confusion
-  matrix accumulated on the device), with unetkit's defaults (precision auto, channels-last, compile
-  auto); prediction through ``Predictor.predict_array`` on uint8 images: class-id masks back on the host.
+- unetkit: training steps as ``fit()`` takes them, through its own ``train.train_one_epoch`` (batches
+  drawn from the uint8 cache on the device, scaled there, forward under its precision, cross-entropy,
+  backward, Adam step, loss and confusion matrix accumulated on the device), with unetkit's defaults
+  (precision auto, channels-last, compile auto); prediction through ``Predictor.predict_array`` on uint8
+  images: class-id masks back on the host.
 - Training images/s counts full optimizer steps; prediction images/s counts masks delivered.
 - CPU-s/img: the worker's CPU time (all its threads, user + system) per image. On a machine busy with
   other work this moves much less than images/s, so it shows which side does less work per image; on a
@@ -194,19 +195,11 @@ class UnetkitWorker:
         from unetkit import perf
         from unetkit.config import ModelConfig, RunConfig, TrainConfig
         from unetkit.data.loader import SegmentationData
-        from unetkit.metrics import ConfusionMatrix
+        from unetkit.device import resolve_device, resolve_precision
         from unetkit.model import ConvTranspose2dSame
         from unetkit.predict import Predictor
-        from unetkit.preprocess import to_float
         from unetkit.run import build_model
-        from unetkit.train import (
-            _loss_fn,
-            autocast,
-            build_optimizer,
-            resolve_compile,
-            resolve_device,
-            resolve_precision,
-        )
+        from unetkit.train import _loss_fn, build_optimizer, resolve_compile, train_one_epoch
 
         self.torch, self.np = torch, np
         ConvTranspose2dSame.subpixel = {"auto": None, "subpixel": True, "native": False}[convt]
@@ -246,7 +239,7 @@ class UnetkitWorker:
             data = data.to(self.device)  # fit() moves the cache to the GPU when it fits
         self.data = data
         self.loss_fn = _loss_fn(self.config, data, self.device)
-        self.cm_cls, self.to_float, self.autocast = ConfusionMatrix, to_float, autocast
+        self.train_one_epoch = train_one_epoch
         self.predictor = Predictor(model, self.config, device=self.device, precision=precision)
         if predict_compile:
             self.predictor.model = torch.compile(model, mode=compile_mode)
@@ -262,32 +255,23 @@ class UnetkitWorker:
             self.torch.cuda.synchronize()
 
     def _steps(self, limit: int | None = None) -> int:
-        torch = self.torch
-        self.model.train()
-        gen = torch.Generator().manual_seed(self.epoch)
+        """One epoch (or its first ``limit`` steps) of fit()'s own step, ``train.train_one_epoch``: the
+        learning rate set, the batch scaled, forward, loss, backward, optimizer step, loss and confusion
+        matrix accumulated on the device and read back once at the end."""
+        stats = self.train_one_epoch(
+            self.step_model,
+            self.opt,
+            self.data,
+            self.loss_fn,
+            self.config,
+            epoch=self.epoch,
+            device=self.device,
+            dtype=self.dtype,
+            batch_size=self.batch,
+            max_steps=limit,
+        )
         self.epoch += 1
-        cm = self.cm_cls(N_CLASSES, None, device=self.device)
-        loss_sum = torch.zeros((), device=self.device)
-        seen = 0
-        for step, (x, y) in enumerate(self.data.batches(self.batch, device=self.device, shuffle=True, generator=gen)):
-            if limit is not None and step >= limit:
-                break
-            for group in self.opt.param_groups:
-                group["lr"] = 1e-3
-            x = self.to_float(x).contiguous(memory_format=self.memory)
-            with self.autocast(self.device, self.dtype):
-                logits = self.step_model(x)
-            loss = self.loss_fn(logits, y)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            loss_sum += loss.detach() * x.shape[0]
-            seen += x.shape[0]
-            cm.update(logits.detach().argmax(1), y)
-        value = loss_sum.item() / max(seen, 1)  # one read back per epoch, as fit() does
-        if not self.np.isfinite(value):
-            raise RuntimeError(f"non-finite training loss {value}")
-        return seen
+        return stats["images"]
 
     def warm_up(self) -> None:
         self._steps(limit=3)  # compile (forward and backward), cuDNN autotuning, allocator pools
@@ -810,7 +794,8 @@ def parse_sizes(spec: str) -> list[tuple[int, int, int]]:
     return out
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
+    """The options of the parent (the table) and, hidden, of the workers."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
         "--sizes",
@@ -861,7 +846,74 @@ def main() -> None:
     ap.add_argument("--no-channels-last", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--optimizer-impl", default="auto", choices=["auto", "foreach", "fused"], help=argparse.SUPPRESS)
     ap.add_argument("--no-tune", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap
+
+
+def _ablation_section(
+    h: int, w: int, b: int, args: argparse.Namespace, log: list[str], report: dict[str, Any]
+) -> list[str]:
+    """The fast-path ablation at one size: its markdown lines (the rows go into ``report``)."""
+    load0 = loadavg()
+    abl = run_ablation(h, w, b, args, log)
+    table = ablation_table(abl)
+    report["sizes"].append({"size": f"{h}x{w}", "batch": b, "ablation": abl})
+    print("\n" + table, flush=True)
+    return [f"### unetkit fast paths, {h}x{w} batch {b} (load {load0} -> {loadavg()})", "", table, ""]
+
+
+def _pair_row(h: int, w: int, b: int, train_gflop: float, args: argparse.Namespace, log: list[str]) -> dict[str, Any]:
+    """unetkit and the reference measured in turn at one size: the main table's row."""
+    load0 = loadavg()
+    res = run_pair(h, w, b, args, log)
+    row: dict[str, Any] = {
+        "size": f"{h}x{w}",
+        "batch": b,
+        "train_gflop": train_gflop,
+        "load": f"{load0} -> {loadavg()}",
+    }
+    for name, m in res.items():
+        row[name] = {
+            "train": m.median("train"),
+            "predict": m.median("predict"),
+            "train_samples": m.train,
+            "predict_samples": m.predict,
+            "train_cpu": m.median("train_cpu"),
+            "predict_cpu": m.median("predict_cpu"),
+            "stats": m.stats,
+            "warmup_s": m.warmup_s,
+            "label": f"{name} ({m.stats.get('framework', '')})",
+        }
+    row["ratio_train"] = paired_ratio(res["unetkit"].train, res["keras"].train)
+    row["ratio_predict"] = paired_ratio(res["unetkit"].predict, res["keras"].predict)
+    row["cpu_ratio_train"] = paired_ratio(res["keras"].train_cpu, res["unetkit"].train_cpu)
+    row["cpu_ratio_predict"] = paired_ratio(res["keras"].predict_cpu, res["unetkit"].predict_cpu)
+    return row
+
+
+def _rows_section(rows: list[dict[str, Any]]) -> list[str]:
+    """The main table and the end-to-end tables: their markdown lines (also printed)."""
+    md: list[str] = []
+    table = main_table(rows)
+    loads = "; ".join(f"{r['size']}/{r['batch']}: {r['load']}" for r in rows)
+    md += [table, "", f"Load average (1/5/15 min) before -> after each size: {loads}.", ""]
+    print("\n" + table + f"\n\nload: {loads}")
+    for r in rows:
+        if "e2e" in r:
+            et = e2e_table(r["e2e"])
+            md += [
+                f"`unetkit train` end to end, {r['size']} batch {r['batch']} (load {r['e2e']['load']}):",
+                "",
+                et,
+                "",
+                f"Command: `{r['e2e']['command']}`",
+                "",
+            ]
+            print("\n" + et)
+    return md
+
+
+def main() -> None:
+    args = _parser().parse_args()
     if args.worker:
         worker_main(args)
         return
@@ -906,59 +958,16 @@ def main() -> None:
         cost = count(h, w, N_CLASSES)
         print(f"\n{h}x{w}, batch {b} (forward {cost.forward_gflop:.2f} GFLOP/image), load {loadavg()}", flush=True)
         if args.ablation:
-            load0 = loadavg()
-            abl = run_ablation(h, w, b, args, log)
-            table = ablation_table(abl)
-            md += [f"### unetkit fast paths, {h}x{w} batch {b} (load {load0} -> {loadavg()})", "", table, ""]
-            report["sizes"].append({"size": f"{h}x{w}", "batch": b, "ablation": abl})
-            print("\n" + table, flush=True)
+            md += _ablation_section(h, w, b, args, log, report)
             continue
-        load0 = loadavg()
-        res = run_pair(h, w, b, args, log)
-        row: dict[str, Any] = {
-            "size": f"{h}x{w}",
-            "batch": b,
-            "train_gflop": cost.train_gflop,
-            "load": f"{load0} -> {loadavg()}",
-        }
-        for name, m in res.items():
-            row[name] = {
-                "train": m.median("train"),
-                "predict": m.median("predict"),
-                "train_samples": m.train,
-                "predict_samples": m.predict,
-                "train_cpu": m.median("train_cpu"),
-                "predict_cpu": m.median("predict_cpu"),
-                "stats": m.stats,
-                "warmup_s": m.warmup_s,
-                "label": f"{name} ({m.stats.get('framework', '')})",
-            }
-        row["ratio_train"] = paired_ratio(res["unetkit"].train, res["keras"].train)
-        row["ratio_predict"] = paired_ratio(res["unetkit"].predict, res["keras"].predict)
-        row["cpu_ratio_train"] = paired_ratio(res["keras"].train_cpu, res["unetkit"].train_cpu)
-        row["cpu_ratio_predict"] = paired_ratio(res["keras"].predict_cpu, res["unetkit"].predict_cpu)
+        row = _pair_row(h, w, b, cost.train_gflop, args, log)
         rows.append(row)
         report["sizes"].append(row)
         if args.e2e and (h, w, b) == sizes[0]:
             print(f"\nend to end: `unetkit train` on {args.e2e_images} PNG scenes at {h}x{w}, batch {b}", flush=True)
             row["e2e"] = run_e2e(h, w, b, args, log)
     if rows:
-        table = main_table(rows)
-        loads = "; ".join(f"{r['size']}/{r['batch']}: {r['load']}" for r in rows)
-        md += [table, "", f"Load average (1/5/15 min) before -> after each size: {loads}.", ""]
-        print("\n" + table + f"\n\nload: {loads}")
-        for r in rows:
-            if "e2e" in r:
-                et = e2e_table(r["e2e"])
-                md += [
-                    f"`unetkit train` end to end, {r['size']} batch {r['batch']} (load {r['e2e']['load']}):",
-                    "",
-                    et,
-                    "",
-                    f"Command: `{r['e2e']['command']}`",
-                    "",
-                ]
-                print("\n" + et)
+        md += _rows_section(rows)
     if not args.ablation and not args.no_inference:
         from bench_infer import inference_section
 

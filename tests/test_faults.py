@@ -371,7 +371,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_dat
     monkeypatch.setattr(
         train_mod._Checkpointer,
         "save",  # every epoch counts as best: weights are written
-        lambda self, model, opt, history, state, is_best: real_save(self, model, opt, history, state, True),
+        lambda self, model, opt, state, is_best: real_save(self, model, opt, state, True),
     )
     with pytest.raises(RunError) as e:
         fit(tiny_config(epochs=3), run, train_data=tiny_data, progress=False, log=None)

@@ -31,7 +31,7 @@ from .metrics import BoundaryF1, ConfusionMatrix
 from .model import count_parameters
 from .plots import side_by_side
 from .preprocess import to_float
-from .train import fit, load_data
+from .train import TrainResult, fit, load_data, validate
 
 MODELS = ("fcn", "unet")
 TITLES = {"fcn": "FCN", "unet": "U-Net"}
@@ -115,20 +115,13 @@ def score_model(
     tolerance: int = 2,
     batch_size: int = 16,
 ) -> tuple[ConfusionMatrix, BoundaryF1]:
-    """Confusion matrix and boundary F1 of ``model`` on cached data, at the model's input size."""
-    n, ignore = config.model.n_classes, config.data.ignore_index
-    device = torch.device(device)
-    cm = ConfusionMatrix(n, ignore, device=device)
-    bf = BoundaryF1(n, tolerance=tolerance, ignore_index=ignore, device=device)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for x, y in data.batches(batch_size, device=device):
-            pred = model(to_float(x, config.preprocess)).argmax(1)
-            cm.update(pred, y)
-            bf.update(pred, y)
-    model.train(was_training)
-    return cm, bf
+    """Confusion matrix and boundary F1 of ``model`` on cached data, at the model's input size, in fp32.
+
+    The loop is fit's validation (``train.validate``): the scores are computed as training reported them.
+    """
+    scored = validate(model, data, config, device=device, batch_size=batch_size, boundary_tolerance=tolerance)
+    assert scored.boundary is not None  # asked for with boundary_tolerance
+    return scored.matrix, scored.boundary
 
 
 def predict_masks(model: nn.Module, images: torch.Tensor, device: torch.device | str = "cpu") -> np.ndarray:
@@ -184,27 +177,8 @@ def compare(
             cfg, out / name, train_data=train_data, val_data=val_data, progress=progress, log=log, overwrite=overwrite
         )
         seconds = time.perf_counter() - t0
-        model = result.model.to(device)
-        cm, bf = score_model(model, val_data, cfg, device=device, tolerance=tolerance)
-        m = cm.compute()
-        best_epoch = max(result.history, key=lambda r: r.get("val_miou") or -1.0)["epoch"]
-        iou = [None if math.isnan(v) else v for v in m.iou]
-        scores.append(
-            ModelScore(
-                name,
-                m.pixel_accuracy,
-                m.mean_iou,
-                iou,
-                bf.compute(),
-                count_parameters(model),
-                len(result.history),
-                round(seconds, 1),
-                best_epoch,
-                m.mean_accuracy,
-                m.fw_iou,
-            )
-        )
-        trained[name] = model
+        trained[name] = result.model.to(device)
+        scores.append(_model_score(name, trained[name], val_data, cfg, result, seconds, device, tolerance))
     comparison = Comparison(
         scores,
         list(config.class_names or []),
@@ -224,6 +198,35 @@ def compare(
     log(comparison.markdown())
     log(f"wrote {out / 'compare.md'}, {out / 'compare.json'} and {out / 'compare.png'}")
     return comparison
+
+
+def _model_score(
+    name: str,
+    model: nn.Module,
+    val_data: SegmentationData,
+    config: RunConfig,
+    result: TrainResult,
+    seconds: float,
+    device: torch.device,
+    tolerance: int,
+) -> ModelScore:
+    """One trained model's row of the study: its scores on the validation set and what training cost."""
+    cm, bf = score_model(model, val_data, config, device=device, tolerance=tolerance)
+    m = cm.compute()
+    best_epoch = max(result.history, key=lambda r: r.get("val_miou") or -1.0)["epoch"]
+    return ModelScore(
+        name,
+        m.pixel_accuracy,
+        m.mean_iou,
+        [None if math.isnan(v) else v for v in m.iou],
+        bf.compute(),
+        count_parameters(model),
+        len(result.history),
+        round(seconds, 1),
+        best_epoch,
+        m.mean_accuracy,
+        m.fw_iou,
+    )
 
 
 def _write(

@@ -203,13 +203,6 @@ def seed_rank(seed: int, epoch: int) -> None:
         torch.manual_seed((seed * 1_000_003 + epoch) * 65_537 + env.rank + 1)
 
 
-def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over ranks in place (a no-op with one process); returns it."""
-    if info().enabled:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
 def all_finite(value: torch.Tensor) -> bool:
     """True when ``value`` is finite on every rank, so that all ranks skip (or take) a step together."""
     ok = torch.isfinite(value.detach()).all().to(torch.int32)
