@@ -14,7 +14,7 @@ import sys
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import typer
 
@@ -154,7 +154,7 @@ def info(
 ) -> None:
     """Print a Keras-style summary of the model (layer, output shape, parameters)."""
     from .config import ModelConfig, RunConfig
-    from .model import format_summary
+    from .model import FCN, UNet, format_summary
     from .run import build_model
 
     if run is not None:
@@ -166,7 +166,7 @@ def info(
         cfg = RunConfig.load(run / "config.json").model
     else:
         cfg = ModelConfig(
-            name=model,  # type: ignore[arg-type]  # checked against ModelName on creation
+            name=cast(ModelName, model),  # ModelConfig checks it is one on creation
             input_size=input_size,
             n_filters=n_filters,
             n_classes=n_classes,
@@ -174,7 +174,7 @@ def info(
             batch_norm=batch_norm,
         )
     console().print(f'Model: "{cfg.name}"')
-    console().print(format_summary(build_model(cfg)))
+    console().print(format_summary(cast("UNet | FCN", build_model(cfg))))  # one of model.MODELS
 
 
 @datasets_app.command("synthetic")

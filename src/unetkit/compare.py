@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import RunConfig
-from .data.loader import SegmentationData
+from .config import ModelName, RunConfig
+from .data.source import SegmentationSource
 from .device import resolve_device
 from .errors import ConfigError
 from .fsio import atomic_write_text
@@ -33,7 +33,7 @@ from .plots import side_by_side
 from .preprocess import to_float
 from .train import TrainResult, fit, load_data, validate
 
-MODELS = ("fcn", "unet")
+MODELS: tuple[ModelName, ...] = ("fcn", "unet")
 TITLES = {"fcn": "FCN", "unet": "U-Net"}
 
 
@@ -108,7 +108,7 @@ class Comparison:
 
 def score_model(
     model: nn.Module,
-    data: SegmentationData,
+    data: SegmentationSource,
     config: RunConfig,
     *,
     device: torch.device | str = "cpu",
@@ -135,9 +135,9 @@ def compare(
     config: RunConfig,
     out: str | Path,
     *,
-    train_data: SegmentationData | None = None,
-    val_data: SegmentationData | None = None,
-    models: tuple[str, ...] = MODELS,
+    train_data: SegmentationSource | None = None,
+    val_data: SegmentationSource | None = None,
+    models: tuple[ModelName, ...] = MODELS,
     tolerance: int = 2,
     examples: int = 4,
     progress: bool = True,
@@ -159,16 +159,16 @@ def compare(
         for name in models:
             claim_run_folder(out / name, create=False)
     if train_data is None:
-        loaded = load_data(config, log=log)
-        train_data, val_data = loaded[0], loaded[1]
-        if len(loaded) > 2:  # the mask mode detected from the files: read them the same way in both runs
-            config = replace(config, data=replace(config.data, mask_mode=loaded[2]))
+        train_data, val_data, mask_mode = load_data(config, log=log)
+        # the mask mode detected from the files: read them the same way in both runs
+        config = replace(config, data=replace(config.data, mask_mode=mask_mode))
     elif val_data is None and config.data.val_fraction:
         train_data, val_data = train_data.split(config.data.val_fraction, config.data.split_seed)
     if val_data is None or len(val_data) == 0:
         raise ConfigError("compare needs validation data: give --val-images/--val-masks or --val-fraction")
     device = resolve_device(config.train.device)
-    scores, trained = [], {}
+    scores: list[ModelScore] = []
+    trained: dict[str, nn.Module] = {}
     for name in models:
         cfg = replace(config, model=replace(config.model, name=name))
         log(f"--- {TITLES.get(name, name)}: {len(train_data)} training images, {cfg.train.epochs} epochs")
@@ -203,7 +203,7 @@ def compare(
 def _model_score(
     name: str,
     model: nn.Module,
-    val_data: SegmentationData,
+    val_data: SegmentationSource,
     config: RunConfig,
     result: TrainResult,
     seconds: float,
@@ -232,7 +232,7 @@ def _model_score(
 def _write(
     comparison: Comparison,
     models: dict[str, nn.Module],
-    val_data: SegmentationData,
+    val_data: SegmentationSource,
     config: RunConfig,
     out: Path,
     examples: int,

@@ -541,7 +541,7 @@ def import_keras(
     }
 
 
-def export_keras_weights(model: UNet, path: str | os.PathLike[str]) -> Path:
+def export_keras_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     """Write ``model``'s weights as a Keras 3 ``.weights.h5`` for the seed's Keras ``unet_model``.
 
     Load it with ``keras_model.load_weights(path)`` into a freshly built seed model of the same size.

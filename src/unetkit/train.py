@@ -31,7 +31,7 @@ from .config import RunConfig
 from .data.augment import augment_batch, effective_ignore_index, pad_to_multiple
 from .data.load import cheap_checks as _cheap_checks
 from .data.load import load_data, with_normalization
-from .data.loader import SegmentationData
+from .data.source import SegmentationSource
 from .device import autocast, resolve_device, resolve_precision
 from .ema import ModelEMA
 from .errors import ConfigError, DataError, RunError, UnetkitError
@@ -187,7 +187,7 @@ class TrainState:
         return is_best
 
 
-def _loss_fn(config: RunConfig, data: SegmentationData, device: torch.device) -> SegmentationLoss:
+def _loss_fn(config: RunConfig, data: SegmentationSource, device: torch.device) -> SegmentationLoss:
     t, n = config.train, config.model.n_classes
     weight = None
     if t.class_weights in ("inverse", "median-frequency"):
@@ -337,7 +337,7 @@ class Validation:
 
 def validate(
     model: nn.Module,
-    data: SegmentationData,
+    data: SegmentationSource,
     config: RunConfig,
     *,
     device: torch.device | str,
@@ -438,7 +438,7 @@ def _forward(
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    data: SegmentationData,
+    data: SegmentationSource,
     loss_fn: LossFn,
     config: RunConfig,
     *,
@@ -594,9 +594,9 @@ class _Run:
     eval_model: nn.Module  # what validation runs (each process on its shard, outside DDP)
     opt: torch.optim.Optimizer
     loss_fn: LossFn
-    train_data: SegmentationData
-    val_data: SegmentationData | None
-    val_part: SegmentationData | None  # this process's validation samples
+    train_data: SegmentationSource
+    val_data: SegmentationSource | None
+    val_part: SegmentationSource | None  # this process's validation samples
     augment: BatchTransform | None
     ema: ModelEMA | None
     budget: TimeBudget | None
@@ -615,8 +615,8 @@ def fit(
     config: RunConfig,
     out: str | Path | None = None,
     *,
-    train_data: SegmentationData | None = None,
-    val_data: SegmentationData | None = None,
+    train_data: SegmentationSource | None = None,
+    val_data: SegmentationSource | None = None,
     resume: bool = False,
     overwrite: bool = False,
     model: nn.Module | None = None,
@@ -689,12 +689,12 @@ def _tune(device: torch.device) -> None:
 
 def _prepare_data(
     config: RunConfig,
-    train_data: SegmentationData | None,
-    val_data: SegmentationData | None,
+    train_data: SegmentationSource | None,
+    val_data: SegmentationSource | None,
     *,
     resume: bool,
     log: Callable[[str], None],
-) -> tuple[RunConfig, SegmentationData, SegmentationData | None]:
+) -> tuple[RunConfig, SegmentationSource, SegmentationSource | None]:
     """The data (read from the config's folders unless given), checked, and the config completed by it."""
     if train_data is None:
         train_data, val_data, mask_mode = load_data(config, log=log)
@@ -751,7 +751,7 @@ def _assemble(
     config: RunConfig,
     model: nn.Module,
     opt: torch.optim.Optimizer,
-    data: tuple[SegmentationData, SegmentationData | None],
+    data: tuple[SegmentationSource, SegmentationSource | None],
     state: TrainState,
     saved: dict[str, torch.Tensor],
     loggers: Loggers,
@@ -782,7 +782,7 @@ def _assemble(
     )
     augment = _crop_fn(config, train_data) if t.crop is not None else augment_batch if t.augment.enabled else None
     panel_data = val_data if val_data is not None and len(val_data) else train_data
-    loggers.set_panel_data(panel_data, config.palette, config.preprocess)  # normalised as training is
+    loggers.set_panel_data(panel_data, config.palette or [], config.preprocess)  # normalised as training is
     return _Run(
         config,
         run_dir,
@@ -955,7 +955,7 @@ def _factor(config: RunConfig, epoch_progress: float, budget: TimeBudget | None)
     return budget.lr_factor(in_warmup, warm)
 
 
-def _crop_fn(config: RunConfig, train_data: SegmentationData) -> BatchTransform:
+def _crop_fn(config: RunConfig, train_data: SegmentationSource) -> BatchTransform:
     """The batch transform of crop training: random crops (see ``data.augment.random_crops``)."""
     from .data.augment import random_crops
 
@@ -1136,7 +1136,7 @@ def resume_config(run_dir: str | Path, epochs: int | None = None, **changes: Any
     if epochs is not None:
         changes["epochs"] = epochs
     t = {k: v for k, v in changes.items() if k in RESUME_TRAIN and v is not None}
-    d = {
+    d: dict[str, Any] = {
         k: _abspath(v) if k in RESUME_DATA[:4] else v for k, v in changes.items() if k in RESUME_DATA and v is not None
     }
     return replace(config, train=replace(config.train, **t), data=replace(config.data, **d))

@@ -230,7 +230,7 @@ class _Checker:
                 self.problems.append(Problem("", "images have different channel counts", "warning"))
             self.sum, self.sumsq, self.count = np.zeros(x.shape[1]), np.zeros(x.shape[1]), 0
         self.sum += x.sum(0)
-        self.sumsq += (x * x).sum(0)  # type: ignore[operator]
+        self.sumsq += (x * x).sum(0)
         self.count += x.shape[0]
 
 

@@ -78,7 +78,7 @@ def apply_lut(
             f"0..{len(table) - 1}); give the source classes (--classes or --n-classes) that the masks use"
         )
     out = table[np.where(keep | bad, 0, flat)]
-    if keep.any():
+    if source_ignore is not None and keep.any():  # keep is all False without a source ignore value
         out[keep] = ignore_index if ignore_index is not None else source_ignore
     return out.astype(dtype)
 

@@ -11,13 +11,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from PIL import Image
 
 from .. import distributed
-from ..config import RunConfig
+from ..config import MaskMode, RunConfig
 from ..errors import ConfigError
 from ..preprocess import normalization_stats
 from .check import class_presence_problems
@@ -29,10 +29,10 @@ from .splits import pair_names, split_data
 from .stream import StreamingData, folder_cache_mode
 
 Log = Callable[[str], None]
-Reader = Callable[[str, str, tuple[int, int, int], str], tuple[SegmentationSource, str]]
+Reader = Callable[[str, str, tuple[int, int, int], MaskMode], tuple[SegmentationSource, MaskMode]]
 
 
-def load_data(config: RunConfig, *, log: Log = print) -> tuple[SegmentationSource, SegmentationSource | None, str]:
+def load_data(config: RunConfig, *, log: Log = print) -> tuple[SegmentationSource, SegmentationSource | None, MaskMode]:
     """Read the train (and validation) folders named in ``config.data``, cached or streamed (``data.cache``).
 
     Returns the training data, the validation data (or None) and the mask mode used (detected
@@ -92,8 +92,11 @@ def _reader(config: RunConfig, stream: bool, log: Log) -> Reader:
         cls = SegmentationData
         common |= dict(skip_bad=d.skip_bad, log=log)
 
-    def read(images: str, masks: str, size: tuple[int, int, int], mode: str) -> tuple[SegmentationSource, str]:
-        return cls.from_folders(images, masks, size, mask_mode=mode, **common)
+    def read(
+        images: str, masks: str, size: tuple[int, int, int], mode: MaskMode
+    ) -> tuple[SegmentationSource, MaskMode]:
+        data, used = cls.from_folders(images, masks, size, mask_mode=mode, **common)
+        return data, cast(MaskMode, used)  # folders.resolve_mask_mode checked it: one of MASK_MODES, never "auto"
 
     return read
 
@@ -131,7 +134,7 @@ def cache_size(config: RunConfig, images: str | Path, log: Log = print) -> tuple
             with Image.open(file) as im:
                 sizes[(im.height, im.width)] += 1
         except OSError:  # not readable by PIL (e.g. some TIFFs): decode it fully
-            sizes[tuple(read_image(file).shape[:2])] += 1  # type: ignore[index]
+            sizes[tuple(read_image(file).shape[:2])] += 1
     if not sizes:
         raise ConfigError(f"no images in {images}")
     (h, w), count = sizes.most_common(1)[0]

@@ -765,9 +765,9 @@ class _Scene:
             if d0 < 0.3:
                 continue
             x0, x1 = cam.x(lateral, d0), cam.x(lateral + side * float(bl["depth"][i]), d0)
-            top, bot = cam.y(float(bl["h"][i]), d0), cam.y(0.0, d0)
-            if bot - top >= 0.7 and abs(x1 - x0) >= 0.5:
-                cv.rect(min(x0, x1), top, max(x0, x1), bot, base + n + i, grow=False)
+            y0, y1 = cam.y(float(bl["h"][i]), d0), cam.y(0.0, d0)
+            if y1 - y0 >= 0.7 and abs(x1 - x0) >= 0.5:
+                cv.rect(min(x0, x1), y0, max(x0, x1), y1, base + n + i, grow=False)
         q = self.facade_columns(side, lateral)
         valid = np.isfinite(q)
         q = np.where(valid, q, 1.0).astype(np.float32)
