@@ -246,12 +246,7 @@ def export_onnx(
     start = time.perf_counter()
     out = _out_path(run_dir, out, int8)
     opset = DEFAULT_OPSET if opset is None else int(opset)
-    model: torch.nn.Module
-    if is_ensemble(run_dir):  # one graph averaging the members' probabilities
-        model, config = load_ensemble(run_dir)
-    else:
-        run = load_run(run_dir, weights=weights, device="cpu")
-        model, config = run.model.eval(), run.config
+    model, config = _load_network(run_dir, weights)
     proto, meta = _float_proto(model, config, run_dir, dynamic, opset)
     data = proto.SerializeToString()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
@@ -259,15 +254,7 @@ def export_onnx(
     seed = int.from_bytes(os.urandom(4), "little") if seed is None else int(seed)
     shapes = _check_shapes(config, dynamic)
     numbers = compare(model, session, shapes, seed, rtol)
-    if numbers["max_abs_diff"] > numbers["tolerance"] or numbers["clear_flips"]:
-        raise ParityError(
-            f"onnxruntime and PyTorch disagree on {run_dir}: max abs logit difference "
-            f"{numbers['max_abs_diff']:.3g} (tolerance {numbers['tolerance']:.3g} = {rtol:g} x max(1, "
-            f"largest logit {numbers['max_abs_logit']:.3g})), "
-            f"argmax agreement {numbers['argmax_agreement']:.4%} "
-            f"({int(numbers['clear_flips'])} pixel(s) changed class away from a tie), check seed {seed}. "
-            f"{out} was not written; try another --opset or report it"
-        )
+    _check_parity(numbers, run_dir, out, rtol, seed)
     quant = None
     if int8:
         quant = quantize_run(
@@ -299,6 +286,27 @@ def export_onnx(
         metadata=meta,
         int8=quant.summary() if quant is not None else None,
     )
+
+
+def _load_network(run_dir: str | Path, weights: str) -> tuple[torch.nn.Module, RunConfig]:
+    """The network to export (in eval mode) and its config: one run's, or an ensemble's averaging graph."""
+    if is_ensemble(run_dir):  # one graph averaging the members' probabilities
+        return load_ensemble(run_dir)
+    run = load_run(run_dir, weights=weights, device="cpu")
+    return run.model.eval(), run.config
+
+
+def _check_parity(numbers: dict[str, float], run_dir: str | Path, out: Path, rtol: float, seed: int) -> None:
+    """A ParityError when onnxruntime's logits differ from PyTorch's past the tolerance, or a pixel flips."""
+    if numbers["max_abs_diff"] > numbers["tolerance"] or numbers["clear_flips"]:
+        raise ParityError(
+            f"onnxruntime and PyTorch disagree on {run_dir}: max abs logit difference "
+            f"{numbers['max_abs_diff']:.3g} (tolerance {numbers['tolerance']:.3g} = {rtol:g} x max(1, "
+            f"largest logit {numbers['max_abs_logit']:.3g})), "
+            f"argmax agreement {numbers['argmax_agreement']:.4%} "
+            f"({int(numbers['clear_flips'])} pixel(s) changed class away from a tie), check seed {seed}. "
+            f"{out} was not written; try another --opset or report it"
+        )
 
 
 def _out_path(run_dir: str | Path, out: str | Path | None, int8: bool) -> Path:
