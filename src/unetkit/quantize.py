@@ -171,7 +171,8 @@ def prepare_float(float_data: bytes, settings: QuantSettings = QuantSettings()) 
             src, dst = Path(tmp) / "float.onnx", Path(tmp) / "prepared.onnx"
             src.write_bytes(float_data)
             with _quiet():
-                quant_pre_process(str(src), str(dst))
+                # onnx's shape inference only: the symbolic one fails on free sizes and leaves files in the cwd
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
             proto = onnx.load(str(dst))
     if settings.subpixel:
         subpixel_transposed_convs(proto, settings.channels_last)
