@@ -9,7 +9,8 @@ beside them. Every variant runs the same batches, round after round, interleaved
 change on a shared machine hits them all alike; the figures are medians over the rounds. CPU-s/image is
 the process's CPU time (all threads) per image: it shows a variant's cost even when other work takes
 some of the cores. Agreement: share of pixels whose class equals the exported fp32 graph's, on images
-that were not used for calibration.
+that were not used for calibration; with random weights (the default) many pixels are near a tie, so
+it is far lower than on a trained run (``--run RUN``), where the export's guard applies.
 
     python benchmarks/int8_study.py                  # 96x128, batch 32, 5 rounds
     python benchmarks/int8_study.py --rounds 3 --variants int8 int8-seed fp32-onnx
@@ -86,15 +87,21 @@ class Study:
         from unetkit.model import unet_model
         from unetkit.predict import Predictor, session_options
         from unetkit.quantize import calibration_images, prepare_float, quantize_bytes
-        from unetkit.run import save_run
+        from unetkit.run import load_run, save_run
 
         h, w = args.size
         scenes = write_dataset(tmp / "scenes", args.calibrate, 360, 480, seed=1) / "image"
         held_out = write_dataset(tmp / "held", 16, 360, 480, seed=2) / "image"
-        config = RunConfig(
-            model=ModelConfig(input_size=(h, w, 3), n_classes=N_CLASSES), data=DataConfig(images=str(scenes))
-        )
-        run = save_run(tmp / "run", unet_model((h, w, 3), 32, N_CLASSES), config)
+        if args.run is not None:  # a trained run at this input size: agreement as a user would see it
+            run, config = args.run, load_run(args.run, device="cpu").config
+        else:
+            import torch
+
+            torch.manual_seed(0)
+            config = RunConfig(
+                model=ModelConfig(input_size=(h, w, 3), n_classes=N_CLASSES), data=DataConfig(images=str(scenes))
+            )
+            run = save_run(tmp / "run", unet_model((h, w, 3), 32, N_CLASSES), config)
         float_data = export_onnx(run, tmp / "f.onnx", seed=0).path.read_bytes()
         calib = calibration_images(run, config, scenes, args.calibrate)
         self.check = calibration_images(run, config, held_out, 16)
@@ -198,6 +205,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--calibrate", type=int, default=64, help="calibration images")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="intra-op threads")
+    ap.add_argument("--run", type=Path, help="a trained run at --size (default: the seed network, random weights)")
     ap.add_argument("--variants", nargs="+", default=list(_variants()), choices=list(_variants()))
     args = ap.parse_args()
     print(study(args))
