@@ -206,6 +206,35 @@ def test_batched_resize_back_equals_one_image_at_a_time(predictor: Predictor) ->
         np.testing.assert_array_equal(mask, predictor.predict(im))
 
 
+def test_resize_back_in_groups_that_fit_band_elements_equals_one_at_a_time(run_dir: Path) -> None:
+    images = [picture(40, 50, i) for i in range(7)] + [picture(17, 23, 5)]
+    one = Predictor.from_run(run_dir, device="cpu")
+    alone = [one.predict(im) for im in images]
+    for per in (1, 2, 3, 7):  # band_elements holding that many 40x50 logit maps: groups of 3, 3, 1 for 3
+        p = Predictor.from_run(run_dir, device="cpu")
+        p.band_elements = per * 3 * 40 * 50
+        for a, b in zip(p.predict_batch(images, batch_size=8), alone):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_written_files_decode_to_the_prediction(tmp_path: Path, run_dir: Path, predictor: Predictor) -> None:
+    from unetkit.plots import colorize, overlay
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = picture(40, 50, 3)
+    Image.fromarray(image).save(folder / "a.png")
+    predict_files(predictor, [folder], tmp_path / "out")
+    pred = predictor.predict(image)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "a.png")), pred)
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(tmp_path / "out" / "a_colour.png")), colorize(pred, predictor.palette)
+    )
+    np.testing.assert_array_equal(  # the overlay is written at a faster zlib level: still lossless
+        np.asarray(Image.open(tmp_path / "out" / "a_overlay.png")), overlay(image, pred, predictor.palette)
+    )
+
+
 def test_imported_keras_model_agrees_with_keras_on_every_pixel_by_default(tmp_path: Path) -> None:
     import json
     import zipfile

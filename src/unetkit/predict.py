@@ -197,18 +197,20 @@ class PredictorBase:
         for i, im in enumerate(chunk):
             groups.setdefault((int(im.shape[0]), int(im.shape[1])), []).append(i)
         out: list[np.ndarray] = [np.empty(0)] * len(chunk)
-        for size, idx in groups.items():
+        for size, group in groups.items():
             same = size == tuple(logits.shape[-2:])
-            if same or (len(idx) > 1 and k * size[0] * size[1] * len(idx) <= self.band_elements):
+            # as many images per resize as fit in band_elements: one at a time is ~5x slower on the CPU
+            per = len(group) if same else max(1, self.band_elements // (k * size[0] * size[1]))
+            for idx in (group[s : s + per] for s in range(0, len(group), per)):
+                if len(idx) == 1 and not same:
+                    out[idx[0]] = self._upsample_argmax(logits[idx[0]], size)
+                    continue
                 lg = logits[idx] if len(idx) < len(chunk) else logits
                 if not same:
                     lg = F.interpolate(lg, size=size, mode="bilinear", align_corners=False)
                 ids = self._ids(lg.argmax(1))  # one argmax and one copy back for the group
                 for j, i in enumerate(idx):
                     out[i] = ids[j]
-            else:
-                for i in idx:
-                    out[i] = self._upsample_argmax(logits[i], size)
         return out
 
     def _post(self, mask: np.ndarray) -> np.ndarray:

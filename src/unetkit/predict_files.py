@@ -28,9 +28,9 @@ from .data.masks import decode_mask
 from .device import check_predict_precision
 from .ensemble import EnsemblePredictor, is_ensemble
 from .errors import ConfigError, DataError, UnetkitError, first_line
-from .fsio import atomic_write_text
+from .fsio import atomic_write_bytes, atomic_write_text
 from .loggers import advance, progress_bar
-from .plots import colorize, overlay, save_png, side_by_side
+from .plots import colorize, overlay, png_bytes, save_png, side_by_side
 from .predict import PredictorBase, mask_agreement, open_predictor
 from .video import predict_video, video_outputs
 
@@ -40,6 +40,9 @@ SUFFIXES = {"mask": "", "colour": "_colour", "overlay": "_overlay", "compare": "
 FOLDER_EXTENSIONS = tuple(dict.fromkeys(IMAGE_EXTENSIONS + (".webp", ".gif")))
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 MANIFEST = "manifest.csv"
+# zlib level of the overlay PNGs: a photo-like image, 2.6x faster to encode at 1 than at PIL's 6 for files
+# about 14% larger (the biggest cost of a folder after the network); the index and colour masks keep 6
+OVERLAY_PNG_LEVEL = 1
 
 
 class Interrupted(UnetkitError):
@@ -245,7 +248,7 @@ def _writer(
             elif kind == "colour":
                 save_png(path, colorize(pred, palette))
             elif kind == "overlay":
-                save_png(path, overlay(image, pred, palette))
+                atomic_write_bytes(path, png_bytes(overlay(image, pred, palette), OVERLAY_PNG_LEVEL))
         if masks_dir is not None:
             truth = _truth(masks_dir, job.path, config, palette)
             side_by_side(

@@ -1,11 +1,15 @@
 """int8 for the CPU: static post-training quantisation of an exported float graph with onnxruntime's tooling.
 
-The float32 ONNX graph (already checked against PyTorch by ``export_onnx``) is quantised to QDQ form
-(uint8 activations, int8 weights per output channel), calibrated (MinMax) on the run's own training
-images, preprocessed exactly as in training. The int8 graph is then compared with the float graph on
-those images: when more than ``max_change`` of their pixels change class, the convolutions most
-sensitive to rounding (the logits layer, then the first one, then the decoder) are kept in float and the
-graph is quantised again; if that does not bring the change under the limit, nothing is written.
+The float32 ONNX graph (already checked against PyTorch by ``export_onnx``) is pre-processed
+(``quant_pre_process``), its transposed convolutions rewritten in sub-pixel form (a 2x2 convolution and
+an interleave, the same arithmetic, which onnxruntime runs in int8 where it has no int8
+``ConvTranspose``), and quantised to QDQ form (uint8 activations, int8 weights per output channel, what
+the x86 VNNI kernels take), calibrated (MinMax) on the run's own training images, preprocessed exactly as
+in training (why each step: ``docs/inference.md``, int8; ``benchmarks/int8_study.py``). The int8 graph
+is then compared with the exported float graph on those images: when more than ``max_change`` of their
+pixels change class, the convolutions most sensitive to rounding (the logits layer, then the first one,
+then the decoder) are kept in float and the graph is quantised again; if that does not bring the change
+under the limit, nothing is written.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +59,8 @@ class QuantReport:
         import json
 
         info = {
-            "method": "onnxruntime static QDQ, uint8 activations, int8 per-channel weights, MinMax calibration",
+            "method": "onnxruntime static QDQ after quant_pre_process and a sub-pixel rewrite of the transposed convs, "
+            "uint8 activations, int8 per-channel weights, MinMax calibration",
             "calibration_images": self.images,
             "calibration_source": self.source,
             "changed_pixels": self.changed,
@@ -130,31 +136,238 @@ class _Reader:
         self.it = iter([{INPUT_NAME: self.x[i : i + 8]} for i in range(0, len(self.x), 8)])
 
 
-def quantize_bytes(float_data: bytes, x: np.ndarray, exclude: list[str]) -> bytes:
-    """The QDQ int8 graph of ``float_data`` calibrated on ``x``, leaving the nodes in ``exclude`` in float."""
+@dataclass(frozen=True)
+class QuantSettings:
+    """How the float graph is prepared and quantised; the defaults are what measured best (docs/inference.md).
+
+    ``prepare`` runs onnxruntime's ``quant_pre_process`` (shape inference, folding; it removes the
+    ``Identity`` nodes the exporter puts in front of shared biases, without which onnxruntime finds no
+    int8 pattern and runs those convolutions in float between a dequantise and a quantise), and
+    ``subpixel`` rewrites each Keras-style transposed convolution (3x3, stride 2, then the crop) as the
+    same arithmetic in a form onnxruntime has int8 kernels for: a 2x2 convolution with four times the
+    outputs and a ``DepthToSpace`` (onnxruntime's CPU provider has no int8 ``ConvTranspose``).
+    """
+
+    fmt: str = "QDQ"  # or "QOperator"
+    prepare: bool = True
+    subpixel: bool = True
+    channels_last: bool = True  # the sub-pixel interleave as channels-last reshapes where sizes are static
+    per_channel: bool = True
+    reduce_range: bool = False
+    extra: tuple[tuple[str, Any], ...] = ()  # onnxruntime's extra_options, as pairs
+
+
+def prepare_float(float_data: bytes, settings: QuantSettings = QuantSettings()) -> bytes:
+    """The float graph as it is handed to the quantiser: pre-processed, transposed convs in sub-pixel form."""
+    import onnx
+
+    if not settings.prepare and not settings.subpixel:
+        return float_data
+    proto = onnx.load_from_string(float_data)
+    if settings.prepare:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        with tempfile.TemporaryDirectory(prefix="unetkit-int8-") as tmp:
+            src, dst = Path(tmp) / "float.onnx", Path(tmp) / "prepared.onnx"
+            src.write_bytes(float_data)
+            with _quiet():
+                # onnx's shape inference only: the symbolic one fails on free sizes and leaves files in the cwd
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+            proto = onnx.load(str(dst))
+    if settings.subpixel:
+        subpixel_transposed_convs(proto, settings.channels_last)
+    return proto.SerializeToString()
+
+
+def quantize_bytes(
+    float_data: bytes, x: np.ndarray, exclude: list[str], settings: QuantSettings = QuantSettings()
+) -> bytes:
+    """The int8 graph of ``float_data`` (already ``prepare_float``-ed) calibrated on ``x``, ``exclude`` in float."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     with tempfile.TemporaryDirectory(prefix="unetkit-int8-") as tmp:
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(float_data)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            logging.disable(logging.WARNING)  # its "consider pre-processing" notices on the root logger
-            try:
-                quantize_static(
-                    str(src),
-                    str(dst),
-                    _Reader(x),
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=True,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax,
-                    nodes_to_exclude=exclude,
-                )
-            finally:
-                logging.disable(logging.NOTSET)
+        with _quiet():
+            quantize_static(
+                str(src),
+                str(dst),
+                _Reader(x),
+                quant_format=getattr(QuantFormat, settings.fmt),
+                per_channel=settings.per_channel,
+                reduce_range=settings.reduce_range,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=exclude,
+                extra_options=dict(settings.extra),
+            )
         return dst.read_bytes()
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the quantiser's warnings and its "consider pre-processing" notices on the root logger."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
+
+
+def subpixel_kernel(weight: np.ndarray) -> np.ndarray:
+    """(C_in, C_out, 3, 3) transposed-conv weights -> (4 C_out, C_in, 2, 2) phase-major 2x2 conv weights.
+
+    Output pixel (2m + a, 2n + b) sums input pixel (m - 1 + dy, n - 1 + dx) times tap
+    (a + 2 - 2 dy, b + 2 - 2 dx) where that tap lies in the kernel (as ``model.subpixel_conv_transpose``).
+    """
+    cin, cout = weight.shape[:2]
+    kernel = np.zeros((4, cout, cin, 2, 2), weight.dtype)
+    for a, b, dy, dx in np.ndindex(2, 2, 2, 2):
+        ky, kx = a + 2 - 2 * dy, b + 2 - 2 * dx
+        if ky <= 2 and kx <= 2:
+            kernel[a * 2 + b, :, :, dy, dx] = weight[:, :, ky, kx].T
+    return kernel.reshape(4 * cout, cin, 2, 2)
+
+
+def subpixel_transposed_convs(proto: Any, channels_last: bool = True) -> int:
+    """Rewrite, in place, each ConvTranspose(3x3, stride 2) + crop to 2H x 2W as a 2x2 Conv + interleave.
+
+    The crop is the exporter's two ``Slice`` nodes (starts 0, steps 1, axes 2 and 3) after the node;
+    the convolution pads one pixel at the top and left, its outputs phase-major. Where height and width
+    are static (the default export) the interleave is written channels-last (Transpose, Reshape,
+    Transpose, Reshape, Transpose): onnxruntime's int8 convolutions run channels-last and its optimiser
+    cancels the outer transposes against theirs, so the whole decoder stays channels-last; with free
+    height and width (or ``channels_last=False``) it is ``DepthToSpace`` (DCR), which costs a layout
+    round trip per level there. Needs constant crop bounds (``quant_pre_process`` folds them).
+    Returns how many were rewritten; the shape nodes left unused go too.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    init = {i.name: i for i in graph.initializer}
+    sizes = _static_sizes(proto) if channels_last else {}
+    replaced: dict[str, list[Any]] = {}
+    dropped: set[str] = set()
+    for node in graph.node:
+        crop = _crop_after(node, graph, init)
+        if crop is None:
+            continue
+        weight = numpy_helper.to_array(init[node.input[1]])
+        inputs = [node.input[0], _add_initializer(graph, init, node.input[1] + ".subpixel", subpixel_kernel(weight))]
+        if len(node.input) > 2 and node.input[2]:
+            bias = np.tile(numpy_helper.to_array(init[node.input[2]]), 4)
+            inputs.append(_add_initializer(graph, init, node.input[2] + ".subpixel", bias))
+        phases, out, name = node.output[0] + "_phases", crop[-1].output[0], node.name
+        conv = helper.make_node(
+            "Conv", inputs, [phases], name=name + "_subpixel", kernel_shape=[2, 2], pads=[1, 1, 0, 0]
+        )
+        hw = sizes.get(node.input[0])
+        if hw is None:
+            shuffle = [helper.make_node("DepthToSpace", [phases], [out], name=name + "_d2s", blocksize=2, mode="DCR")]
+        else:
+            shuffle = _interleave_nhwc(graph, init, phases, out, name, (*hw, weight.shape[1]))
+        replaced[node.name] = [conv, *shuffle]
+        dropped.update(s.name for s in crop)
+    if replaced:
+        nodes = [new for n in graph.node if n.name not in dropped for new in replaced.get(n.name, [n])]
+        _set_live_nodes(graph, nodes)
+    return len(replaced)
+
+
+def _static_sizes(proto: Any) -> dict[str, tuple[int, int]]:
+    """Tensor name -> (height, width) where shape inference (with shape-value propagation) knows both."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    sizes = {}
+    for info in [*inferred.graph.value_info, *inferred.graph.input]:
+        dims = info.type.tensor_type.shape.dim
+        if len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:]):
+            sizes[info.name] = (dims[2].dim_value, dims[3].dim_value)
+    return sizes
+
+
+def _interleave_nhwc(
+    graph: Any, init: dict[str, Any], phases: str, out: str, name: str, hwc: tuple[int, int, int]
+) -> list[Any]:
+    """(N, 4C, H, W) phase-major -> (N, C, 2H, 2W), as channels-last reshapes around one 6-D transpose."""
+    from onnx import helper
+
+    h, w, c = hwc
+    split = _add_initializer(graph, init, f"{name}_split_shape", np.array([0, h, w, 2, 2, c], np.int64))
+    merge = _add_initializer(graph, init, f"{name}_merge_shape", np.array([0, 2 * h, 2 * w, c], np.int64))
+    t = [f"{name}_{k}" for k in ("nhwc", "split", "interleaved", "merged")]
+    return [
+        helper.make_node("Transpose", [phases], [t[0]], name=name + "_to_nhwc", perm=[0, 2, 3, 1]),
+        helper.make_node("Reshape", [t[0], split], [t[1]], name=name + "_split"),
+        helper.make_node("Transpose", [t[1]], [t[2]], name=name + "_interleave", perm=[0, 1, 3, 2, 4, 5]),
+        helper.make_node("Reshape", [t[2], merge], [t[3]], name=name + "_merge"),
+        helper.make_node("Transpose", [t[3]], [out], name=name + "_to_nchw", perm=[0, 3, 1, 2]),
+    ]
+
+
+def _crop_after(node: Any, graph: Any, init: dict[str, Any]) -> list[Any] | None:
+    """The two Slice nodes cropping a Keras-style ConvTranspose's output, when ``node`` is one; else None."""
+    from onnx import helper, numpy_helper
+
+    if node.op_type != "ConvTranspose" or node.input[1] not in init:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    plain = {"group": 1, "dilations": [1, 1], "pads": [0, 0, 0, 0], "output_padding": [0, 0], "auto_pad": b"NOTSET"}
+    if attrs.get("kernel_shape") != [3, 3] or attrs.get("strides") != [2, 2]:
+        return None
+    if any(attrs.get(k, v) != v for k, v in plain.items()) or "output_shape" in attrs:
+        return None
+    if len(node.input) > 2 and node.input[2] and node.input[2] not in init:
+        return None
+
+    def const(inputs: Any, i: int, default: list[int]) -> list[int] | None:
+        if i >= len(inputs) or not inputs[i]:
+            return default
+        return numpy_helper.to_array(init[inputs[i]]).tolist() if inputs[i] in init else None
+
+    chain, out, axes = [], node.output[0], []
+    for _ in range(2):
+        users = [n for n in graph.node if out in n.input]
+        if len(users) != 1 or users[0].op_type != "Slice" or out in {o.name for o in graph.output}:
+            return None
+        s = users[0]
+        if const(s.input, 1, [0]) != [0] or const(s.input, 4, [1]) != [1]:
+            return None
+        axes += const(s.input, 3, [-1]) or [-1]
+        chain.append(s)
+        out = s.output[0]
+    return chain if sorted(axes) == [2, 3] else None
+
+
+def _add_initializer(graph: Any, init: dict[str, Any], name: str, value: np.ndarray) -> str:
+    from onnx import numpy_helper
+
+    if name not in init:
+        init[name] = numpy_helper.from_array(value, name)
+        graph.initializer.append(init[name])
+    return name
+
+
+def _set_live_nodes(graph: Any, nodes: list[Any]) -> None:
+    """Replace the graph's nodes with ``nodes`` less those whose outputs nothing uses; unused weights go."""
+    wanted = {o.name for o in graph.output}
+    while True:
+        used = wanted | {i for n in nodes for i in n.input}
+        live = [n for n in nodes if any(o in used for o in n.output)]
+        if len(live) == len(nodes):
+            break
+        nodes = live
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in nodes for i in n.input}
+    weights = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(weights)
+    del graph.value_info[:]  # shapes of removed tensors; onnxruntime infers them again
 
 
 def changed_share(float_session: Any, int8_session: Any, x: np.ndarray) -> float:
@@ -192,6 +405,7 @@ def quantize_run(
     max_change: float = DEFAULT_MAX_CHANGE,
     out: str | Path | None = None,
     log: Callable[[str], Any] | None = None,
+    settings: QuantSettings = QuantSettings(),
 ) -> QuantReport:
     """Quantise a run's float graph to int8 within ``max_change``; raise QuantizationError otherwise."""
     import onnxruntime as ort
@@ -201,9 +415,10 @@ def quantize_run(
     x = calibration_images(run_dir, config, calibrate, count)
     source = str(calibrate) if calibrate is not None else f"the run's training images ({config.data.images})"
     float_session = ort.InferenceSession(float_data, session_options(), providers=["CPUExecutionProvider"])
+    prepared = prepare_float(float_data, settings)  # compared below with the exported graph, not with itself
     attempts: list[tuple[list[str], float]] = []
-    for exclude in _candidates(float_data):
-        data = quantize_bytes(float_data, x, exclude)
+    for exclude in _candidates(prepared):
+        data = quantize_bytes(prepared, x, exclude, settings)
         int8_session = ort.InferenceSession(data, session_options(), providers=["CPUExecutionProvider"])
         changed = changed_share(float_session, int8_session, x)
         attempts.append((exclude, changed))
