@@ -20,7 +20,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -144,24 +143,6 @@ class InferWorker:
         return out
 
 
-class InferProc(bs.Worker):
-    """bench_speed's worker pipe, started on this file."""
-
-    def __init__(self, argv: list[str], verbose: bool = False):
-        self.label, self.verbose = "infer", verbose
-        self.stderr = None if verbose else tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), *argv],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.stderr,
-            text=True,
-        )
-        self.ready = self._read()
-        if self.ready.get("kind") != "ready":
-            raise RuntimeError(f"infer: the worker failed to start: {self.ready.get('error')}\n{self._stderr_tail()}")
-
-
 def _worker_argv(h: int, w: int, b: int, args: argparse.Namespace) -> list[str]:
     _, batches = bs.steps_for(h, w, b, args)
     argv = ["--worker", "infer", "--size", str(h), str(w), "--batch", str(b), "--predict-batches", str(batches)]
@@ -183,7 +164,7 @@ def run_inference(h: int, w: int, b: int, args: argparse.Namespace, log: list[st
     try:
         if not args.no_keras:
             sides["keras"] = bs.Worker("keras", bs.worker_argv("keras", h, w, b, args), verbose=args.verbose)
-        sides["infer"] = InferProc(_worker_argv(h, w, b, args), verbose=args.verbose)
+        sides["infer"] = bs.Worker("infer", _worker_argv(h, w, b, args), verbose=args.verbose, script=__file__)
         for r in range(args.repeats):
             for name in samples:
                 if name == "keras" and "keras" not in sides:

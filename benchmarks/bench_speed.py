@@ -344,12 +344,19 @@ def worker_main(args: argparse.Namespace) -> None:
 class Worker:
     """A worker process and its command pipe."""
 
-    def __init__(self, label: str, argv: list[str], env: dict[str, str] | None = None, verbose: bool = False):
+    def __init__(
+        self,
+        label: str,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        verbose: bool = False,
+        script: str | Path = __file__,
+    ):
         self.label = label
         self.verbose = verbose
         self.stderr = None if verbose else tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), *argv],
+            [sys.executable, str(Path(script).resolve()), *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
