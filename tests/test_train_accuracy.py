@@ -15,6 +15,7 @@ from unetkit.cli import app
 from unetkit.config import LOSSES, TrainConfig
 from unetkit.errors import ConfigError
 from unetkit.losses import LOSS_KINDS
+from unetkit.run import build_model
 
 
 @pytest.fixture(scope="module")
@@ -259,3 +260,52 @@ def test_time_budget_stops_by_the_clock_and_resume_keeps_the_account(tmp_path: P
     assert meta["budget"]["warmup_ended_at"] == warm_end  # no second warm-up: the schedule continues
     resumed_lr = more.history[len(result.history)]["lr"]
     assert result.history[-1]["lr"] < resumed_lr < 0.9 * config.train.lr  # the cosine stretched to 40 s
+
+
+def test_progressive_trains_the_first_share_at_half_size(blobs) -> None:
+    train, val = blobs
+    sizes: list[tuple[int, int]] = []
+    config = tiny_config(epochs=4, progressive=0.5, batch_size=8)
+    model = build_model(config.model)
+    model.register_forward_pre_hook(lambda _m, args: sizes.append(tuple(args[0].shape[-2:])) if _m.training else None)
+    fit(config, None, train_data=train, val_data=val, model=model, progress=False, log=None)
+    steps = len(sizes) // 4
+    assert sizes[: 2 * steps] == [(16, 16)] * (2 * steps)  # epochs 1-2 of 4 at half size
+    assert sizes[2 * steps :] == [(32, 32)] * (2 * steps)
+
+
+def test_progressive_follows_the_time_budget() -> None:
+    from unetkit import timebudget
+    from unetkit.train import at_half_size
+
+    config = tiny_config(epochs=100, progressive=0.7, time_budget=100.0)
+    now = [0.0]
+    old, timebudget.clock = timebudget.clock, lambda: now[0]
+    try:
+        budget = timebudget.TimeBudget(100.0).start()
+        now[0] = 69.0
+        assert at_half_size(config, 99.0, budget)  # by the clock, not by the epoch
+        now[0] = 71.0
+        assert not at_half_size(config, 0.0, budget)
+    finally:
+        timebudget.clock = old
+    assert at_half_size(config, 69.0) and not at_half_size(config, 70.0)  # without a budget: by epochs
+    assert not at_half_size(tiny_config(epochs=2), 0.0)
+
+
+def test_progressive_needs_a_half_size_the_network_divides() -> None:
+    from unetkit.config import ModelConfig, RunConfig
+
+    with pytest.raises(ConfigError, match="half the input size, 24x24"):
+        RunConfig(model=ModelConfig(input_size=(48, 48, 3)), train=TrainConfig(progressive=0.5))
+    with pytest.raises(ConfigError, match="progressive"):
+        TrainConfig(progressive=1.0)
+
+
+def test_cli_progressive_reaches_the_config(tmp_path: Path) -> None:
+    images, masks = write_folder(tmp_path / "data", *make_blobs(8))
+    args = ["train", "--images", images, "--masks", masks, "--n-classes", "3", "--epochs", "2", "--out", tmp_path / "r"]
+    args += ["--input-size", "32", "32", "--n-filters", "4", "--depth", "3", "--device", "cpu", "--no-progress"]
+    result = CliRunner().invoke(app, [str(a) for a in [*args, "--progressive", "0.5"]])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["progressive"] == 0.5

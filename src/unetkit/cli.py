@@ -360,6 +360,9 @@ TRAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
     ),
     "class_aware_crop": _opt(float | None, "share of crops centred on a rare-class pixel (with --crop), e.g. 0.5"),
     "ema": _opt(float | None, "average the weights with this decay, e.g. 0.999"),
+    "progressive": _opt(
+        float | None, "progressive resizing: train this share of the epochs (or budget) at half size first, e.g. 0.7"
+    ),
     "time_budget": _opt(str | None, "train for this long (e.g. 10m, 600, 1h30m); the schedule follows the clock"),
     "early_stopping": _opt(int | None, "patience in epochs (0: off)"),
     "mask_mode": _opt(str | None, _one_of(MaskMode)),
@@ -997,7 +1000,7 @@ _TRAIN_PANELS = {
     "classes label_map recursive skip_bad cache num_workers",
     "Model": "model input_size channels n_filters depth dropout batch_norm normalize resize",
     "Optimisation": "recipe epochs batch_size lr optimizer weight_decay schedule warmup_epochs loss class_weights "
-    "augment early_stopping seed nan_policy",
+    "augment progressive early_stopping seed nan_policy",
     "Runtime": "out resume overwrite precision compile device nproc progress",
 }
 _TRAIN_DEFAULTS = {

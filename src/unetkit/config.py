@@ -249,6 +249,7 @@ class TrainConfig:
     time_budget: float | None = None  # seconds of training; the schedule follows the clock, epochs is a cap
     init_from: str | None = None  # start from this run folder's (or Keras file's) weights; a new optimizer
     freeze_encoder_epochs: int = 0  # keep the contracting path fixed for the first N epochs
+    progressive: float = 0.0  # share of the training (epochs, or the time budget) at half the input size first
 
     def __post_init__(self) -> None:
         _set(self, "betas", tuple(float(b) for b in self.betas))
@@ -277,6 +278,10 @@ class TrainConfig:
         _check(
             self.time_budget is None or (math.isfinite(self.time_budget) and self.time_budget > 0),
             f"time_budget must be a positive number of seconds, got {self.time_budget}",
+        )
+        _check(
+            0.0 <= self.progressive < 1.0,
+            f"progressive must be the share of training at half size, in [0, 1), got {self.progressive}",
         )
         _check(self.freeze_encoder_epochs >= 0, f"freeze_encoder_epochs must be >= 0, got {self.freeze_encoder_epochs}")
         _check(
@@ -320,6 +325,13 @@ class RunConfig:
             crop is None or tuple(crop) == tuple(self.model.input_size[:2]),
             f"train.crop {crop} must equal the model's input size {tuple(self.model.input_size[:2])}: crops are "
             "what the network is trained on (--crop H W sets both)",
+        )
+        half = [v // 2 for v in (crop or self.model.input_size[:2])]
+        multiple = self.model.size_multiple
+        _check(
+            not self.train.progressive or all(v % multiple == 0 for v in half),
+            f"train.progressive trains at half the input size, {half[0]}x{half[1]}, which is not divisible by "
+            f"{multiple}; use an input size that is a multiple of {2 * multiple}, or leave progressive at 0",
         )
         a = self.train.augment
         jitter = a.brightness or a.contrast or a.saturation or a.hue

@@ -82,6 +82,7 @@ class TrainOptions(TypedDict, total=False):
     crop: tuple[int, int] | None  # train on random crops at native size (sets the input size)
     class_aware_crop: float | None
     ema: float | None
+    progressive: float | None  # share of the training at half the input size first
     time_budget: str | float | None  # "10m", "1h30m" or seconds
     early_stopping: int | None
     precision: str | None
@@ -103,6 +104,7 @@ _TRAIN_FIELDS = (
     "epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "warmup_epochs", "loss",
     "label_smoothing", "ohem_thresh", "ohem_min_kept", "focal_gamma", "class_weights", "early_stopping",
     "precision", "device", "seed", "nan_policy", "class_aware_crop", "ema",
+    "progressive",
 )  # fmt: skip
 _DATA_PATHS = ("images", "masks", "val_images", "val_masks")
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from . import distributed, perf
 from . import run as runio
@@ -422,13 +423,17 @@ def _forward(
     dtype: torch.dtype | None,
     augment: BatchTransform | None,
     generator: torch.Generator | None,
+    half: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits, (augmented) masks and loss of a uint8 training batch: scaled, augmented, forward under autocast."""
+    """Logits, (augmented) masks and loss of a uint8 training batch: scaled, augmented, forward under autocast;
+    ``half``: at half size (images averaged over 2x2 pixels, masks by nearest neighbour)."""
     t = config.train
     x = to_float(x, config.preprocess)
     if augment is not None:
         ignore = _train_ignore_index(config)
         x, y = augment(x, y, t.augment, ignore_index=ignore if ignore is not None else 255, generator=generator)
+    if half:
+        x, y = F.avg_pool2d(x, 2), y[:, ::2, ::2]
     x = x.contiguous(memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
     with autocast(device, dtype):
         logits = model(x)
@@ -491,8 +496,9 @@ def train_one_epoch(
         lr = t.lr * (_factor(config, epoch + step / steps, budget) * lr_scale)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        half = at_half_size(config, epoch + step / steps, budget)
         logits, y, loss = _forward(
-            model, loss_fn, x, y, config, device=device, dtype=dtype, augment=augment, generator=aug_gen
+            model, loss_fn, x, y, config, device=device, dtype=dtype, augment=augment, generator=aug_gen, half=half
         )
         if t.nan_policy == "skip" and not distributed.all_finite(loss):
             log(f"skipped step {step + 1} of epoch {epoch + 1}: loss is {loss.item()}")
@@ -953,6 +959,16 @@ def _factor(config: RunConfig, epoch_progress: float, budget: TimeBudget | None)
     in_warmup = bool(t.warmup_epochs) and epoch_progress < t.warmup_epochs
     warm = max(epoch_progress / t.warmup_epochs, 1e-3) if in_warmup else 1.0
     return budget.lr_factor(in_warmup, warm)
+
+
+def at_half_size(config: RunConfig, epoch_progress: float, budget: TimeBudget | None = None) -> bool:
+    """Whether a step at this fractional epoch trains at half size (progressive resizing): during the
+    first ``train.progressive`` share of the epochs, or of the time budget when there is one."""
+    share = config.train.progressive
+    if not share:
+        return False
+    done = budget.elapsed / budget.seconds if budget is not None else epoch_progress / config.train.epochs
+    return done < share
 
 
 def _crop_fn(config: RunConfig, train_data: SegmentationSource) -> BatchTransform:
