@@ -30,7 +30,7 @@ from .ensemble import EnsemblePredictor, is_ensemble
 from .errors import ConfigError, DataError, UnetkitError, first_line
 from .fsio import atomic_write_bytes, atomic_write_text
 from .loggers import advance, progress_bar
-from .plots import colorize, overlay, png_bytes, save_png, side_by_side
+from .plots import colour_png, mask_png, overlay_png, side_by_side
 from .predict import PredictorBase, mask_agreement, open_predictor
 from .video import predict_video, video_outputs
 
@@ -40,9 +40,6 @@ SUFFIXES = {"mask": "", "colour": "_colour", "overlay": "_overlay", "compare": "
 FOLDER_EXTENSIONS = tuple(dict.fromkeys(IMAGE_EXTENSIONS + (".webp", ".gif")))
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 MANIFEST = "manifest.csv"
-# zlib level of the overlay PNGs: a photo-like image, 2.6x faster to encode at 1 than at PIL's 6 for files
-# about 14% larger (the biggest cost of a folder after the network); the index and colour masks keep 6
-OVERLAY_PNG_LEVEL = 1
 
 
 class Interrupted(UnetkitError):
@@ -242,13 +239,13 @@ def _writer(
             kind, path = next(iter(job.outputs.items()))
             stem = path.name[: -len(SUFFIXES[kind] + ".png")]
             save_probabilities(path.parent, stem, predictor.probabilities(image), predictor.class_names, save_probs)
-        for kind, path in job.outputs.items():
+        for kind, path in job.outputs.items():  # one fixed PNG filter each, 2-3x faster than PIL (plots.py)
             if kind == "mask":
-                save_png(path, pred)
+                atomic_write_bytes(path, mask_png(pred))
             elif kind == "colour":
-                save_png(path, colorize(pred, palette))
+                atomic_write_bytes(path, colour_png(pred, palette))
             elif kind == "overlay":
-                atomic_write_bytes(path, png_bytes(overlay(image, pred, palette), OVERLAY_PNG_LEVEL))
+                atomic_write_bytes(path, overlay_png(image, pred, palette))
         if masks_dir is not None:
             truth = _truth(masks_dir, job.path, config, palette)
             side_by_side(
