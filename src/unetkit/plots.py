@@ -87,7 +87,7 @@ def encode_png(array: np.ndarray, row_filter: str = "none", level: int = 1, stra
     else:
         raise ValueError(f"row_filter must be none, sub or up, got {row_filter!r}")
     deflate = zlib.compressobj(level, zlib.DEFLATED, zlib.MAX_WBITS, 9, strategy)
-    idat = deflate.compress(memoryview(filtered)) + deflate.flush()
+    idat = deflate.compress(filtered.tobytes()) + deflate.flush()
     header = struct.pack(">IIBBBBB", w, h, 8, _COLOUR_TYPES[channels], 0, 0, 0)
     return _PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 
