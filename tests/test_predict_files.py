@@ -252,3 +252,71 @@ def test_imported_keras_model_agrees_with_keras_on_every_pixel_by_default(tmp_pa
         run = import_run(tmp_path / "models" / v["files"]["keras"], tmp_path / f"run-{variant}")
         masks = Predictor.from_run(run, device="cpu").predict_array(images)  # default precision
         np.testing.assert_array_equal(masks, data["logits"].argmax(-1))
+
+
+def _logit_cases() -> list[torch.Tensor]:
+    """(N, K, H, W) logits: random, with ties (integer values), NaN (one or several per pixel) and infinities."""
+    g = torch.Generator().manual_seed(0)
+    rand = torch.randn(2, 7, 9, 11, generator=g)
+    ties = torch.randint(0, 3, (2, 7, 9, 11), generator=g).float()
+    nan = rand.clone()
+    nan[0, 3, 2, 4] = nan[0, 5, 2, 4] = nan[1, 0, 0, 0] = float("nan")
+    nan[1, 6, 8, 10] = float("nan")
+    inf = ties.clone()
+    inf[0, :, 1, 1] = float("-inf")  # every class -inf: the first
+    inf[0, 2, 3, 3] = inf[0, 4, 3, 3] = float("inf")
+    zeros = torch.zeros(2, 7, 9, 11)
+    zeros[:, 1::2] = -0.0  # -0.0 equals 0.0: still the first
+    return [rand, ties, nan, inf, zeros, torch.randn(1, 300, 3, 4, generator=g)]
+
+
+@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "one_image", "one_image_channels_last", "sliced"])
+def test_channel_argmax_gives_the_ids_of_torch_argmax(case: int, layout: str) -> None:
+    from unetkit.predict import channel_argmax
+
+    x = _logit_cases()[case]
+    dim = 1
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout.startswith("one_image"):
+        x, dim = (x[0].permute(1, 2, 0).contiguous().permute(2, 0, 1) if layout.endswith("last") else x[0]), 0
+    elif layout == "sliced":
+        x = x[:, :, ::2]
+    expected = torch.argmax(x, dim)
+    assert torch.equal(channel_argmax(x, dim), expected)
+    if x.shape[dim] <= 256:
+        assert torch.equal(channel_argmax(x, dim, torch.uint8), expected.to(torch.uint8))
+
+
+def test_resize_back_keeps_the_masks_of_the_plain_resize_and_argmax(predictor: Predictor) -> None:
+    import torch.nn.functional as F
+
+    images = [picture(40, 50, 1), picture(32, 32, 2), picture(70, 90, 3)]
+    logits = predictor._model_size_logits(images)
+    masks = predictor.predict_batch(images)
+    for im, lg, mask in zip(images, logits, masks):
+        up = F.interpolate(lg[None], size=im.shape[:2], mode="bilinear", align_corners=False)[0]
+        np.testing.assert_array_equal(mask, up.argmax(0).numpy())
+
+
+def test_a_failed_write_stops_the_folder_with_its_error(tmp_path: Path, predictor: Predictor, monkeypatch) -> None:
+    import errno
+
+    import unetkit.predict_files as pf
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(picture(20, 24, i)).save(folder / f"a{i}.png")
+    real = pf.atomic_write_bytes
+
+    def full(path: Path, data: bytes) -> None:
+        if path.name == "a1_overlay.png":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, data)
+
+    monkeypatch.setattr(pf, "atomic_write_bytes", full)
+    with pytest.raises(OSError, match="No space left"):
+        predict_files(predictor, [folder], tmp_path / "out")
+    assert (tmp_path / "out" / "a0_overlay.png").exists() and not (tmp_path / "out" / "a1_overlay.png").exists()

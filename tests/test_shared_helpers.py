@@ -14,7 +14,7 @@ from unetkit.device import check_predict_precision
 from unetkit.errors import ConfigError, DataError, ExportError, UnetkitError, first_line, needs_extra
 from unetkit.fsio import read_json
 from unetkit.loggers import advance, progress_bar
-from unetkit.plots import png_bytes, save_png
+from unetkit.plots import colorize, colour_png, encode_png, mask_png, overlay, overlay_png, png_bytes, save_png
 
 
 def test_first_line_of_a_message_or_the_type_name() -> None:
@@ -65,6 +65,94 @@ def test_png_bytes_round_trip(array: np.ndarray, tmp_path: Path) -> None:
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), expected)
     save_png(tmp_path / "out" / "a.png", array)
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "a.png")), expected)
+
+
+def decode(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+@pytest.mark.parametrize("row_filter", ["none", "sub", "up"])
+@pytest.mark.parametrize("shape", [(5, 7), (5, 7, 1), (5, 7, 3), (5, 7, 4), (1, 9, 3), (6, 1, 3), (1, 1)])
+def test_encode_png_decodes_to_the_array(row_filter: str, shape: tuple[int, ...]) -> None:
+    array = np.random.default_rng(len(shape)).integers(0, 256, shape, dtype=np.uint8)
+    array[..., :2] = 255  # wrap-around of the filters' byte differences
+    expected = array.squeeze(-1) if len(shape) == 3 and shape[2] == 1 else array
+    for strategy in (0, 1, 2, 3):  # zlib's default, filtered, Huffman only, run-length
+        image = Image.open(io.BytesIO(encode_png(array, row_filter, strategy=strategy)))
+        assert image.mode == {2: "L", 1: "L", 3: "RGB", 4: "RGBA"}[shape[2] if len(shape) == 3 else 2]
+        np.testing.assert_array_equal(np.asarray(image), expected)
+
+
+def test_encode_png_refuses_what_it_cannot_write() -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        encode_png(np.zeros((2, 2), np.uint16))
+    with pytest.raises(ValueError, match="uint8"):
+        encode_png(np.zeros((2, 2, 2), np.uint8))
+    with pytest.raises(ValueError, match="row_filter"):
+        encode_png(np.zeros((2, 2), np.uint8), "paeth")
+
+
+def _old_colorize(mask: np.ndarray, palette: list[list[int]]) -> np.ndarray:
+    """colorize and overlay as they were written before the table lookups: the reference."""
+    table = np.zeros((256 if mask.max(initial=0) < 256 else int(mask.max()) + 1, 3), dtype=np.uint8)
+    table[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    return table[mask.astype(np.int64)]
+
+
+def _old_overlay(image: np.ndarray, mask: np.ndarray, palette: list[list[int]], alpha: float = 0.5) -> np.ndarray:
+    from unetkit.preprocess import display_rgb
+
+    rgb = display_rgb(image).astype(np.float32)
+    colours = _old_colorize(mask, palette).astype(np.float32)
+    return np.clip(rgb * (1 - alpha) + colours * alpha, 0, 255).astype(np.uint8)
+
+
+PALETTE = [[0, 0, 0], [255, 0, 0], [10, 200, 30], [255, 255, 255], [7, 8, 9]]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64, np.bool_])
+def test_colorize_and_its_png_give_the_colours_of_the_palette(dtype: type) -> None:
+    rng = np.random.default_rng(1)
+    mask = rng.integers(0, 2 if dtype is np.bool_ else 9, (12, 15)).astype(dtype)  # ids past the palette: black
+    np.testing.assert_array_equal(colorize(mask, PALETTE), _old_colorize(mask, PALETTE))
+    np.testing.assert_array_equal(decode(colour_png(mask, PALETTE)), _old_colorize(mask, PALETTE))
+    wide = rng.integers(0, 600, (4, 5)).astype(np.int32)  # over 255 ids: a bigger table
+    np.testing.assert_array_equal(colorize(wide, PALETTE), _old_colorize(wide, PALETTE))
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.3, 0.0, 1.0, 0.7, 1.5, np.float64(0.3), np.float32(0.45)])
+def test_overlay_equals_the_float32_blend(alpha: float) -> None:
+    rng = np.random.default_rng(2)
+    mask = rng.integers(0, 6, (16, 20)).astype(np.uint8)
+    images = [
+        rng.integers(0, 256, (16, 20, 3), dtype=np.uint8),
+        rng.integers(0, 256, (16, 20, 4), dtype=np.uint8),  # alpha dropped
+        rng.integers(0, 256, (16, 20, 1), dtype=np.uint8),  # grey
+        rng.integers(0, 65536, (16, 20, 3), dtype=np.uint16),  # stretched for display
+        rng.integers(0, 256, (16, 20, 6), dtype=np.uint8),  # multi-band: the first three
+    ]
+    for image in images:
+        expected = _old_overlay(image, mask, PALETTE, alpha)
+        np.testing.assert_array_equal(overlay(image, mask, PALETTE, alpha), expected)
+        np.testing.assert_array_equal(decode(overlay_png(image, mask, PALETTE, alpha)), expected)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.3, 0.7, 0.123])
+def test_overlay_equals_the_float32_blend_for_every_pair_of_values(alpha: float) -> None:
+    values = np.arange(256, dtype=np.uint8)
+    image = np.repeat(np.repeat(values[:, None, None], 256, axis=1), 3, axis=2)  # pixel (i, j) holds i
+    mask = np.repeat(values[None, :], 256, axis=0)  # ... and class j, coloured (j, j, j)
+    grey = [[v, v, v] for v in range(256)]
+    np.testing.assert_array_equal(overlay(image, mask, grey, alpha), _old_overlay(image, mask, grey, alpha))
+
+
+def test_mask_png_keeps_the_class_ids() -> None:
+    mask = np.random.default_rng(3).integers(0, 256, (9, 13)).astype(np.uint8)
+    image = Image.open(io.BytesIO(mask_png(mask)))
+    assert image.mode == "L"
+    np.testing.assert_array_equal(np.asarray(image), mask)
+    wide = np.arange(12, dtype=np.int32).reshape(3, 4) * 100  # over 255: a 16-bit PNG, as png_bytes writes
+    np.testing.assert_array_equal(decode(mask_png(wide)), wide)
 
 
 def test_progress_bar_counts_and_shows_a_rate() -> None:

@@ -75,6 +75,31 @@ def _one_array(image: object) -> np.ndarray:
     return image
 
 
+def channel_argmax(x: torch.Tensor, dim: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """``torch.argmax(x, dim).to(dtype)``, the same ids (the first of equal maxima; the first NaN where a
+    pixel has one), faster on the CPU for the class dimension of logits.
+
+    Torch's CPU argmax over the classes of (N, K, H, W) logits is a slow strided reduction: with the
+    classes innermost (channels-last logits, as the models here give) NumPy's argmax along its last
+    axis is ~1.6x faster; with the classes outermost, one max over them and one comparison per class
+    (last to first, so the first maximum wins) is ~3x faster. Elsewhere torch's own.
+    """
+    k = x.shape[dim]
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or k < 2 or x.numel() == 0:
+        return x.argmax(dim).to(dtype)
+    if x.stride(dim) == 1:
+        return torch.from_numpy(x.detach().movedim(dim, -1).numpy().argmax(-1)).to(dtype)
+    best = x.amax(dim)
+    if bool(torch.isnan(best).any()):  # amax propagates NaN; where a pixel has one, torch's own argmax
+        return x.argmax(dim).to(dtype)
+    out = torch.full(best.shape, k - 1, dtype=dtype)
+    hit = torch.empty(best.shape, dtype=torch.bool)
+    for c in range(k - 2, -1, -1):
+        torch.eq(x.select(dim, c), best, out=hit)
+        out.masked_fill_(hit, c)
+    return out
+
+
 class PredictorBase:
     """What every backend shares: the one preprocessing path, batching, resizing back, argmax.
 
@@ -190,7 +215,7 @@ class PredictorBase:
     def _predict_chunk(self, chunk: list[np.ndarray]) -> list[np.ndarray]:
         """One forward pass; images of one size are resized back and argmaxed together on the device."""
         if self.config.preprocess.predict_mode == "sliding":
-            return [self._ids(self._sliding(im).argmax(0)) for im in chunk]
+            return [self._ids(channel_argmax(self._sliding(im), 0, self._ids_dtype())) for im in chunk]
         logits = self._model_size_logits(chunk)
         k = logits.shape[1]
         groups: dict[tuple[int, int], list[int]] = {}
@@ -208,7 +233,7 @@ class PredictorBase:
                 lg = logits[idx] if len(idx) < len(chunk) else logits
                 if not same:
                     lg = F.interpolate(lg, size=size, mode="bilinear", align_corners=False)
-                ids = self._ids(lg.argmax(1))  # one argmax and one copy back for the group
+                ids = self._ids(channel_argmax(lg, 1, self._ids_dtype()))  # one argmax and one copy back for the group
                 for j, i in enumerate(idx):
                     out[i] = ids[j]
         return out
@@ -280,9 +305,10 @@ class PredictorBase:
         """Argmax of (K, h, w) logits bilinearly resized to ``size``; banded when that would be large."""
         k, h, w = logits.shape
         if (h, w) == size:
-            return self._ids(logits.argmax(0))
+            return self._ids(channel_argmax(logits, 0, self._ids_dtype()))
         if k * size[0] * size[1] <= self.band_elements:
-            return self._ids(F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0].argmax(0))
+            up = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+            return self._ids(channel_argmax(up, 0, self._ids_dtype()))
         # Separable bilinear (align_corners=False, as F.interpolate): widths first at the model's height,
         # then each band of output rows blends its two source rows.
         rows = F.interpolate(logits[None], size=(h, size[1]), mode="bilinear", align_corners=False)[0]
@@ -292,11 +318,11 @@ class PredictorBase:
         lam = (src - y0).float().to(rows.device)[None, :, None]
         y0, y1 = y0.to(rows.device), y1.to(rows.device)
         band = max(1, self.band_elements // (k * size[1]))
-        out = torch.empty(size, dtype=torch.long, device=rows.device)
+        out = torch.empty(size, dtype=self._ids_dtype(), device=rows.device)
         for top in range(0, size[0], band):
             sl = slice(top, top + band)
             blended = rows[:, y0[sl]] * (1 - lam[:, sl]) + rows[:, y1[sl]] * lam[:, sl]
-            out[sl] = blended.argmax(0)
+            out[sl] = channel_argmax(blended, 0, out.dtype)
         return self._ids(out)
 
 
