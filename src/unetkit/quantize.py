@@ -290,15 +290,16 @@ def align_conv_channels(proto: Any, in_align: int = 4, out_min: int = 16, out_al
     onnxruntime's symmetric int8 convolution (``MlasConvSym``, the VNNI kernel) needs input channels in
     multiples of 4 and at least 16 output channels in multiples of 4; others fall back to an im2col GEMM
     several times slower per multiply: the first layer (3 colour channels) and the logits layer (the
-    class count). A graph input feeding such a convolution gets zero channels (``Pad``) and the weights
-    zero input channels; a convolution with too few outputs gets zero filters and a ``Slice`` keeps
-    its real channels. The same function. Returns how many convolutions changed.
+    class count). Only those two kinds are changed: a graph input feeding a convolution gets zero
+    channels (``Pad``) and the weights zero input channels; a convolution writing a graph output gets
+    zero filters and a ``Slice`` keeps its real channels. The same function. Returns how many changed.
     """
     from onnx import helper, numpy_helper
 
     graph = proto.graph
     init = {i.name: i for i in graph.initializer}
     inputs = {i.name for i in graph.input} - set(init)
+    outputs = {o.name for o in graph.output}
     before: dict[int, Any] = {}  # node index -> the Pad in front of it
     after: dict[int, Any] = {}  # node index -> the Slice after it
     for index, node in enumerate(graph.node):
@@ -307,8 +308,7 @@ def align_conv_channels(proto: Any, in_align: int = 4, out_min: int = 16, out_al
         w = numpy_helper.to_array(init[node.input[1]])
         cout, cin = w.shape[:2]
         pad_in = -cin % in_align if node.input[0] in inputs else 0
-        new_out = max(out_min, cout + -cout % out_align)
-        pad_out = new_out - cout
+        pad_out = max(out_min, cout + -cout % out_align) - cout if node.output[0] in outputs else 0
         if not pad_in and not pad_out:
             continue
         name = node.name or node.output[0]
