@@ -156,6 +156,8 @@ class QuantSettings:
     align: bool = True  # convolutions' channel counts padded to what onnxruntime's int8 direct kernel takes
     per_channel: bool = True
     reduce_range: bool = False
+    activations: str = "QUInt8"  # onnxruntime QuantType names; uint8 x int8 is what VNNI multiplies
+    weights: str = "QInt8"
     extra: tuple[tuple[str, Any], ...] = ()  # onnxruntime's extra_options, as pairs
 
 
@@ -203,8 +205,8 @@ def quantize_bytes(
                 quant_format=getattr(QuantFormat, settings.fmt),
                 per_channel=settings.per_channel,
                 reduce_range=settings.reduce_range,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
+                activation_type=getattr(QuantType, settings.activations),
+                weight_type=getattr(QuantType, settings.weights),
                 calibrate_method=CalibrationMethod.MinMax,
                 nodes_to_exclude=[*exclude, *pads],
                 extra_options=dict(settings.extra),
