@@ -6,8 +6,9 @@ it (``export_onnx``), and quantises it several ways with onnxruntime's tooling
 ``quant_pre_process``, with the transposed convolutions in sub-pixel form, with the first and logits
 convolutions' channels aligned for onnxruntime's VNNI kernel (the default), in QOperator format, with
 ``reduce_range``, per tensor, with int8 activations or uint8 weights (``--variants int8-s8s8 int8-u8u8``:
-2-4x slower, left out by default), and with onnxruntime's threads spinning. The float graphs (as
-exported, and prepared) and the unetkit PyTorch fp32 predictor are measured beside them. Every variant
+2-4x slower, left out by default), with onnxruntime's threads spinning, and run as ``OnnxPredictor``
+runs a batch on the CPU (split between one-thread sessions: ``int8-dp``, ``fp32-onnx-dp``). The float
+graphs (as exported, and prepared) and the unetkit PyTorch fp32 predictor are measured beside them. Every variant
 runs the same batches, round after round, interleaved, so that a load change on a shared machine hits
 them all alike; the figures are medians over the rounds. CPU-s/image is the process's CPU time (all
 threads) per image: it shows a variant's cost even when other work takes some of the cores. Agreement:
@@ -36,13 +37,14 @@ from typing import Any
 import numpy as np
 
 N_CLASSES = 23
+DATA_PARALLEL = "unetkit.data_parallel"  # a variant's marker: run as OnnxPredictor does on the CPU, not an ORT key
 
 
 def _variants() -> dict[str, tuple[str, Any, dict[str, str]]]:
     """name -> (label, QuantSettings or a float marker, onnxruntime session config entries beyond the defaults)."""
     from unetkit.quantize import QuantSettings
 
-    spin = {"session.intra_op.allow_spinning": "1"}
+    spin, parallel = {"session.intra_op.allow_spinning": "1"}, {DATA_PARALLEL: "1"}
     return {
         "torch-fp32": ("unetkit fp32, PyTorch (the default predictor)", "torch", {}),
         "fp32-onnx": ("fp32 ONNX as exported (onnxruntime)", "float", {}),
@@ -57,6 +59,8 @@ def _variants() -> dict[str, tuple[str, Any, dict[str, str]]]:
         "int8-unaligned": ("int8 + sub-pixel, channels-last (before the alignment)", QuantSettings(align=False), {}),
         "int8": ("int8 + sub-pixel, channels-last, channels aligned (default)", QuantSettings(), {}),
         "int8-spin": ("int8 default, onnxruntime threads spinning", QuantSettings(), spin),
+        "int8-dp": ("int8 default, batch split between one-thread sessions (OnnxPredictor)", QuantSettings(), parallel),
+        "fp32-onnx-dp": ("fp32 ONNX as exported, batch split between one-thread sessions", "float", parallel),
         "int8-qop": ("int8 QOperator format (same steps)", QuantSettings(fmt="QOperator"), {}),
         "int8-rr": ("int8 default + reduce_range", QuantSettings(reduce_range=True), {}),
         "int8-tensor": ("int8 default, per-tensor weights", QuantSettings(per_channel=False), {}),
@@ -143,14 +147,30 @@ class Study:
                 data = prepare_float(float_data, how)
             else:
                 data = quantize_bytes(prepare_float(float_data, how), calib, [], how)
-            options = session_options(self.threads)
-            for key, value in entries.items():
-                options.add_session_config_entry(key, value)
-            s = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-            self.sessions[name] = s
-            self.run_fns[name] = lambda s=s: s.run(None, {"image": self.x})
+            self.sessions[name], self.run_fns[name] = self._runner(data, entries)
         ref = ort.InferenceSession(float_data, session_options(self.threads), providers=["CPUExecutionProvider"])
         self.agreement = {n: (_agree(s, ref, self.calib), _agree(s, ref, self.check)) for n, s in self.sessions.items()}
+
+    def _runner(self, data: bytes, entries: dict[str, str]) -> tuple[Any, Callable[[], Any]]:
+        """A session of ``data`` and its forward pass over the batch: as ``OnnxPredictor`` runs it when
+        ``entries`` has ``DATA_PARALLEL`` (the batch split between one-thread sessions), else one session."""
+        import onnxruntime as ort
+
+        from unetkit.predict import session_options
+
+        parallel = entries.get(DATA_PARALLEL) == "1"
+        options = session_options(1 if parallel else self.threads)
+        for key, value in entries.items():
+            if key != DATA_PARALLEL:
+                options.add_session_config_entry(key, value)
+        s = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        if not parallel:
+            return s, lambda: s.run(None, {"image": self.x})
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(self.threads)
+        parts = np.array_split(self.x, self.threads)
+        return s, lambda: list(pool.map(lambda part: s.run(None, {"image": part}), parts))
 
     def time(self, name: str) -> tuple[float, float]:
         """(images/s, CPU-s per image) for ``batches`` forward passes of the variant."""
