@@ -197,7 +197,7 @@ def _perturb_batch_norm(net: Any) -> None:
 
     gen = torch.Generator().manual_seed(0)
     for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
+        if isinstance(m, torch.nn.BatchNorm2d) and m.running_mean is not None and m.running_var is not None:
             m.running_mean.uniform_(-0.1, 0.1, generator=gen)
             m.running_var.uniform_(0.5, 2.0, generator=gen)
             m.weight.data.uniform_(0.5, 1.5, generator=gen)
