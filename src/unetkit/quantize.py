@@ -3,13 +3,14 @@
 The float32 ONNX graph (already checked against PyTorch by ``export_onnx``) is pre-processed
 (``quant_pre_process``), its transposed convolutions rewritten in sub-pixel form (a 2x2 convolution and
 an interleave, the same arithmetic, which onnxruntime runs in int8 where it has no int8
-``ConvTranspose``), and quantised to QDQ form (uint8 activations, int8 weights per output channel, what
-the x86 VNNI kernels take), calibrated (MinMax) on the run's own training images, preprocessed exactly as
-in training (why each step: ``docs/inference.md``, int8; ``benchmarks/int8_study.py``). The int8 graph
-is then compared with the exported float graph on those images: when more than ``max_change`` of their
-pixels change class, the convolutions most sensitive to rounding (the logits layer, then the first one,
-then the decoder) are kept in float and the graph is quantised again; if that does not bring the change
-under the limit, nothing is written.
+``ConvTranspose``), the first and logits convolutions' channels padded with zeros to what onnxruntime's
+VNNI kernel takes (``align_conv_channels``), and quantised to QDQ form (uint8 activations, int8 weights
+per output channel, what the x86 VNNI kernels take), calibrated (MinMax) on the run's own training
+images, preprocessed exactly as in training (why each step: ``docs/inference.md``, int8;
+``benchmarks/int8_study.py``). The int8 graph is then compared with the exported float graph on those
+images: when more than ``max_change`` of their pixels change class, the convolutions most sensitive to
+rounding (the logits layer, then the first one, then the decoder) are kept in float and the graph is
+quantised again; if that does not bring the change under the limit, nothing is written.
 """
 
 from __future__ import annotations
@@ -60,8 +61,9 @@ class QuantReport:
         import json
 
         info = {
-            "method": "onnxruntime static QDQ after quant_pre_process and a sub-pixel rewrite of the transposed convs, "
-            "uint8 activations, int8 per-channel weights, MinMax calibration",
+            "method": "onnxruntime static QDQ after quant_pre_process, a sub-pixel rewrite of the transposed convs "
+            "and the first and logits convs' channels aligned, uint8 activations, int8 per-channel weights, "
+            "MinMax calibration",
             "calibration_images": self.images,
             "calibration_source": self.source,
             "changed_pixels": self.changed,
