@@ -119,6 +119,8 @@ def test_every_convolution_runs_in_int8(tmp_path: Path) -> None:
     assert ops["QLinearConv"] == convs and ops["Conv"] == 0 and ops["ConvTranspose"] == 0, ops
     # one quantise at the input, one dequantise at the output: no float round trips in between
     assert ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] == 1, ops
+    # the skip connections concatenate in uint8, not as DequantizeLinear -> Concat -> QuantizeLinear
+    assert ops["QLinearConcat"] == 4 and ops["Concat"] == 0, ops
     # channels-last throughout: the input's and output's transposes and one interleave per decoder level
     assert ops["Transpose"] == 2 + 4 and ops["DepthToSpace"] == 0, ops
     # the channel alignment: a float Pad in front of the input's quantise, a uint8 Slice before the dequantise
