@@ -18,6 +18,7 @@ from conftest import make_blobs, write_folder  # noqa: E402
 from unetkit.export import export_onnx  # noqa: E402
 from unetkit.quantize import (  # noqa: E402
     QuantSettings,
+    align_conv_channels,
     prepare_float,
     quantize_bytes,
     subpixel_kernel,
@@ -61,7 +62,8 @@ def test_prepared_float_graph_is_the_same_function_without_transposed_convs(tmp_
     for channels_last in (True, False):
         prepared = prepare_float(data, QuantSettings(channels_last=channels_last))
         ops = _ops(prepared)
-        assert ops["ConvTranspose"] == 0 and ops["Slice"] == 0 and ops["Identity"] == 0, ops
+        # the crops went with the transposed convs; the one Slice left drops the logits' alignment channels
+        assert ops["ConvTranspose"] == 0 and ops["Slice"] == 1 and ops["Identity"] == 0, ops
         # static sizes: the channels-last interleave; free sizes (or asked): DepthToSpace
         assert ops["DepthToSpace"] == (4 if dynamic or not channels_last else 0), ops
         np.testing.assert_allclose(_logits(prepared, x), ref, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
@@ -117,5 +119,45 @@ def test_every_convolution_runs_in_int8(tmp_path: Path) -> None:
     assert ops["QLinearConv"] == convs and ops["Conv"] == 0 and ops["ConvTranspose"] == 0, ops
     # one quantise at the input, one dequantise at the output: no float round trips in between
     assert ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] == 1, ops
+    # the skip connections concatenate in uint8, not as DequantizeLinear -> Concat -> QuantizeLinear
+    assert ops["QLinearConcat"] == 4 and ops["Concat"] == 0, ops
     # channels-last throughout: the input's and output's transposes and one interleave per decoder level
     assert ops["Transpose"] == 2 + 4 and ops["DepthToSpace"] == 0, ops
+    # the channel alignment: a float Pad in front of the input's quantise, a uint8 Slice before the dequantise
+    assert ops["Pad"] == 1 and ops["Slice"] == 1, ops
+
+
+def _conv_channels(data: bytes) -> list[tuple[int, int]]:
+    """(output, input) channel counts of each Conv, in graph order."""
+    proto = onnx.load_from_string(data)
+    init = {i.name: i.dims for i in proto.graph.initializer}
+    return [tuple(init[n.input[1]][:2]) for n in proto.graph.node if n.op_type == "Conv"]
+
+
+def test_channel_alignment_pads_the_first_and_logits_convs_only(tmp_path: Path) -> None:
+    """3 colour channels and 3 classes miss onnxruntime's VNNI int8 kernel (inputs % 4, >= 16 outputs)."""
+    run = _run(tmp_path)
+    data = export_onnx(run, tmp_path / "f.onnx", seed=0).path.read_bytes()
+    plain = _conv_channels(prepare_float(data, QuantSettings(align=False)))
+    aligned_data = prepare_float(data)
+    aligned = _conv_channels(aligned_data)
+    assert plain[0] == (4, 3) and plain[-1] == (3, 4)
+    assert aligned[0] == (4, 4) and aligned[-1] == (16, 4) and aligned[1:-1] == plain[1:-1]
+    x = np.random.default_rng(2).random((2, 3, 32, 32), dtype=np.float32)
+    ref = _logits(data, x)
+    got = _logits(aligned_data, x)
+    assert got.shape == ref.shape == (2, 3, 32, 32)
+    np.testing.assert_allclose(got, ref, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
+    proto = onnx.load_from_string(aligned_data)
+    assert align_conv_channels(proto) == 0  # already aligned: nothing more to do
+
+
+def test_int8_masks_do_not_change_with_the_alignment(tmp_path: Path) -> None:
+    """Zero channels and zero filters leave the calibration ranges, so the int8 arithmetic, as they were."""
+    run = _run(tmp_path)
+    data = export_onnx(run, tmp_path / "f.onnx", seed=0).path.read_bytes()
+    x = np.random.default_rng(0).random((8, 3, 32, 32), dtype=np.float32)
+    plain = QuantSettings(align=False)
+    a = _logits(quantize_bytes(prepare_float(data, plain), x, [], plain), x)
+    b = _logits(quantize_bytes(prepare_float(data), x, []), x)
+    np.testing.assert_array_equal(a, b)

@@ -7,6 +7,7 @@ resized bilinearly to that size before the argmax (the seed's "index of the larg
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -435,12 +436,12 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     }
 
 
-def _session(path: Path, providers: list[str]) -> tuple[Any, dict[str, str]]:
+def _session(path: Path, providers: list[str], threads: int | None = None) -> tuple[Any, dict[str, str]]:
     ort = need_onnx("onnxruntime")
     if not path.is_file():
         raise RunError(f"ONNX file {path} does not exist (make one with `unetkit export RUN --out {path}`)")
     try:
-        session = ort.InferenceSession(path.read_bytes(), session_options(), providers=providers)
+        session = ort.InferenceSession(path.read_bytes(), session_options(threads), providers=providers)
     except Exception as e:
         raise ExportError(f"{path} is not a readable ONNX model ({first_line(e, 300)}); export it again") from None
     return session, dict(session.get_modelmeta().custom_metadata_map)
@@ -464,11 +465,26 @@ def session_options(threads: int | None = None) -> Any:
 
 
 class OnnxPredictor(PredictorBase):
-    """``Predictor`` on onnxruntime: same preprocessing, batching and argmax, only the forward differs."""
+    """``Predictor`` on onnxruntime: same preprocessing, batching and argmax, only the forward differs.
+
+    On the CPU a batch of at least as many images as threads is split between the threads, each part
+    run by a one-thread session of the same file (``data_parallel``, on by default there): onnxruntime's
+    convolutions loop over the images of a batch and share each image's work between the threads,
+    one synchronisation per layer per image, and its concatenations run on one thread; whole images
+    per thread avoid both (docs/inference.md, int8). Smaller batches use the usual multi-thread session.
+    The logits are the same either way.
+    """
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, *, device: str = "auto", providers: list[str] | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        providers: list[str] | None = None,
+        data_parallel: bool | None = None,
+    ):
         ort = need_onnx("onnxruntime")
         self.path = Path(path)
         if providers is None:
@@ -493,16 +509,40 @@ class OnnxPredictor(PredictorBase):
         self._input = inp.name
         self._batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
         self.dynamic = not all(isinstance(d, int) for d in inp.shape)
+        self._providers = providers
+        self.workers = torch.get_num_threads() if providers == ["CPUExecutionProvider"] else 1
+        self.data_parallel = self.workers > 1 if data_parallel is None else data_parallel and self.workers > 1
+        self._parallel: tuple[Any, Any] | None = None  # (one-thread session, thread pool), made when first needed
+        self._lock = threading.Lock()
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) uint8 -> (N, K, H, W) float32 logits, in chunks when the file's batch is fixed."""
         arr = np.ascontiguousarray(to_float(x.cpu(), self.config.preprocess).numpy())
-        step = self._batch or len(arr)
-        outs = []
-        for i in range(0, len(arr), step):
-            chunk = arr[i : i + step]
-            n = len(chunk)
-            if n < step:  # pad the last chunk of a fixed-batch file
-                chunk = np.concatenate([chunk, np.zeros((step - n,) + chunk.shape[1:], chunk.dtype)])
-            outs.append(self.session.run(None, {self._input: chunk})[0][:n])
+        if self._batch is None:
+            parts = self.workers if self.data_parallel and len(arr) >= self.workers else 1
+            chunks = [(c, len(c)) for c in np.array_split(arr, parts)]
+        else:
+            chunks = [self._padded(arr[i : i + self._batch]) for i in range(0, len(arr), self._batch)]
+        if self.data_parallel and len(chunks) > 1:
+            session, pool = self._parallel_session()
+            outs = list(pool.map(lambda c: session.run(None, {self._input: c[0]})[0][: c[1]], chunks))
+        else:
+            outs = [self.session.run(None, {self._input: c})[0][:n] for c, n in chunks]
         return torch.from_numpy(np.concatenate(outs))
+
+    def _padded(self, chunk: np.ndarray) -> tuple[np.ndarray, int]:
+        """A chunk of a fixed-batch file at the file's batch (zeros after it) and its real image count."""
+        n, step = len(chunk), self._batch or len(chunk)
+        if n < step:
+            chunk = np.concatenate([chunk, np.zeros((step - n,) + chunk.shape[1:], chunk.dtype)])
+        return chunk, n
+
+    def _parallel_session(self) -> tuple[Any, Any]:
+        """The one-thread session and the thread pool of the data-parallel path, made once."""
+        with self._lock:
+            if self._parallel is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                session = _session(self.path, self._providers, threads=1)[0]
+                self._parallel = session, ThreadPoolExecutor(self.workers, thread_name_prefix="unetkit-onnx")
+            return self._parallel

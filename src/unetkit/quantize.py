@@ -3,13 +3,14 @@
 The float32 ONNX graph (already checked against PyTorch by ``export_onnx``) is pre-processed
 (``quant_pre_process``), its transposed convolutions rewritten in sub-pixel form (a 2x2 convolution and
 an interleave, the same arithmetic, which onnxruntime runs in int8 where it has no int8
-``ConvTranspose``), and quantised to QDQ form (uint8 activations, int8 weights per output channel, what
-the x86 VNNI kernels take), calibrated (MinMax) on the run's own training images, preprocessed exactly as
-in training (why each step: ``docs/inference.md``, int8; ``benchmarks/int8_study.py``). The int8 graph
-is then compared with the exported float graph on those images: when more than ``max_change`` of their
-pixels change class, the convolutions most sensitive to rounding (the logits layer, then the first one,
-then the decoder) are kept in float and the graph is quantised again; if that does not bring the change
-under the limit, nothing is written.
+``ConvTranspose``), the first and logits convolutions' channels padded with zeros to what onnxruntime's
+VNNI kernel takes (``align_conv_channels``), and quantised to QDQ form (uint8 activations, int8 weights
+per output channel, what the x86 VNNI kernels take), calibrated (MinMax) on the run's own training
+images, preprocessed exactly as in training (why each step: ``docs/inference.md``, int8;
+``benchmarks/int8_study.py``). The int8 graph is then compared with the exported float graph on those
+images: when more than ``max_change`` of their pixels change class, the convolutions most sensitive to
+rounding (the logits layer, then the first one, then the decoder) are kept in float and the graph is
+quantised again; if that does not bring the change under the limit, nothing is written.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .preprocess import image_to_tensor, resize_images, to_float
 
 DEFAULT_MAX_CHANGE = 0.01  # share of calibration pixels whose class int8 may change
 INPUT_NAME = "image"
+ALIGN_PAD = "_align_pad"  # suffix of the Pad nodes align_conv_channels adds
 
 
 class QuantizationError(DataError):
@@ -59,8 +61,9 @@ class QuantReport:
         import json
 
         info = {
-            "method": "onnxruntime static QDQ after quant_pre_process and a sub-pixel rewrite of the transposed convs, "
-            "uint8 activations, int8 per-channel weights, MinMax calibration",
+            "method": "onnxruntime static QDQ after quant_pre_process, a sub-pixel rewrite of the transposed convs "
+            "and the first and logits convs' channels aligned, uint8 activations, int8 per-channel weights, "
+            "MinMax calibration",
             "calibration_images": self.images,
             "calibration_source": self.source,
             "changed_pixels": self.changed,
@@ -152,8 +155,11 @@ class QuantSettings:
     prepare: bool = True
     subpixel: bool = True
     channels_last: bool = True  # the sub-pixel interleave as channels-last reshapes where sizes are static
+    align: bool = True  # convolutions' channel counts padded to what onnxruntime's int8 direct kernel takes
     per_channel: bool = True
     reduce_range: bool = False
+    activations: str = "QUInt8"  # onnxruntime QuantType names; uint8 x int8 is what VNNI multiplies
+    weights: str = "QInt8"
     extra: tuple[tuple[str, Any], ...] = ()  # onnxruntime's extra_options, as pairs
 
 
@@ -161,7 +167,7 @@ def prepare_float(float_data: bytes, settings: QuantSettings = QuantSettings()) 
     """The float graph as it is handed to the quantiser: pre-processed, transposed convs in sub-pixel form."""
     import onnx
 
-    if not settings.prepare and not settings.subpixel:
+    if not settings.prepare and not settings.subpixel and not settings.align:
         return float_data
     proto = onnx.load_from_string(float_data)
     if settings.prepare:
@@ -176,6 +182,8 @@ def prepare_float(float_data: bytes, settings: QuantSettings = QuantSettings()) 
             proto = onnx.load(str(dst))
     if settings.subpixel:
         subpixel_transposed_convs(proto, settings.channels_last)
+    if settings.align:
+        align_conv_channels(proto)
     return proto.SerializeToString()
 
 
@@ -183,8 +191,11 @@ def quantize_bytes(
     float_data: bytes, x: np.ndarray, exclude: list[str], settings: QuantSettings = QuantSettings()
 ) -> bytes:
     """The int8 graph of ``float_data`` (already ``prepare_float``-ed) calibrated on ``x``, ``exclude`` in float."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    # the alignment Pad stays float, in front of the input's quantise: onnxruntime has no uint8 Pad in QDQ form
+    pads = [n.name for n in onnx.load_from_string(float_data).graph.node if n.name.endswith(ALIGN_PAD)]
     with tempfile.TemporaryDirectory(prefix="unetkit-int8-") as tmp:
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(float_data)
@@ -196,10 +207,10 @@ def quantize_bytes(
                 quant_format=getattr(QuantFormat, settings.fmt),
                 per_channel=settings.per_channel,
                 reduce_range=settings.reduce_range,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
+                activation_type=getattr(QuantType, settings.activations),
+                weight_type=getattr(QuantType, settings.weights),
                 calibrate_method=CalibrationMethod.MinMax,
-                nodes_to_exclude=exclude,
+                nodes_to_exclude=[*exclude, *pads],
                 extra_options=dict(settings.extra),
             )
         return dst.read_bytes()
@@ -275,6 +286,70 @@ def subpixel_transposed_convs(proto: Any, channels_last: bool = True) -> int:
         nodes = [new for n in graph.node if n.name not in dropped for new in replaced.get(n.name, [n])]
         _set_live_nodes(graph, nodes)
     return len(replaced)
+
+
+def align_conv_channels(proto: Any, in_align: int = 4, out_min: int = 16, out_align: int = 4) -> int:
+    """Pad, in place, convolutions' channel counts to what onnxruntime's int8 direct kernel takes.
+
+    onnxruntime's symmetric int8 convolution (``MlasConvSym``, the VNNI kernel) needs input channels in
+    multiples of 4 and at least 16 output channels in multiples of 4; others fall back to an im2col GEMM
+    several times slower per multiply: the first layer (3 colour channels) and the logits layer (the
+    class count). Only those two kinds are changed: a graph input feeding a convolution gets zero
+    channels (``Pad``) and the weights zero input channels; a convolution writing a graph output gets
+    zero filters and a ``Slice`` keeps its real channels. The same function. Returns how many changed.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    init = {i.name: i for i in graph.initializer}
+    inputs = {i.name for i in graph.input} - set(init)
+    outputs = {o.name for o in graph.output}
+    before: dict[int, Any] = {}  # node index -> the Pad in front of it
+    after: dict[int, Any] = {}  # node index -> the Slice after it
+    for index, node in enumerate(graph.node):
+        if node.op_type != "Conv" or node.input[1] not in init or _attr(node, "group", 1) != 1:
+            continue
+        w = numpy_helper.to_array(init[node.input[1]])
+        cout, cin = w.shape[:2]
+        pad_in = -cin % in_align if node.input[0] in inputs else 0
+        pad_out = max(out_min, cout + -cout % out_align) - cout if node.output[0] in outputs else 0
+        if not pad_in and not pad_out:
+            continue
+        name = node.name or node.output[0]
+        if pad_in:
+            pads = np.zeros(2 * w.ndim, np.int64)
+            pads[w.ndim + 1] = pad_in  # the end of the channel axis
+            padded = f"{name}_aligned_input"
+            pad_shape = _add_initializer(graph, init, f"{name}_align_pads", pads)
+            before[index] = helper.make_node("Pad", [node.input[0], pad_shape], [padded], name=name + ALIGN_PAD)
+            node.input[0] = padded
+            w = np.concatenate([w, np.zeros((cout, pad_in, *w.shape[2:]), w.dtype)], 1)
+        if pad_out:
+            w = np.concatenate([w, np.zeros((pad_out, *w.shape[1:]), w.dtype)], 0)
+            if len(node.input) > 2 and node.input[2]:
+                bias = numpy_helper.to_array(init[node.input[2]])
+                node.input[2] = _add_initializer(
+                    graph, init, node.input[2] + ".aligned", np.concatenate([bias, np.zeros(pad_out, bias.dtype)])
+                )
+            out, wide = node.output[0], f"{name}_aligned_output"
+            node.output[0] = wide
+            bounds = [
+                _add_initializer(graph, init, f"{name}_align_{k}", np.array([v], np.int64))
+                for k, v in (("start", 0), ("end", cout), ("axis", 1))
+            ]
+            after[index] = helper.make_node("Slice", [wide, *bounds], [out], name=f"{name}_align_slice")
+        node.input[1] = _add_initializer(graph, init, node.input[1] + ".aligned", w)
+    changed = set(before) | set(after)
+    if changed:
+        nodes = [new for i, n in enumerate(graph.node) for new in (before.get(i), n, after.get(i)) if new is not None]
+        _set_live_nodes(graph, nodes)
+    return len(changed)
+
+
+def _attr(node: Any, name: str, default: Any) -> Any:
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def _static_sizes(proto: Any) -> dict[str, tuple[int, int]]:
