@@ -54,7 +54,18 @@ def test_subpixel_keeps_tf_alignment_and_channels_last():
     y = layer(x)
     assert y[0, 0, 2, 4] == 1.0 and y.abs().sum() == 1.0
     x = torch.rand(2, 8, 6, 8).contiguous(memory_format=torch.channels_last)
-    assert ConvTranspose2dSame(8, 4)(x).is_contiguous(memory_format=torch.channels_last)
+    layer = ConvTranspose2dSame(8, 4)
+    layer.subpixel = True
+    assert layer(x).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_subpixel_by_default_only_under_bf16_autocast_on_the_cpu():
+    layer, x = ConvTranspose2dSame(8, 4), torch.rand(1, 8, 4, 4)
+    assert not layer._use_subpixel(x)  # fp32: PyTorch's transposed convolution trains faster
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer._use_subpixel(x)  # bf16: oneDNN's transposed convolution is slow
+    layer.subpixel = True
+    assert layer._use_subpixel(x)
 
 
 def test_whole_model_same_either_way_in_fp32_and_close_in_bf16():

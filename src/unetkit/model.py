@@ -60,8 +60,9 @@ class ConvTranspose2dSame(nn.ConvTranspose2d):
 
     #: How the layer runs (the math is the same either way): ``True`` as four sub-pixel phases (one 2x2
     #: convolution with 4 x out_channels outputs, then pixel_shuffle), ``False`` as PyTorch's transposed
-    #: convolution then the crop, ``None`` (default) sub-pixel on the CPU and native elsewhere. On the CPU
-    #: oneDNN's bf16 transposed convolution is several times slower than the sub-pixel convolution.
+    #: convolution then the crop, ``None`` (default) sub-pixel under bf16 autocast on the CPU, native
+    #: otherwise: oneDNN's bf16 transposed convolution is several times slower than the sub-pixel one,
+    #: while in fp32 the native one trains 1.2-1.3x faster (benchmarks/README.md).
     subpixel: bool | None = None
     subpixel_taps: torch.Tensor  # a buffer (registered in __init__)
 
@@ -82,7 +83,9 @@ class ConvTranspose2dSame(nn.ConvTranspose2d):
             return False
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             return False  # exported graphs keep the plain ConvTranspose node
-        return self.subpixel if self.subpixel is not None else x.device.type == "cpu"
+        if self.subpixel is not None:
+            return self.subpixel
+        return x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
 
 
 def _subpixel_taps() -> torch.Tensor:

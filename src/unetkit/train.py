@@ -821,10 +821,22 @@ def _compiled(model: nn.Module, name: str, device: torch.device, log: Callable[[
         # compilation happens at the first step; a failure there (no C compiler, unsupported op) runs
         # that code eagerly with a warning instead of stopping the run
         torch._dynamo.config.suppress_errors = True
+        if device.type == "cpu":
+            _check_cpp_compiler()  # the backward graph compiles lazily, outside suppress_errors' reach
         return torch.compile(model), True  # type: ignore[return-value]  # an nn.Module wrapper at run time
     except Exception as e:  # no compiler toolchain, unsupported platform ...
         log(f"torch.compile unavailable ({type(e).__name__}: {e}); running eagerly")
         return model, True
+
+
+def _check_cpp_compiler() -> None:
+    """Raise when inductor finds no working C++ compiler (it needs one for CPU code); a no-op where this
+    torch's private helper moved."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:
+        return
+    get_cpp_compiler()
 
 
 def _run_epoch(
