@@ -34,6 +34,7 @@ def test_default_demo_is_the_chosen_strong_plan():
         if key not in plan.train:
             assert getattr(config.train, key) == value, key
     assert config.train.augment == AugmentConfig()  # procedural scenes: fresh data, no augmentation
+    assert config.train.progressive == 0.45  # progressive resizing, chosen on validation mIoU (docs/accuracy.md)
     assert (plan.train_count, plan.val_count) == (640, 128)
 
 

@@ -47,7 +47,11 @@ class DemoPlan:
 PLANS: dict[str, DemoPlan] = {
     "seed": DemoPlan(train_count=640, val_count=128, epochs=10),
     "strong": DemoPlan(
-        train_count=640, val_count=128, epochs=60, train={"augment": {}, "batch_size": 4}, time_budget=240.0
+        train_count=640,
+        val_count=128,
+        epochs=60,
+        train={"augment": {}, "batch_size": 4, "progressive": 0.45},  # the first 45% of the budget at 48x64
+        time_budget=240.0,
     ),
 }
 
