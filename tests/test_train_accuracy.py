@@ -15,7 +15,7 @@ from unetkit.cli import app
 from unetkit.config import LOSSES, TrainConfig
 from unetkit.errors import ConfigError
 from unetkit.losses import LOSS_KINDS
-from unetkit.run import build_model
+from unetkit.run import build_model, read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -272,6 +272,28 @@ def test_progressive_trains_the_first_share_at_half_size(blobs) -> None:
     steps = len(sizes) // 4
     assert sizes[: 2 * steps] == [(16, 16)] * (2 * steps)  # epochs 1-2 of 4 at half size
     assert sizes[2 * steps :] == [(32, 32)] * (2 * steps)
+
+
+def test_progressive_validates_once_training_reaches_full_size(blobs, tmp_path: Path) -> None:
+    train, val = blobs
+    config = tiny_config(epochs=4, progressive=0.75, batch_size=8)
+    weights = tmp_path / "run" / "weights.safetensors"
+    written: list[bool] = []
+    result = fit(
+        config,
+        tmp_path / "run",
+        train_data=train,
+        val_data=val,
+        progress=False,
+        log=None,
+        epoch_callback=lambda row: written.append(weights.exists()),
+    )
+    validated = [row.get("val_miou") is not None for row in result.history]
+    assert validated == [False, False, True, True]  # epoch 3 ends the half-size phase: validated
+    assert written == [True] * 4  # an unvalidated epoch's weights stand in until one is validated
+    assert result.best_epoch in (3, 4) and result.best_miou == max(r["val_miou"] for r in result.history[2:])
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [r.get("val_miou") is None for r in rows] == [True, True, False, False]
 
 
 def test_progressive_follows_the_time_budget() -> None:

@@ -174,10 +174,17 @@ class TrainState:
             ema_updates=int(meta["ema_updates"]) if meta.get("ema_updates") is not None else None,
         )
 
-    def record(self, row: dict[str, Any], score: float, validated: bool, schedule: str) -> bool:
-        """Add a finished epoch's row and score; True when its weights are the best (without validation: always)."""
+    def record(self, row: dict[str, Any], score: float, validated: bool, schedule: str, skipped: bool = False) -> bool:
+        """Add a finished epoch's row and score; True when its weights are the best (without validation: always).
+
+        ``skipped``: the run validates, but not this epoch (the half-size phase of progressive resizing); its
+        weights stand in as the best only until an epoch is validated, and its score counts for nothing."""
         self.history.append(row)
         self.epoch = int(row["epoch"])
+        if skipped:
+            is_best = self.best < 0
+            self.best_epoch = self.epoch if is_best else self.best_epoch
+            return is_best
         is_best = score > self.best or not validated
         if is_best:
             self.best, self.best_epoch, self.since_best = score, self.epoch, 0
@@ -876,11 +883,13 @@ def _run_epoch(
     )
     row: dict[str, Any] = {"epoch": epoch + 1} | {k: stats[k] for k in TRAIN_COLUMNS}
     score, val_iou = row["train_miou"], None
-    if run.validates:
+    # still at half size next epoch: validating at full size now would only measure the switch, and cost time
+    skip = run.validates and at_half_size(run.config, epoch + 1, budget)
+    if run.validates and not skip:
         vm = _validate_epoch(run, row)
         score, val_iou = vm.mean_iou, vm.iou
     row["seconds"] = time.perf_counter() - t0
-    is_best = state.record(row, score, run.validates, t.schedule)
+    is_best = state.record(row, score, run.validates, t.schedule, skipped=skip)
     state.budget = budget.state() if budget is not None else None
     state.ema_updates = run.ema.updates if run.ema is not None else None
     run.checkpointer.save(run.model, run.opt, state, is_best)
