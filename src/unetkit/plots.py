@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import types
 import zlib
 from functools import lru_cache
 from pathlib import Path
@@ -14,10 +15,11 @@ from PIL import Image
 from .fsio import atomic_write_bytes
 from .preprocess import display_rgb
 
-try:  # zlib-ng (extra "png"): the same deflate streams' format, 1.5-2.5x faster at these settings
+_deflate_lib: types.ModuleType = zlib  # the standard library's, unless zlib-ng is installed
+try:  # zlib-ng (extra "png"): the same deflate format, 1.5-2.5x faster at these settings
     from zlib_ng import zlib_ng as _deflate_lib
-except ImportError:  # the standard library's zlib
-    _deflate_lib = zlib
+except ImportError:
+    pass
 
 # metrics.csv column prefix of each class's validation IoU (``val_iou_<class name>``).
 PER_CLASS_IOU = "val_iou_"
