@@ -83,6 +83,30 @@ def test_encode_png_decodes_to_the_array(row_filter: str, shape: tuple[int, ...]
         np.testing.assert_array_equal(np.asarray(image), expected)
 
 
+def test_png_outputs_decode_to_the_same_arrays_with_zlib_ng_and_zlib(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The optional zlib-ng deflate (extra ``png``) changes the bytes, never the pixels."""
+    import zlib
+
+    import unetkit.plots as plots
+
+    zlib_ng = pytest.importorskip("zlib_ng.zlib_ng")
+    rng = np.random.default_rng(0)
+    mask = np.kron(rng.integers(0, 5, (6, 8)), np.ones((9, 9), np.int64)).astype(np.uint8)  # regions, as predicted
+    noisy = rng.integers(0, 5, (54, 72)).astype(np.uint8)
+    image = rng.integers(0, 256, (54, 72, 3), dtype=np.uint8)
+    palette = [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]]
+    decoded = {}
+    for lib in (zlib, zlib_ng):
+        monkeypatch.setattr(plots, "_deflate_lib", lib)
+        decoded[lib] = [decode(f(m)) for m in (mask, noisy) for f in (mask_png, lambda m: colour_png(m, palette))] + [
+            decode(overlay_png(image, m, palette)) for m in (mask, noisy)
+        ]
+    for a, b in zip(decoded[zlib], decoded[zlib_ng], strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(decoded[zlib][0], mask)
+    np.testing.assert_array_equal(decoded[zlib_ng][-1], overlay(image, noisy, palette))
+
+
 def test_encode_png_refuses_what_it_cannot_write() -> None:
     with pytest.raises(ValueError, match="uint8"):
         encode_png(np.zeros((2, 2), np.uint16))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import types
 import zlib
 from functools import lru_cache
 from pathlib import Path
@@ -13,6 +14,12 @@ from PIL import Image
 
 from .fsio import atomic_write_bytes
 from .preprocess import display_rgb
+
+_deflate_lib: types.ModuleType = zlib  # the standard library's, unless zlib-ng is installed
+try:  # zlib-ng (extra "png"): the same deflate format, 1.5-2.5x faster at these settings
+    from zlib_ng import zlib_ng as _deflate_lib
+except ImportError:
+    pass
 
 # metrics.csv column prefix of each class's validation IoU (``val_iou_<class name>``).
 PER_CLASS_IOU = "val_iou_"
@@ -64,7 +71,8 @@ def encode_png(array: np.ndarray, row_filter: str = "none", level: int = 1, stra
     PIL tries four filters on every row and offers no choice of them: 2-3x slower than one fixed filter
     with zlib's run-length strategy, which for masks and overlays also gives files of about the same
     size. ``row_filter``: "none" (index masks), "sub" (flat colours), "up" (photo-like images).
-    Decodes (any PNG reader) to exactly ``array``.
+    Decodes (any PNG reader) to exactly ``array``. Compressed with zlib-ng where it is installed (the extra
+    ``png``; other bytes, the same pixels), else zlib.
     """
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise ValueError(f"encode_png takes a uint8 (H, W[, 1 | 3 | 4]) array, got {array.dtype} {array.shape}")
@@ -86,7 +94,7 @@ def encode_png(array: np.ndarray, row_filter: str = "none", level: int = 1, stra
         np.subtract(rows[1:], rows[:-1], out=data[1:])
     else:
         raise ValueError(f"row_filter must be none, sub or up, got {row_filter!r}")
-    deflate = zlib.compressobj(level, zlib.DEFLATED, zlib.MAX_WBITS, 9, strategy)
+    deflate = _deflate_lib.compressobj(level, zlib.DEFLATED, zlib.MAX_WBITS, 9, strategy)
     idat = deflate.compress(filtered.tobytes()) + deflate.flush()
     header = struct.pack(">IIBBBBB", w, h, 8, _COLOUR_TYPES[channels], 0, 0, 0)
     return _PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")

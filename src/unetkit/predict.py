@@ -122,6 +122,21 @@ class PredictorBase:
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _fused_ids(self, images: np.ndarray) -> np.ndarray | None:
+        """(N, H, W) class ids for uint8 (N, H, W, C) images at the input size, when the backend computes
+        the scaling and the argmax itself (``OnnxPredictor`` on an int8 file); None: the usual path."""
+        return None
+
+    def _ids_at_input_size(self, images: list[np.ndarray] | np.ndarray) -> np.ndarray | None:
+        """``_fused_ids`` for images already at the model's input size, shape and dtype; None otherwise."""
+        if self.tta is not None or self.config.preprocess.predict_mode == "sliding" or not len(images):
+            return None
+        shapes = [images.shape[1:]] if isinstance(images, np.ndarray) else [im.shape for im in images]
+        dtypes = [images.dtype] if isinstance(images, np.ndarray) else [im.dtype for im in images]
+        if any(shape != self.input_size for shape in shapes) or any(d != np.uint8 for d in dtypes):
+            return None
+        return self._fused_ids(images if isinstance(images, np.ndarray) else np.stack(images))
+
     def set_tta(self, spec: str | TTA | None) -> PredictorBase:
         """Average the logits over flipped/rescaled views, e.g. ``"flip,scales=0.75,1,1.25"``; returns self."""
         from .errors import ConfigError
@@ -217,6 +232,9 @@ class PredictorBase:
         """One forward pass; images of one size are resized back and argmaxed together on the device."""
         if self.config.preprocess.predict_mode == "sliding":
             return [self._ids(channel_argmax(self._sliding(im), 0, self._ids_dtype())) for im in chunk]
+        fused = self._ids_at_input_size(chunk)
+        if fused is not None:
+            return list(fused)
         logits = self._model_size_logits(chunk)
         k = logits.shape[1]
         groups: dict[tuple[int, int], list[int]] = {}
@@ -276,8 +294,12 @@ class PredictorBase:
         out: list[np.ndarray] = []
         pending: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
         for i in range(0, len(images), batch_size):
-            ids = self._infer(torch.from_numpy(images[i : i + batch_size]).permute(0, 3, 1, 2)).argmax(1)
-            ids = ids.to(self._ids_dtype())
+            fused = self._ids_at_input_size(images[i : i + batch_size])
+            if fused is not None:  # the backend scaled the images and took the argmax itself
+                ids = torch.from_numpy(fused)
+            else:
+                ids = self._infer(torch.from_numpy(images[i : i + batch_size]).permute(0, 3, 1, 2)).argmax(1)
+                ids = ids.to(self._ids_dtype())
             if ids.is_cuda:  # copy back without waiting; wait only for the batch before this one
                 host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
                 host.copy_(ids, non_blocking=True)
@@ -473,6 +495,12 @@ class OnnxPredictor(PredictorBase):
     one synchronisation per layer per image, and its concatenations run on one thread; whole images
     per thread avoid both (docs/inference.md, int8). Smaller batches use the usual multi-thread session.
     The logits are the same either way.
+
+    Images already at the input size (uint8, the model's channels, no TTA) of an int8 file go through a
+    graph derived from the file in memory (``fuse``, on by default; ``unetkit.onnx_fuse``): uint8 in,
+    class ids out, the scaling and the argmax run by onnxruntime inside those sessions instead of on the
+    main thread; the ids are those of the host path, exactly. Other images, and files it does not
+    apply to (float graphs, files from before), take the host path.
     """
 
     backend = "onnxruntime"
@@ -484,6 +512,7 @@ class OnnxPredictor(PredictorBase):
         device: str = "auto",
         providers: list[str] | None = None,
         data_parallel: bool | None = None,
+        fuse: bool = True,
     ):
         ort = need_onnx("onnxruntime")
         self.path = Path(path)
@@ -513,22 +542,75 @@ class OnnxPredictor(PredictorBase):
         self.workers = torch.get_num_threads() if providers == ["CPUExecutionProvider"] else 1
         self.data_parallel = self.workers > 1 if data_parallel is None else data_parallel and self.workers > 1
         self._parallel: tuple[Any, Any] | None = None  # (one-thread session, thread pool), made when first needed
+        self._pool: Any = None
         self._lock = threading.Lock()
+        # the derived graph with the scaling and the argmax inside (unetkit.onnx_fuse), made when first needed;
+        # fuse=False (or a graph that cannot be folded) keeps the host path
+        self.fuse = fuse and providers == ["CPUExecutionProvider"]
+        self._fused: tuple[Any, Any] | None = None  # (multi-thread session, one-thread session)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) uint8 -> (N, K, H, W) float32 logits, in chunks when the file's batch is fixed."""
         arr = np.ascontiguousarray(to_float(x.cpu(), self.config.preprocess).numpy())
+        return torch.from_numpy(self._run(arr, self._input, self.session, None))
+
+    def _run(
+        self, arr: np.ndarray, name: str, session: Any, single: Any, post: Callable[[np.ndarray], Any] | None = None
+    ) -> np.ndarray:
+        """``session`` on ``arr`` fed as ``name``: split between one-thread sessions (``single``, default the
+        file's own) on the CPU pool when the batch is large enough, in chunks when the file's batch is fixed;
+        ``post`` applied to each chunk's output in the thread that ran it."""
+        post = post or (lambda out: out)
         if self._batch is None:
             parts = self.workers if self.data_parallel and len(arr) >= self.workers else 1
             chunks = [(c, len(c)) for c in np.array_split(arr, parts)]
         else:
             chunks = [self._padded(arr[i : i + self._batch]) for i in range(0, len(arr), self._batch)]
         if self.data_parallel and len(chunks) > 1:
-            session, pool = self._parallel_session()
-            outs = list(pool.map(lambda c: session.run(None, {self._input: c[0]})[0][: c[1]], chunks))
+            one, pool = (single, self._thread_pool()) if single is not None else self._parallel_session()
+            outs = list(pool.map(lambda c: post(one.run(None, {name: c[0]})[0][: c[1]]), chunks))
         else:
-            outs = [self.session.run(None, {self._input: c})[0][:n] for c, n in chunks]
-        return torch.from_numpy(np.concatenate(outs))
+            outs = [post(session.run(None, {name: c})[0][:n]) for c, n in chunks]
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+    def _fused_ids(self, images: np.ndarray) -> np.ndarray | None:
+        """Class ids from the derived graph that takes the uint8 images and returns ids (int8 files)."""
+        sessions = self._fused_sessions() if self.fuse else None
+        if sessions is None:
+            return None
+        from .onnx_fuse import PIXELS, quantised_argmax
+
+        dtype = np.uint8 if self._ids_dtype() == torch.uint8 else np.int32
+        return self._run(
+            np.ascontiguousarray(images), PIXELS, sessions[0], sessions[1], lambda q: quantised_argmax(q, dtype)
+        )
+
+    def _fused_sessions(self) -> tuple[Any, Any] | None:
+        """The derived graph's (multi-thread, one-thread) sessions, made once; None if it does not fold."""
+        with self._lock:
+            if self._fused is None:
+                self._fused = (None, None)
+                try:
+                    from .onnx_fuse import fused_graph
+
+                    fused = fused_graph(self.path.read_bytes(), self.config.preprocess, self.input_size[2])
+                except ImportError:  # onnxruntime without the onnx package: the host path
+                    fused = None
+                if fused is not None:
+                    self._fused = self._sessions_of(fused)
+            return None if self._fused[0] is None else self._fused
+
+    def _sessions_of(self, data: bytes) -> tuple[Any, Any]:
+        """(multi-thread, one-thread or None) sessions of a derived graph; (None, None) if onnxruntime refuses it."""
+        ort = need_onnx("onnxruntime")
+        try:
+            multi = ort.InferenceSession(data, session_options(), providers=self._providers)
+            one = None
+            if self.data_parallel:
+                one = ort.InferenceSession(data, session_options(1), providers=self._providers)
+        except Exception:  # an onnxruntime without some op of the derived graph: the host path, as before
+            return None, None
+        return multi, one
 
     def _padded(self, chunk: np.ndarray) -> tuple[np.ndarray, int]:
         """A chunk of a fixed-batch file at the file's batch (zeros after it) and its real image count."""
@@ -539,10 +621,17 @@ class OnnxPredictor(PredictorBase):
 
     def _parallel_session(self) -> tuple[Any, Any]:
         """The one-thread session and the thread pool of the data-parallel path, made once."""
+        pool = self._thread_pool()
         with self._lock:
             if self._parallel is None:
+                self._parallel = _session(self.path, self._providers, threads=1)[0], pool
+            return self._parallel
+
+    def _thread_pool(self) -> Any:
+        """The data-parallel path's threads, one per one-thread session run at a time, made once."""
+        with self._lock:
+            if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
 
-                session = _session(self.path, self._providers, threads=1)[0]
-                self._parallel = session, ThreadPoolExecutor(self.workers, thread_name_prefix="unetkit-onnx")
-            return self._parallel
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="unetkit-onnx")
+            return self._pool
