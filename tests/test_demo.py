@@ -35,6 +35,8 @@ def test_default_demo_is_the_chosen_strong_plan():
             assert getattr(config.train, key) == value, key
     assert config.train.augment == AugmentConfig()  # procedural scenes: fresh data, no augmentation
     assert config.train.progressive == 0.45  # progressive resizing, chosen on validation mIoU (docs/accuracy.md)
+    assert config.train.class_weights == "sqrt-median-frequency"  # pedestrians, signs, poles weighted up
+    assert demo_config("seed").train.class_weights == "none"  # the tutorial's recipe, exactly
     assert (plan.train_count, plan.val_count) == (640, 128)
 
 

@@ -167,6 +167,8 @@ def test_class_weight_methods() -> None:
     med = class_weights(torch.tensor(counts), "median-frequency")
     # frequencies of present classes 0.6, 0.3, 0.1 -> median 0.3
     assert med.tolist() == pytest.approx([0.5, 1.0, 3.0, 0.0])
+    root = class_weights(counts, "sqrt-median-frequency")
+    assert root.tolist() == pytest.approx([0.5**0.5, 1.0, 3.0**0.5, 0.0])
     even = class_weights([100, 200, 300, 400], "median-frequency")  # median of 0.1..0.4 is 0.25
     assert even.tolist() == pytest.approx([2.5, 1.25, 0.25 / 0.3, 0.625])
     assert class_weights(counts, "none").tolist() == [1.0] * 4

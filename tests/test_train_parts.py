@@ -154,3 +154,17 @@ def test_resume_run_restores_the_state_and_the_weights(trained, blobs) -> None:
         resume_run(run, model, opt, tiny_config(epochs=2))
     with pytest.raises(RunError, match="nothing to resume"):
         resume_run(run.parent / "none", model, opt, config)
+
+
+@pytest.mark.parametrize("method", ["median-frequency", "sqrt-median-frequency"])
+def test_named_class_weights_come_from_the_training_pixels(blobs, method: str) -> None:
+    from unetkit.losses import class_weights
+
+    train, _ = blobs
+    config = tiny_config(epochs=1, class_weights=method)
+    loss = _loss_fn(config, train, torch.device("cpu"))
+    expected = class_weights(train.class_counts(config.model.n_classes), method)
+    assert loss.weight is not None and torch.equal(loss.weight, expected)
+    assert method == "median-frequency" or torch.allclose(
+        expected**2, class_weights(train.class_counts(config.model.n_classes), "median-frequency")
+    )

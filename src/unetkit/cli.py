@@ -350,7 +350,7 @@ TRAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
     "ohem_thresh": _opt(float | None, "OHEM: keep pixels whose true-class probability is below"),
     "ohem_min_kept": _opt(int | None, "OHEM: keep at least this many pixels per image"),
     "focal_gamma": _opt(float | None, "focal loss exponent"),
-    "class_weights": _opt(str | None, "none, inverse, median-frequency or a JSON file"),
+    "class_weights": _opt(str | None, "none, inverse, median-frequency, sqrt-median-frequency or a JSON file"),
     "augment": _opt(bool | None, "the recipe's augmentation", "--augment/--no-augment"),
     "aug_scale": _opt(tuple[float, float] | None, "random scale range MIN MAX, e.g. 0.5 2.0 (zoom out/in)"),
     "aug_colour": _opt(float | None, "brightness/contrast/saturation jitter, e.g. 0.3"),

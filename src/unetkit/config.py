@@ -233,7 +233,7 @@ class TrainConfig:
     ohem_thresh: float | None = 0.7  # OHEM: hard = true-class probability below this (None: top-k losses)
     ohem_min_kept: int = 10_000  # OHEM: pixels kept at least, per image
     focal_gamma: float = 2.0
-    class_weights: str = "none"  # "none", "inverse", "median-frequency" or a JSON file of weights
+    class_weights: str = "none"  # "none", "inverse", "(sqrt-)median-frequency" or a JSON file
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     early_stopping: int = 0  # patience in epochs on validation mIoU; 0 = off
     precision: Precision = "auto"  # "auto" (bf16 where the hardware runs it fast), "fp32" or "bf16"

@@ -74,7 +74,7 @@ class TrainOptions(TypedDict, total=False):
     ohem_thresh: float | None
     ohem_min_kept: int | None
     focal_gamma: float | None
-    class_weights: str | None  # none, inverse, median-frequency or a JSON file
+    class_weights: str | None  # none, inverse, (sqrt-)median-frequency or a JSON file
     augment: bool | None  # True: the recipe's augmentation (the strong recipe's if it has none); False: none
     aug_scale: tuple[float, float] | None
     aug_colour: float | None  # brightness, contrast and saturation jitter

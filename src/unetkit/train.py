@@ -39,7 +39,7 @@ from .errors import ConfigError, DataError, RunError, UnetkitError
 from .finetune import init_from, set_encoder_frozen
 from .fsio import atomic_write_text, remove_stale_temps
 from .loggers import Loggers, check_available
-from .losses import SegmentationLoss, class_weights, load_class_weights
+from .losses import WEIGHT_METHODS, SegmentationLoss, class_weights, load_class_weights
 from .metrics import BoundaryF1, ConfusionMatrix, SegmentationMetrics
 from .plots import PER_CLASS_IOU, plot_curves
 from .preprocess import to_float
@@ -198,7 +198,7 @@ class TrainState:
 def _loss_fn(config: RunConfig, data: SegmentationSource, device: torch.device) -> SegmentationLoss:
     t, n = config.train, config.model.n_classes
     weight = None
-    if t.class_weights in ("inverse", "median-frequency"):
+    if t.class_weights in WEIGHT_METHODS[1:]:
         weight = class_weights(data.class_counts(n), t.class_weights)
     elif t.class_weights != "none":
         weight = load_class_weights(t.class_weights, n, class_names=config.class_names)
