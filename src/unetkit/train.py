@@ -856,8 +856,8 @@ def _run_epoch(
 ) -> str | None:
     """Train, validate, checkpoint and report one epoch; why the run ends after it ("budget", "early"), or None."""
     t, budget = run.config.train, run.budget
-    if budget is not None and budget.exhausted(run.val_seconds):
-        return "budget"
+    if budget is not None and state.history and budget.exhausted(run.val_seconds):
+        return "budget"  # a run's first epoch always takes a step, so that it ends with weights
     of = f"/{t.epochs}" if budget is None else f" ({max(budget.left, 0):.0f} s of the budget left)"
     task = bar.add_task(f"epoch {epoch + 1}{of}", total=run.steps, info="") if bar else None
     t0 = time.perf_counter()
