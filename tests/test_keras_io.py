@@ -341,7 +341,12 @@ def test_keras_loads_exported_weights(keras_dir: Path, tmp_path: Path) -> None:
     keras_model.load_weights(path)
     inputs, logits = reference("rgb")
     got = keras.ops.convert_to_numpy(keras_model(inputs, training=False))
-    np.testing.assert_array_equal(got, logits)  # the very weights Keras saved, through unetkit and back
+    original = kr.compile_seed(kr.unet_model((32, 32, 3), 2, 5))
+    original.load_weights(model_file(keras_dir, "rgb", "keras"))
+    for exported, saved in zip(keras_model.weights, original.weights):  # the very weights Keras saved
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(exported), keras.ops.convert_to_numpy(saved))
+    # the fixture's logits were recorded on another CPU, whose kernels round differently
+    assert rel_error(got, logits) < REL_TOL
     want = torch_logits(model, inputs)
     assert rel_error(got, want) < REL_TOL
 
