@@ -93,7 +93,11 @@ def load(
 
 
 def variant_config(name: str, size: tuple[int, int], channels: int, n_classes: int, a: argparse.Namespace) -> RunConfig:
-    """The seed's defaults, then the variant's recipe, then its overrides (the epochs always ``a.epochs``)."""
+    """The seed's defaults, then the variant's recipe, then its overrides (epochs ``a.epochs`` unless overridden).
+
+    An ``epochs=N`` override compares variants at equal cost rather than equal epochs (e.g. progressive
+    resizing, whose half-size epochs cost about a quarter).
+    """
     recipe, t_over, m_over = parse_variant(name)
     model = ModelConfig(input_size=(*size, channels), n_filters=a.n_filters, n_classes=n_classes)
     config = RunConfig(
@@ -103,7 +107,7 @@ def variant_config(name: str, size: tuple[int, int], channels: int, n_classes: i
     )
     config = apply_recipe(config, recipe)
     return replace(
-        config, train=replace(config.train, epochs=a.epochs, **t_over), model=replace(config.model, **m_over)
+        config, train=replace(config.train, **({"epochs": a.epochs} | t_over)), model=replace(config.model, **m_over)
     )
 
 
@@ -165,7 +169,7 @@ def study_folds(a: argparse.Namespace, size: tuple[int, int]) -> None:
             "data": a.data,
             "size": list(size),
             "variant": name,
-            "epochs": a.epochs,
+            "epochs": config.train.epochs,
             "n_filters": a.n_filters,
             "k": a.folds,
             "split_seed": a.seed,

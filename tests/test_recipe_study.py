@@ -28,19 +28,22 @@ def test_folds_option_cross_validates_each_variant_on_one_split(tmp_path: Path, 
     out, work = tmp_path / "study.jsonl", tmp_path / "work"
     argv = ["folders", "--images", str(images), "--masks", str(masks), "--n-classes", "3", "--mask-mode", "index"]
     argv += ["--folds", "2", "--epochs", "1", "--size", "32", "32", "--n-filters", "4", "--threads", "1"]
-    argv += ["--variants", "seed", "strong:augment=none", "--work", str(work), "--out", str(out), "--seed", "3"]
+    argv += ["--variants", "seed", "strong:augment=none,epochs=2"]
+    argv += ["--work", str(work), "--out", str(out), "--seed", "3"]
     _study().main(argv)
 
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["variant"] for r in rows] == ["seed", "strong:augment=none"]
+    assert [r["variant"] for r in rows] == ["seed", "strong:augment=none,epochs=2"]
     splits = load_splits(work / "splits.json")
     for r in rows:
-        assert r["k"] == 2 and r["epochs"] == 1 and r["split_seed"] == 3
+        epochs = 2 if r["variant"].endswith("epochs=2") else 1  # an override wins over --epochs
+        assert r["k"] == 2 and r["epochs"] == epochs and r["split_seed"] == 3
         assert r["train"] == [len(s["train"]) for s in splits] and sum(r["val"]) == 24
-        assert load_splits(work / r["variant"].replace(":", "_").replace("=", "_") / "splits.json") == splits
+        folder = "".join(c if c.isalnum() else "_" for c in r["variant"])
+        assert load_splits(work / folder / "splits.json") == splits  # every variant on the same split
         assert [f["fold"] for f in r["folds"]] == [0, 1]
         for f in r["folds"]:
-            assert len(f["curve"]) == 1 and f["val_miou"] == pytest.approx(f["curve"][0], abs=1e-4)
+            assert len(f["curve"]) == epochs and f["val_miou"] == pytest.approx(max(f["curve"]), abs=1e-4)
             assert 0 <= f["val_accuracy"] <= 1 and 0 <= f["val_mean_accuracy"] <= 1
         for key, label in (("val_miou", "miou"), ("val_accuracy", "aacc"), ("val_mean_accuracy", "macc")):
             values = [f[key] for f in r["folds"]]
