@@ -69,6 +69,8 @@ def test_cli_folds_trains_each_fold_and_summarises(tmp_path, blob_folders) -> No
     mious = [f["val_miou"] for f in summary["folds"]]
     assert summary["val_miou"]["mean"] == pytest.approx(sum(mious) / 3)
     assert summary["val_miou"]["std"] >= 0 and "+-" in r.output
+    maccs = [f["val_mean_accuracy"] for f in summary["folds"]]  # mAcc of each fold's best-mIoU epoch
+    assert summary["val_mean_accuracy"]["mean"] == pytest.approx(sum(maccs) / 3)
 
     before = (out / "fold_0" / "weights.safetensors").stat().st_mtime_ns
     r = CliRunner().invoke(app, args + ["--fold", "1", "--seed", "3"])

@@ -104,11 +104,15 @@ def _best(path: Path) -> dict[str, Any] | None:
     if not rows:
         return None
     best = max(rows, key=lambda r: float(r["val_miou"]))  # type: ignore[arg-type]
-    return {k: best.get(k) for k in ("epoch", "val_miou", "val_accuracy", "val_loss")}
+    return {k: best.get(k) for k in ("epoch", "val_miou", "val_accuracy", "val_mean_accuracy", "val_loss")}
 
 
 def summarize(out: str | Path) -> dict[str, Any]:
-    """Each trained fold's best validation scores and their mean and standard deviation; writes folds.json."""
+    """Each trained fold's best validation scores and their mean and standard deviation; writes folds.json.
+
+    The scores of a fold are those of its best-mIoU epoch: mIoU, aAcc (``val_accuracy``), mAcc
+    (``val_mean_accuracy``, absent from runs made before it was logged) and the validation loss.
+    """
     out = Path(out)
     splits = load_splits(out / SPLITS)
     folds: list[dict[str, Any]] = []
@@ -117,7 +121,7 @@ def summarize(out: str | Path) -> dict[str, Any]:
         if best is not None:
             folds.append({"fold": i, "run": f"fold_{i}"} | best)
     summary: dict[str, Any] = {"k": len(splits), "trained": len(folds), "folds": folds}
-    for key in ("val_miou", "val_accuracy"):
+    for key in ("val_miou", "val_accuracy", "val_mean_accuracy"):
         values = [float(f[key]) for f in folds if f.get(key) is not None]
         if values:
             summary[key] = {
