@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +62,12 @@ def tiny_config(**train):
     settings = dict(epochs=2, batch_size=8, precision="fp32", compile="off", device="cpu")
     settings.update(train)
     return RunConfig(model=ModelConfig(input_size=(32, 32, 3), n_filters=4, n_classes=3), train=TrainConfig(**settings))
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    """torch on two threads for the test (the data-parallel ONNX sessions split a batch between them)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,14 +27,6 @@ NORMS = {
     "mean-std": PreprocessConfig(normalize="mean-std", mean=[0.3, 0.5, 0.1], std=[0.2, 0.25, 0.3]),
     "percentile": PreprocessConfig(normalize="percentile", low=[10.0, 3.5, 0.0], high=[240.0, 200.0, 255.0]),
 }
-
-
-@pytest.fixture
-def two_threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +15,6 @@ from unetkit.config import ModelConfig, RunConfig  # noqa: E402
 from unetkit.export import OnnxPredictor, export_onnx  # noqa: E402
 from unetkit.model import unet_model  # noqa: E402
 from unetkit.run import save_run  # noqa: E402
-
-
-@pytest.fixture
-def two_threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
