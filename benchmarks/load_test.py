@@ -20,6 +20,7 @@ import asyncio
 import io
 import json
 import os
+import resource
 import secrets
 import socket
 import statistics
@@ -48,6 +49,17 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def make_run(arch: str, folder: Path) -> Path:
     from unetkit.config import ModelConfig, RunConfig
     from unetkit.model import unet_model
@@ -56,6 +68,20 @@ def make_run(arch: str, folder: Path) -> Path:
     cfg = ModelConfig() if arch == "seed" else ModelConfig(input_size=(32, 32, 3), n_filters=4, n_classes=3)
     model = unet_model(cfg.input_size, n_filters=cfg.n_filters, n_classes=cfg.n_classes)
     return save_run(folder / f"{arch}-run", model, RunConfig(model=cfg))
+
+
+BOUNDARY = "unetkit-load-test-boundary"
+FORM_HEADERS = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+
+def form_body(png: bytes) -> bytes:
+    """The multipart/form-data body a browser sends for one file in the field ``file``, built once per
+    image so that the clients, which share the machine with the server, spend little CPU per request."""
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="image.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    )
+    return head.encode() + png + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
 def test_images(count: int, height: int, width: int) -> list[bytes]:
@@ -136,9 +162,7 @@ async def one_round(url: str, images: list[bytes], n: int, concurrency: int, max
             data = images[(slot + sent) % len(images)]
             t0 = time.perf_counter()
             try:
-                r = await http.post(
-                    f"{url}/predict", params={"format": fmt}, files={"file": ("image.png", data, "image/png")}
-                )
+                r = await http.post(f"{url}/predict", params={"format": fmt}, content=data, headers=FORM_HEADERS)
                 ok = r.status_code == 200
                 key = str(r.status_code)
             except httpx.HTTPError as e:
@@ -198,7 +222,7 @@ def main() -> None:
         proc = start_server(model, port, args, Path(tmp) / "server.log")
         url = f"http://127.0.0.1:{port}"
         try:
-            images = test_images(16, *args.image_size)
+            images = [form_body(png) for png in test_images(16, *args.image_size)]
             warm = (min(32, args.requests), min(8, args.concurrency))
             asyncio.run(one_round(url, images, *warm, 60, args.format))
             rss0 = rss_mb(proc.pid)
@@ -214,17 +238,21 @@ def main() -> None:
             )
             print(
                 "| round | requests | clients | seconds | requests/s | p50 ms | p99 ms | errors | "
-                "mean batch | RSS before MB | RSS after MB |"
+                "mean batch | model busy s | server CPU-s | client CPU-s | RSS before MB | RSS after MB |"
             )
-            print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+            print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
             results = []
             before = rss0
             for r in range(1, args.rounds + 1):
                 stats0 = get_json(url + "/health")["batcher"]
+                cpu0 = cpu_seconds(proc.pid), own_cpu_seconds()
                 res = asyncio.run(
                     one_round(url, images, args.requests, args.concurrency, args.max_seconds, args.format)
                 )
+                res["server_cpu_s"] = cpu_seconds(proc.pid) - cpu0[0]
+                res["client_cpu_s"] = own_cpu_seconds() - cpu0[1]
                 stats1 = get_json(url + "/health")["batcher"]
+                res["model_busy_s"] = stats1["busy_seconds"] - stats0["busy_seconds"]
                 batches = stats1["batches"] - stats0["batches"]
                 res["mean_batch"] = (stats1["items"] - stats0["items"]) / batches if batches else 0.0
                 res["rss_before_mb"], res["rss_after_mb"] = before, rss_mb(proc.pid)
@@ -234,7 +262,8 @@ def main() -> None:
                 print(
                     f"| {r} | {res['requests']} | {args.concurrency} | {res['seconds']:.1f} | "
                     f"{res['rps']:.1f} | {res['p50_ms']:.0f} | {res['p99_ms']:.0f} | {errors}{detail} | "
-                    f"{res['mean_batch']:.1f} | "
+                    f"{res['mean_batch']:.1f} | {res['model_busy_s']:.1f} | {res['server_cpu_s']:.1f} | "
+                    f"{res['client_cpu_s']:.1f} | "
                     f"{res['rss_before_mb']:.0f} | {res['rss_after_mb']:.0f} |",
                     flush=True,
                 )

@@ -32,6 +32,7 @@ from unetkit.plots import colorize, overlay  # noqa: E402
 from unetkit.predict import Predictor  # noqa: E402
 from unetkit.run import save_run  # noqa: E402
 from unetkit.serve import MicroBatcher, create_app  # noqa: E402
+from unetkit.serve import app as app_module  # noqa: E402
 from unetkit.serve.batcher import Overloaded  # noqa: E402
 from unetkit.serve.budget import BudgetTimeout, PixelBudget  # noqa: E402
 
@@ -150,6 +151,29 @@ def test_every_format_keeps_the_original_size(client: TestClient, predictor: Pre
     assert sum(c["fraction"] for c in body["classes"]) == pytest.approx(1.0)
     raw = client.post("/predict", content=png_bytes(image), headers={"content-type": "image/png"})
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(raw.content))), expected)
+
+
+@pytest.mark.parametrize("small_upload_bytes", [0, 10**9])
+def test_small_uploads_inline_and_others_on_worker_threads_agree(
+    client: TestClient, predictor: Predictor, monkeypatch: pytest.MonkeyPatch, small_upload_bytes: int
+) -> None:
+    """Small uploads are parsed, decoded and encoded on the event loop, others on worker threads: same answer."""
+    calls: list[str] = []
+    real = app_module.run_in_threadpool
+
+    async def spy(fn, *args):  # type: ignore[no-untyped-def]
+        calls.append(fn.__name__)
+        return await real(fn, *args)
+
+    monkeypatch.setattr(app_module, "run_in_threadpool", spy)
+    monkeypatch.setattr(app_module, "SMALL_UPLOAD_BYTES", small_upload_bytes)
+    image = picture(45, 70, 0)
+    r = post(client, png_bytes(image), "overlay", alpha=0.3)
+    assert r.status_code == 200
+    expected = overlay(image, predictor.predict(image), PALETTE, 0.3)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), expected)
+    on_workers = ["extract_image_bytes", "image_size", "decode_image", "render"]
+    assert calls == ([] if small_upload_bytes else on_workers)
 
 
 def test_other_image_kinds(client: TestClient, predictor: Predictor) -> None:
