@@ -1,7 +1,8 @@
 """Bounded load test of `unetkit serve` on loopback: requests/s, p50/p99 latency, errors, server memory.
 
 Starts the server itself (a subprocess bound to 127.0.0.1 on a free port), sends ``--requests``
-POST /predict uploads from ``--concurrency`` concurrent clients (asyncio + httpx) for at most
+POST /predict uploads from ``--concurrency`` concurrent clients (asyncio; ``--client raw``, the
+default, speaks keep-alive HTTP/1.1 on asyncio streams, ``--client httpx`` uses httpx) for at most
 ``--max-seconds`` per round, and prints one Markdown row per round. The server's resident memory
 (VmRSS from /proc) is read after a warm-up and after each round, so growth across rounds shows.
 
@@ -146,7 +147,43 @@ def start_server(model: Path, port: int, args: argparse.Namespace, log: Path) ->
     raise SystemExit("the server did not start within 120 s")
 
 
-async def one_round(url: str, images: list[bytes], n: int, concurrency: int, max_seconds: float, fmt: str) -> dict:
+class RawClient:
+    """One keep-alive HTTP/1.1 connection on asyncio streams: a load generator that costs the shared
+    cores a small fraction of what httpx's client does, so that they measure the server."""
+
+    def __init__(self, url: str, headers: dict[str, str]):
+        self.host, _, port = url.removeprefix("http://").partition(":")
+        self.port = int(port)
+        self.headers = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post(self, target: str, body: bytes) -> tuple[int, bytes]:
+        if self.streams is None:
+            self.streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self.streams
+        head = f"POST {target} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n{self.headers}\r\n"
+        writer.write(head.encode() + body)
+        try:
+            status = int((await reader.readline()).split()[1])
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            return status, await reader.readexactly(length)
+        except (IndexError, ValueError, asyncio.IncompleteReadError):
+            self.close()
+            raise ConnectionError("the server closed the connection or answered malformed HTTP") from None
+
+    def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
+
+
+async def one_round(
+    url: str, images: list[bytes], n: int, concurrency: int, max_seconds: float, fmt: str, client_kind: str = "raw"
+) -> dict:
     import httpx
 
     latencies: list[float] = []
@@ -154,26 +191,32 @@ async def one_round(url: str, images: list[bytes], n: int, concurrency: int, max
     sent = 0
     start = time.perf_counter()
     stop_at = start + max_seconds
+    headers = {**HEADERS, **FORM_HEADERS}
 
     async def client(slot: int, http: httpx.AsyncClient) -> None:
         nonlocal sent
+        raw = RawClient(url, headers) if client_kind == "raw" else None
         while sent < n and time.perf_counter() < stop_at:
             sent += 1
             data = images[(slot + sent) % len(images)]
             t0 = time.perf_counter()
             try:
-                r = await http.post(f"{url}/predict", params={"format": fmt}, content=data, headers=FORM_HEADERS)
-                ok = r.status_code == 200
-                key = str(r.status_code)
-            except httpx.HTTPError as e:
+                if raw is not None:
+                    status = (await raw.post(f"/predict?format={fmt}", data))[0]
+                else:
+                    status = (await http.post(f"{url}/predict", params={"format": fmt}, content=data)).status_code
+                ok, key = status == 200, str(status)
+            except (httpx.HTTPError, OSError) as e:
                 ok, key = False, type(e).__name__
             if ok:
                 latencies.append(time.perf_counter() - t0)
             else:
                 errors[key] = errors.get(key, 0) + 1
+        if raw is not None:
+            raw.close()
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60.0, headers=HEADERS) as http:
+    async with httpx.AsyncClient(limits=limits, timeout=60.0, headers=headers) as http:
         await asyncio.gather(*(client(i, http) for i in range(concurrency)))
     seconds = time.perf_counter() - start
     lat = sorted(latencies)
@@ -209,6 +252,12 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--precision", choices=["fp32", "bf16", "int8"], help="serve --precision (int8: export it first)")
+    ap.add_argument(
+        "--client",
+        choices=["raw", "httpx"],
+        default="raw",
+        help="raw: keep-alive HTTP/1.1 on asyncio streams (light); httpx: httpx's AsyncClient (heavier)",
+    )
     ap.add_argument("--no-auth", action="store_true", help="serve without an API key (default: access control on)")
     args = ap.parse_args()
     if args.no_auth:
@@ -224,7 +273,7 @@ def main() -> None:
         try:
             images = [form_body(png) for png in test_images(16, *args.image_size)]
             warm = (min(32, args.requests), min(8, args.concurrency))
-            asyncio.run(one_round(url, images, *warm, 60, args.format))
+            asyncio.run(one_round(url, images, *warm, 60, args.format, args.client))
             rss0 = rss_mb(proc.pid)
             info = get_json(url + "/info")
             h, w, c = info["input_size"]
@@ -234,7 +283,7 @@ def main() -> None:
                 f"input {h}x{w}x{c}, {info['n_classes']} classes), "
                 f"images {args.image_size[0]}x{args.image_size[1]} PNG, format={args.format}, "
                 f"batch window {args.batch_window_ms:g} ms, max batch {args.max_batch}, "
-                f"{os.cpu_count()} CPU cores, torch threads default"
+                f"{os.cpu_count()} CPU cores shared by server and clients ({args.client} client), torch threads default"
             )
             print(
                 "| round | requests | clients | seconds | requests/s | p50 ms | p99 ms | errors | "
@@ -247,7 +296,7 @@ def main() -> None:
                 stats0 = get_json(url + "/health")["batcher"]
                 cpu0 = cpu_seconds(proc.pid), own_cpu_seconds()
                 res = asyncio.run(
-                    one_round(url, images, args.requests, args.concurrency, args.max_seconds, args.format)
+                    one_round(url, images, args.requests, args.concurrency, args.max_seconds, args.format, args.client)
                 )
                 res["server_cpu_s"] = cpu_seconds(proc.pid) - cpu0[0]
                 res["client_cpu_s"] = own_cpu_seconds() - cpu0[1]
