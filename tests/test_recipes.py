@@ -36,6 +36,7 @@ def test_strong_sets_its_fields_and_keeps_the_seed_layers():
     for key, value in STRONG.items():
         assert getattr(t, key) == value
     assert (t.optimizer, t.schedule, t.loss) == ("adamw", "cosine", "ce+dice")
+    assert t.class_weights == "sqrt-median-frequency" and base.train.class_weights == "none"
     assert t.warmup_epochs >= 1 and t.weight_decay > 0 and t.lr > 1e-3
     assert t.augment == STRONG_AUGMENT and t.augment.hflip and t.augment.scale[0] < 1 < t.augment.scale[1]
     # the seed's layers, filters, depth and dropout, plus batch norm (the one documented model option)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .fsio import read_json
 from .metrics import _bincount_fixed
 
@@ -408,7 +408,10 @@ def class_weights(counts: Tensor | np.ndarray, method: str) -> Tensor:
         return torch.ones(counts.numel(), dtype=torch.float32)
     present = counts > 0
     if not present.any():
-        raise ValueError("every class count is zero; no weights can be derived")
+        raise DataError(
+            "the training masks have no pixel of any class 0..n_classes-1 (all ignored or out of range), so no "
+            "class weights can be derived: check --n-classes, --ignore-index and the masks, or --class-weights none"
+        )
     total = counts.sum()
     weights = torch.zeros_like(counts)
     if method == "inverse":

@@ -25,8 +25,15 @@ docs/accuracy.md, section Recipes):
   32 or 16 in the same epochs (4 was better still on the scenes, but leaves a GPU idle).
 - Cross-entropy + soft Dice: the Dice term averages over the classes present in a batch, so thin and
   rare classes (poles, signs, lane markings, membranes) pull as hard as large ones, which is what
-  mean IoU rewards; it beat plain cross-entropy on both data sets. Class weighting alone did not
-  help on real road scenes (see the issue), so it stays off.
+  mean IoU rewards; it beat plain cross-entropy on both data sets.
+- Class weights from the training masks, square-rooted median frequency (``sqrt-median-frequency``):
+  thin, rare classes (poles, signs, pedestrians) weigh more in the cross-entropy, within an order of
+  magnitude of the large ones. On the built-in scenes, same 4 + 3 epochs, same machine: test mIoU
+  0.458 -> 0.504, poles 0.02 -> 0.15, signs 0 -> 0.14, pedestrians 0.04 -> 0.13 (pixel accuracy
+  -0.012); membrane 5-fold cross-validation: +0.003 +- 0.004 mIoU (4 of 5 folds), mean class accuracy
+  +0.019. Full median-frequency weights (an order of magnitude more spread) cost the large classes
+  (scenes: mIoU 0.387), as plain class weighting did not help on real road scenes in issue 4's run.
+  Counting the classes takes one pass over the training masks (on the cache: instant).
 - Mild augmentation, joint on the device: horizontal flip, scale 0.8-1.25 with random crop or pad
   (padded mask pixels ignored), brightness/contrast/saturation jitter 0.1 (image only). On real data
   it is what counters the seed recipe's overfitting; on the built-in scenes (already varied in
@@ -60,6 +67,7 @@ STRONG: dict[str, Any] = dict(
     loss="ce+dice",
     batch_size=8,
     augment=STRONG_AUGMENT,
+    class_weights="sqrt-median-frequency",
 )
 # ModelConfig fields the strong recipe sets (options beyond the seed, documented above).
 STRONG_MODEL: dict[str, Any] = dict(batch_norm=True)
