@@ -184,6 +184,7 @@ class UnetkitWorker:
         channels_last: bool = True,
         convt: str = "auto",
         optimizer_impl: str = "auto",
+        subpixel_kernel: str = "matmul",
         compile_mode: str = "default",
         device: str = "auto",
         predict_compile: bool = False,
@@ -203,6 +204,10 @@ class UnetkitWorker:
 
         self.torch, self.np = torch, np
         ConvTranspose2dSame.subpixel = {"auto": None, "subpixel": True, "native": False}[convt]
+        if subpixel_kernel == "index":  # the ablation's reference: the sub-pixel kernel as it was gathered before
+            import unetkit.model
+
+            unetkit.model.subpixel_conv_transpose = _subpixel_by_index
         self.device = resolve_device(device)
         if self.device.type == "cpu" and tune:
             perf.tune_cpu()  # as fit() and Predictor do
@@ -305,6 +310,24 @@ class UnetkitWorker:
         return out
 
 
+def _subpixel_by_index(x: Any, weight: Any, bias: Any, select: Any = None) -> Any:
+    """``unetkit.model.subpixel_conv_transpose`` as it was before 2026-12-03: the 2x2 kernel gathered by an
+    index into the taps, then a transposing copy to (4 x out, in, 2, 2); the ablation's reference."""
+    import torch
+    import torch.nn.functional as F
+
+    from unetkit.model import _subpixel_taps
+
+    cin, cout = weight.shape[:2]
+    flat = torch.cat([weight.reshape(cin, cout, 9), weight.new_zeros(cin, cout, 1)], dim=2)
+    kernel = flat[:, :, _subpixel_taps().to(weight.device).reshape(-1)].reshape(cin, cout, 4, 2, 2)
+    kernel = kernel.permute(2, 1, 0, 3, 4).reshape(4 * cout, cin, 2, 2)
+    y = F.conv2d(F.pad(x, (1, 0, 1, 0)), kernel, bias.repeat(4) if bias is not None else None)
+    n, _, h, w = y.shape
+    out = y.permute(0, 2, 3, 1).reshape(n, h, w, 2, 2, cout).permute(0, 1, 3, 2, 4, 5)
+    return out.reshape(n, 2 * h, 2 * w, cout).permute(0, 3, 1, 2)
+
+
 def worker_main(args: argparse.Namespace) -> None:
     """Serve commands (warm, train, predict, stats, quit) from stdin; results as tagged JSON lines."""
     kwargs = dict(
@@ -320,6 +343,7 @@ def worker_main(args: argparse.Namespace) -> None:
             channels_last=not args.no_channels_last,
             convt=args.convt,
             optimizer_impl=args.optimizer_impl,
+            subpixel_kernel=args.subpixel_kernel,
             compile_mode=args.compile_mode,
             device=args.device,
             predict_compile=args.predict_compile,
@@ -716,6 +740,7 @@ ABLATIONS: list[tuple[str, list[str], dict[str, str]]] = [
     ("one thread (OMP_NUM_THREADS=1)", [], {"OMP_NUM_THREADS": "1"}),
     ("Adam foreach", ["--optimizer-impl", "foreach"], {}),
     ("Adam fused", ["--optimizer-impl", "fused"], {}),
+    ("sub-pixel kernel by index and transposing copy (before)", ["--subpixel-kernel", "index"], {}),
 ]
 
 
@@ -853,6 +878,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-channels-last", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--optimizer-impl", default="auto", choices=["auto", "foreach", "fused"], help=argparse.SUPPRESS)
     ap.add_argument("--no-tune", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--subpixel-kernel", default="matmul", choices=["matmul", "index"], help=argparse.SUPPRESS)
     return ap
 
 

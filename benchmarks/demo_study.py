@@ -44,7 +44,7 @@ def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
         value: Any = raw
         if key == "augment":
             value = AUGMENTS[raw]
-        elif key == "crop":  # crop=64x64: train on random crops at that size (the model's input size)
+        elif key in ("crop", "scene_size"):  # crop=64x64: train on random crops at that size (the model's input size)
             value = tuple(int(v) for v in raw.split("x"))
         elif raw.lower() in ("true", "false"):
             value = raw.lower() == "true"

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from unetkit.cli import app
 from unetkit.config import AugmentConfig, ModelConfig, TrainConfig
 from unetkit.data import synthetic
+from unetkit.data.io import read_mask
 from unetkit.demo import PLANS, demo_config, example_scenes, run_demo
 from unetkit.errors import ConfigError
 from unetkit.recipes import STRONG, STRONG_MODEL
@@ -72,6 +73,17 @@ def test_run_demo_strong_tiny(tmp_path):
     saved = json.loads((tmp_path / "d" / "config.json").read_text())
     assert saved["train"]["recipe"] == "strong" and saved["model"]["batch_norm"] is True
     assert r["epochs"] == 1 and (tmp_path / "d" / "examples.png").exists()
+
+
+def test_larger_scenes_with_crop_training_are_tested_whole(tmp_path):
+    """scene_size: the scenes are generated at that size; with crop training the model takes crops of them
+    and the test scenes are segmented whole (sliding windows), at their own size."""
+    out = tmp_path / "d"
+    quiet = dict(progress=False, log=lambda _m: None)
+    r = run_demo(out, train_count=8, val_count=4, epochs=1, scene_size=(64, 96), crop=(32, 64), **quiet)
+    assert read_mask(out / "test-scenes" / "mask" / "scene_00000.png").shape == (64, 96)
+    assert r["config"].model.input_size == (32, 64, 3) and r["config"].train.crop == (32, 64)
+    assert r["metrics"].matrix.sum() == 4 * 64 * 96  # every test pixel scored at the scene's size
 
 
 def test_time_budget_stops_with_the_best_weights(tmp_path):

@@ -966,7 +966,7 @@ def demo(
     from .demo import run_demo
     from .timebudget import parse_duration
 
-    budget = {} if time_budget is None else {"time_budget": parse_duration(time_budget)}
+    budget: dict[str, Any] = {} if time_budget is None else {"time_budget": parse_duration(time_budget)}
     run_demo(
         out,
         recipe=recipe,

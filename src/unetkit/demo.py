@@ -41,6 +41,7 @@ class DemoPlan:
     # seconds of training (TrainConfig.time_budget): the schedule follows the clock and the run ends on
     # time with its best weights, on a slow machine as on a fast one. None: ``epochs`` epochs, however long.
     time_budget: float | None = None
+    scene_size: tuple[int, int] = (HEIGHT, WIDTH)  # the generated scenes' height and width
 
 
 # The defaults of ``unetkit demo --recipe NAME``; ``seed`` is the tutorial's recipe, unchanged.
@@ -99,12 +100,15 @@ def run_demo(
     progress: bool = True,
     log: Callable[[str], None] = print,
     overwrite: bool = False,
+    scene_size: tuple[int, int] | None = None,
     **train: Any,
 ) -> dict:
     """Train on ``train_count`` scenes, pick the best epoch on ``val_count`` others, test on ``val_count``
     scenes of another seed. Counts, epochs and the time budget default to the recipe's plan (``PLANS``);
-    ``epochs`` trains that many epochs with no budget, ``time_budget=S`` (seconds) sets another one. An
-    ``out`` that already holds a run is refused unless ``overwrite``."""
+    ``epochs`` trains that many epochs with no budget, ``time_budget=S`` (seconds) sets another one.
+    ``scene_size=(H, W)`` generates larger scenes (train on crops of them with ``crop=(h, w)``; measured
+    worse in the 240-s budget, docs/accuracy.md). An ``out`` that already holds a run is refused unless
+    ``overwrite``."""
     out = Path(out)
     if not overwrite:
         claim_run_folder(out, create=False)
@@ -112,7 +116,8 @@ def run_demo(
     plan = PLANS[recipe]
     train_count = plan.train_count if train_count is None else train_count
     val_count = plan.val_count if val_count is None else val_count
-    train_data, val_data, test_dir = _scenes(out, train_count, val_count, seed, log)
+    size = plan.scene_size if scene_size is None else scene_size
+    train_data, val_data, test_dir = _scenes(out, train_count, val_count, seed, size, log)
     log(f"recipe {recipe}" + (" (the tutorial's, exactly)" if recipe == "seed" else ""))
     log(config.describe())
     t1 = time.perf_counter()
@@ -146,17 +151,18 @@ def run_demo(
 
 
 def _scenes(
-    out: Path, train_count: int, val_count: int, seed: int, log: Callable[[str], None]
+    out: Path, train_count: int, val_count: int, seed: int, size: tuple[int, int], log: Callable[[str], None]
 ) -> tuple[SegmentationData, SegmentationData, Path]:
     """Training and validation scenes in memory (one seed), test scenes written under ``out`` (seed + 1)."""
     t0 = time.perf_counter()
-    images, masks = synthetic.make_dataset(train_count + val_count, HEIGHT, WIDTH, seed=seed)
-    test_dir = synthetic.write_dataset(out / "test-scenes", val_count, HEIGHT, WIDTH, seed=seed + 1)
+    h, w = size
+    images, masks = synthetic.make_dataset(train_count + val_count, h, w, seed=seed)
+    test_dir = synthetic.write_dataset(out / "test-scenes", val_count, h, w, seed=seed + 1)
     log(
         f"generated {train_count + val_count} training/validation scenes and {val_count} test scenes "
-        f"({HEIGHT}x{WIDTH}, {synthetic.N_CLASSES} classes) in {time.perf_counter() - t0:.1f}s"
+        f"({h}x{w}, {synthetic.N_CLASSES} classes) in {time.perf_counter() - t0:.1f}s"
     )
-    data = SegmentationData.from_arrays(images, masks, (HEIGHT, WIDTH, 3), n_classes=synthetic.N_CLASSES)
+    data = SegmentationData.from_arrays(images, masks, (h, w, 3), n_classes=synthetic.N_CLASSES)
     train_data = data.subset(list(range(train_count)))
     val_data = data.subset(list(range(train_count, train_count + val_count)))
     return train_data, val_data, test_dir
