@@ -32,6 +32,11 @@ AUGMENTS: dict[str, dict[str, Any]] = {
     "none": {},
     "flip": {"hflip": True},
     "mild": {"hflip": True, "scale": (0.8, 1.25), "brightness": 0.1, "contrast": 0.1, "saturation": 0.1},
+    # copy-paste of the object classes (pole, sign, pedestrian, vehicle) between the scenes of a batch
+    "paste": {"copy_paste": 0.5, "paste_classes": (9, 10, 11, 12)},
+    "paste1": {"copy_paste": 1.0, "paste_classes": (9, 10, 11, 12)},
+    "paste-ped": {"copy_paste": 1.0, "paste_classes": (11, 12)},
+    "flip-paste": {"hflip": True, "copy_paste": 1.0, "paste_classes": (9, 10, 11, 12)},
 }
 
 

@@ -149,3 +149,49 @@ def test_training_with_padding_augmentation_and_no_ignore_index() -> None:
     assert config.data.ignore_index is None
     result = fit(config, None, train_data=data, val_data=data, progress=False, log=None)
     assert result.history[0]["train_loss"] > 0
+
+
+PASTE = AugmentConfig(copy_paste=1.0, paste_classes=(3,))
+
+
+def test_copy_paste_moves_only_the_paste_classes_with_their_pixels() -> None:
+    images, masks = blocks(n=6, n_classes=5, seed=1)
+    out_x, out_y = run(images, masks, PASTE)
+    changed = out_y != masks
+    assert changed.any()
+    assert (out_y[changed] == 3).all()  # only pasted class pixels replace others
+    decoded = (out_x[:, 0] * 10).round().long()
+    assert torch.equal(decoded, out_y)  # every pasted pixel brought its image value along
+    kept = (masks != 3) & (out_y != 3)
+    assert torch.equal(out_x[:, 0][kept], images[:, 0][kept])  # the rest of each sample is untouched
+    # every sample got the class-3 pixels of one other sample (maybe mirrored): it holds at least as many
+    got = (out_y == 3).sum(dim=(1, 2))
+    sources = torch.stack([(m == 3).sum() for m in masks])
+    assert (got >= sources).all() and got.sum() > sources.sum()
+
+
+def test_copy_paste_chance_and_draw_order() -> None:
+    images, masks = blocks(n=8, n_classes=5, seed=2)
+    none = AugmentConfig(copy_paste=0.0, paste_classes=(3,))
+    assert run(images, masks, none)[0] is images  # chance 0: nothing drawn, the inputs themselves
+    flip = AugmentConfig(hflip=True)
+    flipped = run(images, masks, flip)
+    both = run(images, masks, AugmentConfig(hflip=True, copy_paste=1.0, paste_classes=(3,)))
+    # copy-paste draws after the flip: the flips are the same, the pasted pixels are on top of them
+    keep = flipped[1] == both[1]
+    assert keep.float().mean() > 0.5 and torch.equal(flipped[0][:, 0][keep], both[0][:, 0][keep])
+    single = blocks(n=1, n_classes=5)
+    assert torch.equal(run(*single, PASTE)[1], single[1])  # a batch of one has no other sample
+
+
+def test_copy_paste_config_checks() -> None:
+    from unetkit.config import ConfigError, ModelConfig, RunConfig, TrainConfig
+
+    with pytest.raises(ConfigError, match="paste_classes"):
+        AugmentConfig(copy_paste=0.5)
+    with pytest.raises(ConfigError, match="probability"):
+        AugmentConfig(copy_paste=1.5, paste_classes=(1,))
+    with pytest.raises(ConfigError, match=r"class ids in \[0, 2\]"):
+        RunConfig(
+            model=ModelConfig(n_classes=3), train=TrainConfig(augment=AugmentConfig(copy_paste=1, paste_classes=(3,)))
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 
 from unetkit import SegmentationData, fit
 from unetkit.cli import app
-from unetkit.config import LOSSES, TrainConfig
+from unetkit.config import LOSSES, AugmentConfig, TrainConfig
 from unetkit.errors import ConfigError
 from unetkit.losses import LOSS_KINDS
 from unetkit.run import build_model, read_metrics
@@ -127,11 +128,29 @@ def test_cli_augmentation_options(tmp_path: Path) -> None:
     args = ["train", "--images", images, "--masks", masks, "--n-classes", "3", "--epochs", "1", "--out", tmp_path / "r"]
     args += ["--input-size", "32", "32", "--n-filters", "4", "--batch-size", "4", "--device", "cpu", "--no-progress"]
     args += ["--aug-scale", "0.5", "2.0", "--aug-colour", "0.3", "--aug-hue", "0.05"]
+    args += ["--copy-paste", "0.5", "--paste-classes", "class_2,1"]
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     a = json.loads((tmp_path / "r" / "config.json").read_text())["train"]["augment"]
     assert a["scale"] == [0.5, 2.0] and a["brightness"] == a["contrast"] == a["saturation"] == 0.3
     assert a["hue"] == 0.05 and a["hflip"] is False
+    assert a["copy_paste"] == 0.5 and a["paste_classes"] == [2, 1]
+    bad = [str(x) for x in args[:-1]] + ["walker", "--overwrite"]
+    result = CliRunner().invoke(app, bad)
+    assert result.exit_code != 0 and "unknown class 'walker'" in result.output and "class_2" in result.output
+
+
+def test_copy_paste_with_crop_training(tmp_path: Path) -> None:
+    """Copy-paste also runs after the crops of crop training (a sample takes the objects of another crop)."""
+    images, masks = make_blobs(8)
+    data = SegmentationData.from_arrays(images, masks, (32, 32, 3), n_classes=3)
+    augment = AugmentConfig(copy_paste=1.0, paste_classes=(1, 2))
+    config = tiny_config(epochs=1, augment=augment, batch_size=4)
+    config = replace(
+        config, model=replace(config.model, input_size=(16, 16, 3)), train=replace(config.train, crop=(16, 16))
+    )
+    result = fit(config, None, train_data=data, val_data=data, progress=False, log=None)
+    assert result.history[0]["train_loss"] > 0
 
 
 def test_metrics_csv_has_per_class_validation_iou(tmp_path: Path, blobs) -> None:

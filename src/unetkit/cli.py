@@ -355,6 +355,8 @@ TRAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
     "aug_scale": _opt(tuple[float, float] | None, "random scale range MIN MAX, e.g. 0.5 2.0 (zoom out/in)"),
     "aug_colour": _opt(float | None, "brightness/contrast/saturation jitter, e.g. 0.3"),
     "aug_hue": _opt(float | None, "hue jitter as a fraction of the colour wheel, e.g. 0.05"),
+    "copy_paste": _opt(float | None, "chance a sample gets the --paste-classes pixels of another one, e.g. 0.5"),
+    "paste_classes": _opt(str | None, "classes copy-paste moves: names or ids, comma-separated (pedestrian,car)"),
     "crop": _opt(
         tuple[int, int] | None, "train on random H W crops of the images at native size (sets the input size)"
     ),

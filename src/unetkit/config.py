@@ -199,12 +199,22 @@ class AugmentConfig:
     contrast: float = 0.0
     saturation: float = 0.0
     hue: float = 0.0  # max hue rotation as a fraction of the colour wheel (0.5 = half a turn)
+    copy_paste: float = 0.0  # chance that a sample gets the paste_classes pixels of another sample pasted on it
+    paste_classes: tuple[int, ...] = ()  # class ids copy-paste moves (objects: pedestrians, vehicles, ...)
 
     def __post_init__(self) -> None:
         _set(self, "scale", tuple(float(v) for v in self.scale))
         _check(
             len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1],
             f"scale must be (min, max) with 0 < min <= max, got {self.scale}",
+        )
+        _set(self, "paste_classes", tuple(int(c) for c in self.paste_classes))
+        _check(
+            0.0 <= self.copy_paste <= 1.0, f"augment.copy_paste must be a probability in [0, 1], got {self.copy_paste}"
+        )
+        _check(
+            not self.copy_paste or bool(self.paste_classes),
+            "augment.copy_paste needs augment.paste_classes: the class ids (or names) of the objects to paste",
         )
         for name in ("rotate", "brightness", "contrast", "saturation", "hue"):
             _check(getattr(self, name) >= 0, f"augment.{name} must be >= 0")
@@ -334,6 +344,10 @@ class RunConfig:
             f"{multiple}; use an input size that is a multiple of {2 * multiple}, or leave progressive at 0",
         )
         a = self.train.augment
+        _check(
+            all(0 <= c < n for c in a.paste_classes),
+            f"augment.paste_classes {list(a.paste_classes)} must be class ids in [0, {n - 1}]",
+        )
         jitter = a.brightness or a.contrast or a.saturation or a.hue
         _check(
             not (jitter and self.preprocess.normalize == "mean-std"),

@@ -79,6 +79,8 @@ class TrainOptions(TypedDict, total=False):
     aug_scale: tuple[float, float] | None
     aug_colour: float | None  # brightness, contrast and saturation jitter
     aug_hue: float | None
+    copy_paste: float | None  # chance a sample gets the paste_classes pixels of another sample of its batch
+    paste_classes: str | Sequence[str | int] | None  # names or ids: "pedestrian,vehicle" or [11, 12]
     crop: tuple[int, int] | None  # train on random crops at native size (sets the input size)
     class_aware_crop: float | None
     ema: float | None
@@ -219,21 +221,21 @@ def _apply_options(config: RunConfig, given: dict[str, Any], opts: dict[str, Any
         config,
         model=replace(config.model, **model),
         data=replace(config.data, **_data_settings(opts, labels)),
-        train=replace(config.train, **_train_settings(config, opts)),
+        train=replace(config.train, **_train_settings(config, opts, names or config.class_names or [])),
         preprocess=replace(config.preprocess, **preprocess),
         class_names=names,
         palette=palette,
     )
 
 
-def _train_settings(config: RunConfig, opts: dict[str, Any]) -> dict[str, Any]:
-    """TrainConfig fields from the options given."""
+def _train_settings(config: RunConfig, opts: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """TrainConfig fields from the options given (``names``: the class names paste classes may use)."""
     t = {k: opts[k] for k in _TRAIN_FIELDS if opts[k] is not None} | _time_budget(opts) | _init_options(opts)
     if opts["compile"] is not None:
         t["compile"] = "on" if opts["compile"] else "off"
     if opts["crop"] is not None:
         t["crop"] = tuple(opts["crop"])
-    augment = _augment(config.train.augment, opts)
+    augment = _augment(config.train.augment, opts, names)
     if augment is not None:
         t["augment"] = augment
     if opts["recipe"] is not None:  # over the file's train.recipe too: the settings started from this one
@@ -297,9 +299,9 @@ def _data_settings(opts: dict[str, Any], labels: dict[str, Any]) -> dict[str, An
     return d
 
 
-def _augment(current: AugmentConfig, opts: dict[str, Any]) -> AugmentConfig | None:
+def _augment(current: AugmentConfig, opts: dict[str, Any], names: list[str]) -> AugmentConfig | None:
     """The augmentation the options ask for (None: none given). --augment: the recipe's, or the strong
-    recipe's if it has none; --no-augment: none; the scale range, colour jitter and hue over that."""
+    recipe's if it has none; --no-augment: none; the scale range, colour jitter, hue and copy-paste over that."""
     augment = None
     if opts["augment"] is not None:
         augment = (current if current.enabled else STRONG_AUGMENT) if opts["augment"] else AugmentConfig()
@@ -310,7 +312,26 @@ def _augment(current: AugmentConfig, opts: dict[str, Any]) -> AugmentConfig | No
         a["brightness"] = a["contrast"] = a["saturation"] = opts["aug_colour"]
     if opts["aug_hue"] is not None:
         a["hue"] = opts["aug_hue"]
+    if opts["copy_paste"] is not None:
+        a["copy_paste"] = opts["copy_paste"]
+    if opts["paste_classes"] is not None:
+        a["paste_classes"] = class_ids(opts["paste_classes"], names)
     return replace(augment or current, **a) if a else augment
+
+
+def class_ids(classes: str | Sequence[str | int], names: list[str]) -> tuple[int, ...]:
+    """Class ids from names or ids (``"pedestrian,12"`` or ``["pedestrian", 12]``); a ConfigError names an
+    unknown class and lists the known ones."""
+    items = classes.split(",") if isinstance(classes, str) else list(classes)
+    ids = []
+    for item in (str(i).strip() for i in items):
+        if item.isdigit():
+            ids.append(int(item))
+        elif item in names:
+            ids.append(names.index(item))
+        else:
+            raise ConfigError(f"unknown class {item!r} in the paste classes; the classes are: {', '.join(names)}")
+    return tuple(ids)
 
 
 def _time_budget(opts: dict[str, Any]) -> dict[str, Any]:

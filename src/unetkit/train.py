@@ -998,7 +998,7 @@ def at_half_size(config: RunConfig, epoch_progress: float, budget: TimeBudget | 
 
 def _crop_fn(config: RunConfig, train_data: SegmentationSource) -> BatchTransform:
     """The batch transform of crop training: random crops (see ``data.augment.random_crops``)."""
-    from .data.augment import random_crops
+    from .data.augment import copy_paste, random_crops
 
     t = config.train
     weight = None
@@ -1008,7 +1008,7 @@ def _crop_fn(config: RunConfig, train_data: SegmentationSource) -> BatchTransfor
 
     def crop(x: torch.Tensor, y: torch.Tensor, cfg: Any, *, ignore_index: int, generator: torch.Generator):
         w = weight.to(x.device) if weight is not None else None
-        return random_crops(
+        x, y = random_crops(
             x,
             y,
             t.crop,  # type: ignore[arg-type]
@@ -1018,6 +1018,7 @@ def _crop_fn(config: RunConfig, train_data: SegmentationSource) -> BatchTransfor
             class_aware=t.class_aware_crop,
             class_weight=w,
         )
+        return copy_paste(x, y, cfg, generator=generator)
 
     return crop
 

@@ -69,9 +69,32 @@ def augment_batch(
             flip = u[:, 0] < 0.5
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
             masks = torch.where(flip[:, None, None], masks.flip(-1), masks)
+    else:
+        theta = _affine(cfg, u[:, :5], images.shape[2], images.shape[3])
+        images, masks = _resample(images, masks, theta, (images.shape[2], images.shape[3]), ignore_index)
+    return copy_paste(images, masks, cfg, generator=generator)
+
+
+def copy_paste(
+    images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, *, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copy-paste (Ghiasi et al. 2021, for semantic masks): with probability ``cfg.copy_paste`` a sample
+    gets every pixel of ``cfg.paste_classes`` from another sample of the batch (image and mask, at the
+    same place, mirrored half the time) pasted over it, so rare objects appear more often per update.
+    The draws come after all the others, so configs without copy-paste augment exactly as before."""
+    n = images.shape[0]
+    if not cfg.copy_paste or n < 2:
         return images, masks
-    theta = _affine(cfg, u[:, :5], images.shape[2], images.shape[3])
-    return _resample(images, masks, theta, (images.shape[2], images.shape[3]), ignore_index)
+    u = torch.rand(n, 2, generator=generator, device=images.device, dtype=torch.float32)
+    shift = int(torch.randint(1, n, (1,), generator=generator, device=images.device).item())
+    src = torch.roll(torch.arange(n, device=images.device), -shift)  # each sample takes from one `shift` on
+    mirror = u[:, 1] < 0.5
+    xs = torch.where(mirror[:, None, None, None], images[src].flip(-1), images[src])
+    ys = torch.where(mirror[:, None, None], masks[src].flip(-1), masks[src])
+    take = u[:, 0] < cfg.copy_paste
+    classes = torch.tensor(cfg.paste_classes, device=masks.device, dtype=masks.dtype)
+    paste = torch.isin(ys, classes) & take[:, None, None]
+    return torch.where(paste[:, None], xs, images), torch.where(paste, ys, masks)
 
 
 def _check_pair(images: torch.Tensor, masks: torch.Tensor) -> None:
