@@ -294,3 +294,22 @@ def test_fit_streams_when_the_cache_would_not_fit(tmp_path, data_dir, monkeypatc
     assert any(m.startswith("streaming 21 image/mask pairs") for m in logged)
     a, b = _weights(tmp_path / "stream"), _weights(tmp_path / "memory")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _choice_worker(rank: int, port: int, report: str) -> None:
+    """Each rank measures a different answer; rank0_choice gives every rank rank 0's."""
+    from unetkit.distributed import process_group, rank0_choice
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    with process_group("cpu"):
+        got = rank0_choice(rank == 1, torch.device("cpu"))  # rank 0 says False, rank 1 True
+    Path(report, f"choice{rank}.json").write_text(json.dumps(got))
+
+
+def test_a_measured_choice_is_rank0s_on_every_rank(tmp_path):
+    from unetkit.distributed import rank0_choice
+
+    assert rank0_choice(True, torch.device("cpu")) is True  # one process: its own answer
+    torch.multiprocessing.spawn(_choice_worker, args=(free_port(), str(tmp_path)), nprocs=2)
+    assert [json.loads((tmp_path / f"choice{r}.json").read_text()) for r in range(2)] == [False, False]

@@ -171,3 +171,35 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, tiny_run):
     data = SegmentationData.from_arrays(images, masks, (32, 32, 3), n_classes=3)
     result = fit(tiny_config(epochs=1, compile="on"), None, train_data=data, progress=False, log=None)
     assert np.isfinite(result.history[0]["train_loss"])
+
+
+def test_auto_precision_on_the_cpu_follows_the_measured_speed(monkeypatch):
+    """``auto`` takes bf16 on a CPU with bf16 instructions only where bf16 measured faster than fp32."""
+    from unetkit import device as dev
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(dev, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(dev, "cpu_bf16_speedup", lambda: 1.8)  # the Zen 5 EPYC
+    assert dev.resolve_precision("auto", cpu) is torch.bfloat16
+    monkeypatch.setattr(dev, "cpu_bf16_speedup", lambda: 0.6)  # the Xeon whose AMX was hidden
+    assert dev.resolve_precision("auto", cpu) is None
+    monkeypatch.setattr(dev, "cpu_bf16_speedup", lambda: dev.BF16_MIN_SPEEDUP - 0.01)  # a near tie: fp32
+    assert dev.resolve_precision("auto", cpu) is None
+    assert dev.resolve_precision("bf16", cpu) is torch.bfloat16  # asked for: never measured away
+
+    def no_probe() -> float:
+        raise AssertionError("the probe must not run on a CPU without bf16 instructions")
+
+    monkeypatch.setattr(dev, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(dev, "cpu_bf16_speedup", no_probe)
+    assert dev.resolve_precision("auto", cpu) is None
+
+
+def test_bf16_probe_measures_once_and_leaves_the_rng_alone():
+    from unetkit.device import cpu_bf16_speedup
+
+    cpu_bf16_speedup.cache_clear()
+    state = torch.random.get_rng_state()
+    speedup = cpu_bf16_speedup()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert 0.01 < speedup < 100 and cpu_bf16_speedup() == speedup  # cached: measured once per process

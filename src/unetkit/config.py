@@ -246,7 +246,8 @@ class TrainConfig:
     class_weights: str = "none"  # "none", "inverse", "(sqrt-)median-frequency" or a JSON file
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     early_stopping: int = 0  # patience in epochs on validation mIoU; 0 = off
-    precision: Precision = "auto"  # "auto" (bf16 where the hardware runs it fast), "fp32" or "bf16"
+    # "auto": bf16 on a GPU that has it and on a CPU where it measures faster (device.resolve_precision)
+    precision: Precision = "auto"
     compile: Compile = "auto"  # "auto", "on" or "off"
     channels_last: bool = True
     device: str = "auto"

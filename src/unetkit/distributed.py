@@ -213,6 +213,16 @@ def all_finite(value: torch.Tensor) -> bool:
     return bool(ok.item())
 
 
+def rank0_choice(value: bool, device: torch.device) -> bool:
+    """Rank 0's ``value`` on every rank: for choices a rank makes by measuring (``--precision auto`` on the
+    CPU), which could differ between ranks on a busy machine."""
+    if not info().enabled:
+        return value
+    t = torch.tensor([int(value)], dtype=torch.int32, device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
 def reduce_train_sums(loss_sum: torch.Tensor, cm: Any, seen: int) -> int:
     """Sum an epoch's loss sum (in place), confusion matrix (in place) and sample count over ranks."""
     if not info().enabled:

@@ -694,7 +694,10 @@ def _devices(config: RunConfig) -> tuple[torch.device, torch.dtype | None]:
     t = config.train
     device = distributed.local_device(resolve_device(t.device))
     distributed.local_batch_size(t.batch_size)  # a ConfigError before any data is read
-    return device, resolve_precision(t.precision, device)
+    dtype = resolve_precision(t.precision, device)
+    if t.precision == "auto" and device.type == "cpu":  # measured per process: every rank takes rank 0's
+        dtype = torch.bfloat16 if distributed.rank0_choice(dtype is not None, device) else None
+    return device, dtype
 
 
 def _tune(device: torch.device) -> None:
