@@ -50,8 +50,9 @@ def cpu_bf16_speedup() -> float:
     """
     with torch.random.fork_rng(devices=[]):  # the probe's random tensors leave the caller's RNG as it was
         torch.manual_seed(0)
-        conv = nn.Conv2d(64, 64, 3, padding=1).to(memory_format=torch.channels_last)
-        x = torch.randn(4, 64, 48, 64).to(memory_format=torch.channels_last).requires_grad_()
+        conv = nn.Conv2d(64, 64, 3, padding=1)
+        conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
+        x = torch.randn(4, 64, 48, 64).contiguous(memory_format=torch.channels_last).requires_grad_()
 
     def step(dtype: torch.dtype | None) -> float:
         t0 = time.perf_counter()
