@@ -2,11 +2,12 @@
 
 Why: the demo's default (``unetkit.demo.PLANS``) was chosen from runs like these; the script keeps
 them re-runnable. Each variant is ``RECIPE[:key=value,...]``, where a key is ``train_count``,
-``val_count``, ``epochs`` or a TrainConfig field (``batch_size=4``, ``lr=3e-3``, ``augment=none|mild``,
-``class_weights=median-frequency``, ``loss=ce``). Validation mIoU (scenes of the training seed, never
-trained on) is what a choice is made on; test scores (scenes of seed + 1) are reported. CPU-seconds
-are the process's user + system time (all threads), so on a machine shared with other jobs they are
-the figure to compare; the wall time there is not. One line of JSON per run goes to ``--out``.
+``val_count``, ``epochs``, ``dropout`` (the model's) or a TrainConfig field (``batch_size=4``,
+``lr=3e-3``, ``augment=none|mild|paste``, ``class_weights=median-frequency``, ``loss=ce``).
+Validation mIoU (scenes of the training seed, never trained on) is what a choice is made on; test
+scores (scenes of seed + 1) are reported. CPU-seconds are the process's user + system time (all
+threads), so on a machine shared with other jobs they are the figure to compare; the wall time
+there is not. One line of JSON per run goes to ``--out``.
 
     nice -n 15 python benchmarks/demo_study.py --threads 1 --variants seed strong strong:batch_size=4
 """
@@ -40,6 +41,9 @@ AUGMENTS: dict[str, dict[str, Any]] = {
 }
 
 
+MODEL_FIELDS = ("dropout",)
+
+
 def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
     """'RECIPE[:key=value,...]' -> (recipe, keyword arguments for run_demo)."""
     recipe, _, rest = spec.partition(":")
@@ -51,6 +55,9 @@ def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
             value = AUGMENTS[raw]
         elif key in ("crop", "scene_size"):  # crop=64x64: train on random crops at that size (the model's input size)
             value = tuple(int(v) for v in raw.split("x"))
+        elif key in MODEL_FIELDS:  # dropout=0: a ModelConfig field, passed as run_demo(model={...})
+            kwargs.setdefault("model", {})[key] = float(raw)
+            continue
         elif raw.lower() in ("true", "false"):
             value = raw.lower() == "true"
         else:

@@ -43,6 +43,8 @@ def test_default_demo_is_the_chosen_strong_plan():
 
 def test_demo_config_overrides_and_unknown_recipe():
     assert demo_config("strong", epochs=2, batch_size=4).train.batch_size == 4
+    config = demo_config("strong", model={"dropout": 0.0})  # ModelConfig fields (benchmarks/demo_study.py)
+    assert config.model.dropout == 0.0 and config.model.batch_norm and demo_config().model.dropout == 0.3
     with pytest.raises(ConfigError, match="seed, strong"):
         demo_config("fast")
 

@@ -42,6 +42,7 @@ class DemoPlan:
     # time with its best weights, on a slow machine as on a fast one. None: ``epochs`` epochs, however long.
     time_budget: float | None = None
     scene_size: tuple[int, int] = (HEIGHT, WIDTH)  # the generated scenes' height and width
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields set after the recipe
 
 
 # The defaults of ``unetkit demo --recipe NAME``; ``seed`` is the tutorial's recipe, unchanged.
@@ -58,10 +59,18 @@ PLANS: dict[str, DemoPlan] = {
 }
 
 
-def demo_config(recipe: str = "strong", *, epochs: int | None = None, seed: int = 0, **train: Any) -> RunConfig:
+def demo_config(
+    recipe: str = "strong",
+    *,
+    epochs: int | None = None,
+    seed: int = 0,
+    model: dict[str, Any] | None = None,
+    **train: Any,
+) -> RunConfig:
     """The demo's RunConfig: the seed's network (n_filters 32, depth 5) at 96x128 for the 13 scene classes,
-    the recipe, then the plan's settings, then ``train`` (TrainConfig fields, e.g. ``batch_size=4``). Giving
-    ``epochs`` trains that many epochs instead of the plan's time budget."""
+    the recipe, then the plan's settings, then ``model`` (ModelConfig fields, e.g. ``{"dropout": 0.0}``) and
+    ``train`` (TrainConfig fields, e.g. ``batch_size=4``). Giving ``epochs`` trains that many epochs instead
+    of the plan's time budget."""
 
     plan = PLANS[recipe] if recipe in PLANS else PLANS["strong"]
     crop = train.get("crop", plan.train.get("crop"))
@@ -79,6 +88,7 @@ def demo_config(recipe: str = "strong", *, epochs: int | None = None, seed: int 
         settings["augment"] = AugmentConfig(**settings["augment"])
     if epochs is None and "time_budget" not in settings:  # --epochs N: N epochs, no budget
         settings["time_budget"] = plan.time_budget
+    config = replace(config, model=replace(config.model, **{**plan.model, **(model or {})}))
     return replace(config, train=replace(config.train, epochs=epochs or plan.epochs, **settings))
 
 
