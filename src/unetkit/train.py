@@ -33,7 +33,7 @@ from .data.augment import augment_batch, effective_ignore_index, pad_to_multiple
 from .data.load import cheap_checks as _cheap_checks
 from .data.load import load_data, with_normalization
 from .data.source import SegmentationSource
-from .device import autocast, resolve_device, resolve_precision
+from .device import autocast, precision_note, resolve_device, resolve_precision
 from .ema import ModelEMA
 from .errors import ConfigError, DataError, RunError, UnetkitError
 from .finetune import init_from, set_encoder_frozen
@@ -798,7 +798,8 @@ def _assemble(
     log(
         f"training {config.model.name} on {len(train_data)} images"
         + (f", validating on {len(val_data)}" if val_data is not None else "")
-        + f" | device {device}, precision {'bf16' if dtype else 'fp32'}, compile {'on' if compiled else 'off'}"
+        + f" | device {device}, precision {'bf16' if dtype else 'fp32'}{precision_note(t.precision, device)}"
+        + f", compile {'on' if compiled else 'off'}"
     )
     augment = _crop_fn(config, train_data) if t.crop is not None else augment_batch if t.augment.enabled else None
     panel_data = val_data if val_data is not None and len(val_data) else train_data
